@@ -1,0 +1,55 @@
+# Dallage — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+SWIFT ?= swift
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian packages the project needs (keep in step with the Dockerfile).
+DEB_BUILD := pkg-config libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
+DEB_TOOLS := gdal-bin python3-gdal libjpeg-turbo-progs
+DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
+
+DEMO_DIR ?= demo
+DEMO_DALLES ?= 4x4
+BIN := .build/release/dallage
+
+.PHONY: deps build demo test lint format bench clean
+
+## Install the Debian packages that are missing (apt-get update only when something is).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c release
+
+## Sample area (4×4 PCRS dalles of 200 m at 5 cm), tiled for 2154_5cm and PM.
+demo: build
+	@if [ ! -d $(DEMO_DIR)/src ]; then $(BIN) sample-data --out $(DEMO_DIR)/src --dalles $(DEMO_DALLES); fi
+	$(BIN) tile --tileset tilesets/demo.yaml --store $(DEMO_DIR)/store --tms-dir config/tms
+	$(BIN) validate $(DEMO_DIR)/store/demo/2154_5cm
+	$(BIN) validate $(DEMO_DIR)/store/demo/PM
+	$(BIN) inspect $(DEMO_DIR)/store/demo/2154_5cm
+	@echo
+	@echo "Open a shard as an ordinary GeoTIFF in QGIS or GDAL, e.g.:"
+	@echo "  gdalinfo $$(ls $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif | head -1)"
+	@echo "or all full-resolution shards of a band as one mosaic:"
+	@echo "  gdalbuildvrt $(DEMO_DIR)/demo-2154_5cm.vrt $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif && qgis $(DEMO_DIR)/demo-2154_5cm.vrt"
+
+lint:
+	$(SWIFT) format lint --strict -r Sources Tests Package.swift
+
+format:
+	$(SWIFT) format format -i -r Sources Tests Package.swift
+
+test: deps lint
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+bench: build
+	bench/tiler
+
+clean:
+	rm -rf .build $(DEMO_DIR)

@@ -1,0 +1,90 @@
+import Foundation
+import GeoGrid
+import Raster
+
+/// Checks a pyramid on disk against its `pyramid.json`: every listed shard present with its
+/// size and checksum, laid out as a COG (directories before data, smallest overview first,
+/// tiles in row-major order), with the expected levels and standalone tile streams.
+public enum PyramidValidator {
+    /// One problem found, naming the file.
+    public struct Problem: Sendable, CustomStringConvertible {
+        public var path: String
+        public var reason: String
+        public var description: String { "\(path): \(reason)" }
+    }
+
+    public static func validate(directory: String) throws -> (checked: Int, problems: [Problem]) {
+        let manifest = try PyramidManifest.load(directory: directory)
+        var problems: [Problem] = []
+        var listed = Set<String>()
+        for shard in manifest.shards {
+            listed.insert(shard.path)
+            let path = (directory as NSString).appendingPathComponent(shard.path)
+            problems += check(shard: shard, path: path, manifest: manifest).map {
+                Problem(path: shard.path, reason: $0)
+            }
+        }
+        // Files that no manifest lists are not served; say so.
+        let root = (directory as NSString).appendingPathComponent("shards")
+        if let e = FileManager.default.enumerator(atPath: root) {
+            while let f = e.nextObject() as? String {
+                guard f.hasSuffix(".tif"), !listed.contains("shards/\(f)") else { continue }
+                problems.append(Problem(path: "shards/\(f)", reason: "on disk but not listed in pyramid.json"))
+            }
+        }
+        return (manifest.shards.count, problems)
+    }
+
+    static func check(shard: PyramidManifest.Shard, path: String, manifest: PyramidManifest) -> [String] {
+        var out: [String] = []
+        let reader: ShardReader
+        do { reader = try ShardReader(path: path) } catch { return ["\(error)"] }
+        if reader.fileSize != shard.bytes { out.append("size \(reader.fileSize), expected \(shard.bytes)") }
+        let crc = String(format: "%08x", Deflate.crc32(reader.bytes))
+        if crc != shard.crc32 { out.append("checksum \(crc), expected \(shard.crc32)") }
+        guard let band = manifest.shardScheme.band(containing: shard.z), band.top == shard.z else {
+            return out + ["level \(shard.z) is not the top of a band"]
+        }
+        if reader.images.count != band.levelCount {
+            out.append("\(reader.images.count) levels, expected \(band.levelCount)")
+        }
+        var previousLevelStart = 0
+        for (o, image) in reader.images.enumerated().reversed() {
+            let n = band.tilesPerSide >> o
+            if image.width != n * manifest.tileSize || image.height != n * manifest.tileSize {
+                out.append("level \(o) is \(image.width)×\(image.height), expected \(n * manifest.tileSize)")
+            }
+            let offsets = image.offsets.filter { $0 > 0 }
+            if let first = offsets.first {
+                if Int(first) < previousLevelStart { out.append("level \(o) data is not after the smaller levels") }
+                previousLevelStart = Int(first)
+            }
+            if offsets != offsets.sorted() { out.append("level \(o) tiles are not in row-major order") }
+            var sampled = 0
+            for (i, off) in image.offsets.enumerated() where off > 0 {
+                let count = Int(image.byteCounts[i])
+                guard Int(off) + count <= reader.fileSize else {
+                    out.append("level \(o) tile \(i) lies past the end of the file")
+                    break
+                }
+                // Each stored tile must be a complete stream a client can use as it is.
+                if sampled < 64 {
+                    let bytes = UnsafeRawBufferPointer(rebasing: reader.bytes[Int(off)..<(Int(off) + count)])
+                    if manifest.format == .jpeg,
+                        !(bytes.count > 4 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[count - 2] == 0xFF
+                            && bytes[count - 1] == 0xD9)
+                    {
+                        out.append("level \(o) tile \(i) is not a complete JPEG stream")
+                        break
+                    }
+                    if manifest.format == .webp, !(bytes.count > 12 && bytes[0] == 0x52 && bytes[8] == 0x57) {
+                        out.append("level \(o) tile \(i) is not a WebP stream")
+                        break
+                    }
+                    sampled += 1
+                }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,386 @@
+import Foundation
+import Raster
+
+/// The encoding of a pyramid's tiles.
+public enum TileFormat: String, Sendable, Codable, CaseIterable {
+    /// Baseline JPEG, YCbCr 4:2:0, each tile a complete stream; transparency in a 1-bit mask.
+    case jpeg
+    /// WebP with alpha, each tile a complete RIFF stream.
+    case webp
+
+    /// The file extension and MIME type of a stored tile.
+    public var fileExtension: String { self == .jpeg ? "jpg" : "webp" }
+    public var mimeType: String { self == .jpeg ? "image/jpeg" : "image/webp" }
+}
+
+/// Where a shard sits on the ground and what it holds.
+public struct ShardGeometry: Sendable, Hashable {
+    /// Top-left corner of the shard in the grid's CRS.
+    public var originX: Double
+    public var originY: Double
+    /// Cell size of the full-resolution image (the band's deepest level).
+    public var resolution: Double
+    /// Levels stored: the full-resolution image and `levelCount - 1` overviews.
+    public var levelCount: Int
+    public var tileSize: Int
+    /// EPSG code written in the GeoTIFF keys.
+    public var epsg: Int
+
+    public init(originX: Double, originY: Double, resolution: Double, levelCount: Int, tileSize: Int = 256, epsg: Int) {
+        self.originX = originX
+        self.originY = originY
+        self.resolution = resolution
+        self.levelCount = levelCount
+        self.tileSize = tileSize
+        self.epsg = epsg
+    }
+
+    /// Tiles per side of the image at `overview` (0 = full resolution).
+    public func tilesPerSide(overview: Int) -> Int { 1 << (levelCount - 1 - overview) }
+}
+
+/// What a finished shard is: its size and checksum, as recorded in pyramid.json.
+public struct ShardSummary: Sendable, Hashable, Codable {
+    public var bytes: Int
+    public var crc32: UInt32
+    public var tiles: Int
+
+    public init(bytes: Int, crc32: UInt32, tiles: Int) {
+        self.bytes = bytes
+        self.crc32 = crc32
+        self.tiles = tiles
+    }
+}
+
+/// Writes one COG shard. Tiles arrive in any order and are spooled beside the shard; `finish()`
+/// lays out the COG (IFDs first, then tiles from the smallest overview to the full resolution,
+/// row-major, each mask tile right after its image tile), writes it under a temporary name,
+/// flushes it and renames it: a reader never sees half a shard.
+public final class ShardWriter {
+    public let path: String
+    public let geometry: ShardGeometry
+    public let format: TileFormat
+
+    private struct Entry {
+        var offset: Int = 0
+        var length: Int = 0
+        var maskOffset: Int = 0
+        var maskLength: Int = 0  // 0 = fully opaque
+    }
+
+    private let spoolPath: String
+    private var spool: Int32
+    private var spoolSize = 0
+    private var entries: [[Entry]]
+    private var anyPartial = false
+    private var finished = false
+
+    /// A 256×256 mask tile with every pixel valid, DEFLATE-compressed once.
+    static let fullMask: [UInt8] = {
+        let raw = [UInt8](repeating: 0xFF, count: 256 * 256 / 8)
+        return (try? raw.withUnsafeBytes { try Deflate.compress($0) }) ?? []
+    }()
+
+    public init(path: String, geometry: ShardGeometry, format: TileFormat) throws {
+        self.path = path
+        self.geometry = geometry
+        self.format = format
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        spoolPath = Self.temporaryName(for: path, suffix: "spool")
+        spool = open(spoolPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard spool >= 0 else { throw RasterError("cannot create \(spoolPath): \(String(cString: strerror(errno)))") }
+        entries = (0..<geometry.levelCount).map { o in
+            let n = geometry.tilesPerSide(overview: o)
+            return [Entry](repeating: Entry(), count: n * n)
+        }
+    }
+
+    deinit {
+        if spool >= 0 { Foundation.close(spool) }
+        unlink(spoolPath)
+    }
+
+    /// A hidden name beside `path` that no reader takes for a shard.
+    static func temporaryName(for path: String, suffix: String) -> String {
+        let dir = (path as NSString).deletingLastPathComponent
+        let name = (path as NSString).lastPathComponent
+        return "\(dir)/.\(name).\(getpid()).\(suffix)"
+    }
+
+    /// Adds one tile. `mask` is the DEFLATE-compressed 1-bit mask, nil when every pixel is valid.
+    public func add(
+        overview: Int, col: Int, row: Int, tile: UnsafeRawBufferPointer, mask: UnsafeRawBufferPointer?
+    ) throws {
+        let n = geometry.tilesPerSide(overview: overview)
+        precondition(col >= 0 && col < n && row >= 0 && row < n, "tile outside the shard")
+        var e = Entry(offset: spoolSize, length: tile.count)
+        try append(tile)
+        if let mask {
+            e.maskOffset = spoolSize
+            e.maskLength = mask.count
+            try append(mask)
+            anyPartial = true
+        }
+        entries[overview][row * n + col] = e
+    }
+
+    private func append(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(spool, bytes.baseAddress! + done, bytes.count - done, off_t(spoolSize + done))
+            guard n > 0 else { throw RasterError("cannot write \(spoolPath): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+        spoolSize += bytes.count
+    }
+
+    /// The number of tiles added so far.
+    public var tileCount: Int { entries.reduce(0) { $0 + $1.filter { $0.length > 0 }.count } }
+
+    /// Lays out and writes the COG, then renames it to `path`. Returns nil (and writes nothing)
+    /// when no tile was added.
+    public func finish() throws -> ShardSummary? {
+        precondition(!finished)
+        finished = true
+        let tiles = tileCount
+        guard tiles > 0 else { return nil }
+        let absent = entries.contains { $0.contains { $0.length == 0 } }
+        let hasMask = format == .jpeg && (anyPartial || absent)
+        let fullMask = Self.fullMask
+
+        // Data size decides between classic TIFF and BigTIFF.
+        var dataSize = 0
+        for level in entries {
+            for e in level where e.length > 0 {
+                dataSize += e.length + (hasMask ? (e.maskLength > 0 ? e.maskLength : fullMask.count) : 0)
+            }
+        }
+        var bigTIFF = false
+        var directories = makeDirectories(hasMask: hasMask, bigTIFF: false)
+        let ghost = Self.ghostHeader(hasMask: hasMask)
+        var headerSize = 8 + ghost.count
+        if headerSize + directories.reduce(0, { $0 + $1.size(bigTIFF: false) }) + dataSize > Int(UInt32.max) - 1024 {
+            bigTIFF = true
+            directories = makeDirectories(hasMask: hasMask, bigTIFF: true)
+            headerSize = 16 + ghost.count
+        }
+        headerSize += headerSize & 1
+
+        // Assign tile data offsets: smallest overview first, row-major, mask right after image.
+        var offset = headerSize + directories.reduce(0) { $0 + $1.size(bigTIFF: bigTIFF) }
+        var imageOffsets = entries.map { [UInt64](repeating: 0, count: $0.count) }
+        var maskOffsets = imageOffsets
+        for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
+            for (i, e) in entries[o].enumerated() where e.length > 0 {
+                imageOffsets[o][i] = UInt64(offset)
+                offset += e.length
+                if hasMask {
+                    maskOffsets[o][i] = UInt64(offset)
+                    offset += e.maskLength > 0 ? e.maskLength : fullMask.count
+                }
+            }
+        }
+        let total = offset
+
+        // Fill the offset and byte count arrays and serialise the directories.
+        var d = 0
+        for o in 0..<geometry.levelCount {
+            let counts = entries[o].map { UInt64($0.length) }
+            setArrays(&directories[d], offsets: imageOffsets[o], counts: counts, bigTIFF: bigTIFF)
+            d += 1
+            if hasMask {
+                let maskCounts = entries[o].map {
+                    UInt64($0.length == 0 ? 0 : ($0.maskLength > 0 ? $0.maskLength : fullMask.count))
+                }
+                setArrays(&directories[d], offsets: maskOffsets[o], counts: maskCounts, bigTIFF: bigTIFF)
+                d += 1
+            }
+        }
+        var header: [UInt8] = [0x49, 0x49]
+        if bigTIFF {
+            header.appendLE(UInt16(43))
+            header.appendLE(UInt16(8))
+            header.appendLE(UInt16(0))
+            header.appendLE(UInt64(headerSize))
+        } else {
+            header.appendLE(UInt16(42))
+            header.appendLE(UInt32(headerSize))
+        }
+        header += ghost
+        if header.count & 1 == 1 { header.append(0) }
+        var position = headerSize
+        for (i, dir) in directories.enumerated() {
+            let size = dir.size(bigTIFF: bigTIFF)
+            let next = i + 1 < directories.count ? position + size : 0
+            header += dir.serialise(at: position, next: next, bigTIFF: bigTIFF)
+            position += size
+        }
+        precondition(header.count == position)
+
+        // Write the final file under a temporary name, then rename.
+        let temporary = Self.temporaryName(for: path, suffix: "tmp")
+        let out = try BufferedFile(path: temporary)
+        do {
+            try header.withUnsafeBytes { try out.write($0) }
+            guard
+                let map = spoolSize > 0
+                    ? mmap(nil, spoolSize, PROT_READ, MAP_PRIVATE, spool, 0) : nil, map != MAP_FAILED
+            else { throw RasterError("cannot read back \(spoolPath)") }
+            defer { munmap(map, spoolSize) }
+            _ = madvise(map, spoolSize, MADV_RANDOM)
+            for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
+                for e in entries[o] where e.length > 0 {
+                    try out.write(UnsafeRawBufferPointer(start: map + e.offset, count: e.length))
+                    if hasMask {
+                        if e.maskLength > 0 {
+                            try out.write(UnsafeRawBufferPointer(start: map + e.maskOffset, count: e.maskLength))
+                        } else {
+                            try fullMask.withUnsafeBytes { try out.write($0) }
+                        }
+                    }
+                }
+            }
+            let crc = try out.finish()
+            precondition(out.written == total, "shard layout and content disagree")
+            guard rename(temporary, path) == 0 else {
+                throw RasterError("cannot rename \(temporary): \(String(cString: strerror(errno)))")
+            }
+            Foundation.close(spool)
+            spool = -1
+            unlink(spoolPath)
+            return ShardSummary(bytes: total, crc32: crc, tiles: tiles)
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    private func setArrays(_ dir: inout TIFFDirectory, offsets: [UInt64], counts: [UInt64], bigTIFF: Bool) {
+        if bigTIFF {
+            dir.set(TIFFTag.tileOffsets, .long8s(offsets))
+            dir.set(TIFFTag.tileByteCounts, .long8s(counts))
+        } else {
+            dir.set(TIFFTag.tileOffsets, .longs(offsets.map { UInt32($0) }))
+            dir.set(TIFFTag.tileByteCounts, .longs(counts.map { UInt32($0) }))
+        }
+    }
+
+    private func makeDirectories(hasMask: Bool, bigTIFF: Bool) -> [TIFFDirectory] {
+        var dirs: [TIFFDirectory] = []
+        let ts = geometry.tileSize
+        for o in 0..<geometry.levelCount {
+            let n = geometry.tilesPerSide(overview: o)
+            let side = UInt32(n * ts)
+            var img = TIFFDirectory()
+            img.set(TIFFTag.newSubfileType, .longs([o == 0 ? 0 : 1]))
+            img.set(TIFFTag.imageWidth, .longs([side]))
+            img.set(TIFFTag.imageLength, .longs([side]))
+            img.set(TIFFTag.planarConfiguration, .shorts([1]))
+            img.set(TIFFTag.tileWidth, .shorts([UInt16(ts)]))
+            img.set(TIFFTag.tileLength, .shorts([UInt16(ts)]))
+            img.set(TIFFTag.sampleFormat, .shorts(format == .jpeg ? [1, 1, 1] : [1, 1, 1, 1]))
+            switch format {
+            case .jpeg:
+                img.set(TIFFTag.bitsPerSample, .shorts([8, 8, 8]))
+                img.set(TIFFTag.compression, .shorts([7]))
+                img.set(TIFFTag.photometric, .shorts([6]))
+                img.set(TIFFTag.samplesPerPixel, .shorts([3]))
+                img.set(TIFFTag.ycbcrSubSampling, .shorts([2, 2]))
+            case .webp:
+                img.set(TIFFTag.bitsPerSample, .shorts([8, 8, 8, 8]))
+                img.set(TIFFTag.compression, .shorts([50001]))
+                img.set(TIFFTag.photometric, .shorts([2]))
+                img.set(TIFFTag.samplesPerPixel, .shorts([4]))
+                img.set(TIFFTag.extraSamples, .shorts([2]))
+            }
+            if o == 0 {
+                let g = geometry
+                img.set(TIFFTag.modelPixelScale, .doubles([g.resolution, g.resolution, 0]))
+                img.set(TIFFTag.modelTiepoint, .doubles([0, 0, 0, g.originX, g.originY, 0]))
+                img.set(
+                    TIFFTag.geoKeyDirectory,
+                    .shorts([1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, UInt16(g.epsg)]))
+            }
+            let placeholder = [UInt64](repeating: 0, count: n * n)
+            setArrays(&img, offsets: placeholder, counts: placeholder, bigTIFF: bigTIFF)
+            dirs.append(img)
+            if hasMask {
+                var mask = TIFFDirectory()
+                mask.set(TIFFTag.newSubfileType, .longs([o == 0 ? 4 : 5]))
+                mask.set(TIFFTag.imageWidth, .longs([side]))
+                mask.set(TIFFTag.imageLength, .longs([side]))
+                mask.set(TIFFTag.bitsPerSample, .shorts([1]))
+                mask.set(TIFFTag.compression, .shorts([8]))
+                mask.set(TIFFTag.photometric, .shorts([4]))
+                mask.set(TIFFTag.samplesPerPixel, .shorts([1]))
+                mask.set(TIFFTag.planarConfiguration, .shorts([1]))
+                mask.set(TIFFTag.tileWidth, .shorts([UInt16(ts)]))
+                mask.set(TIFFTag.tileLength, .shorts([UInt16(ts)]))
+                mask.set(TIFFTag.sampleFormat, .shorts([1]))
+                setArrays(&mask, offsets: placeholder, counts: placeholder, bigTIFF: bigTIFF)
+                dirs.append(mask)
+            }
+        }
+        return dirs
+    }
+
+    /// GDAL's COG "ghost" header, which tells readers the layout guarantees of the file.
+    static func ghostHeader(hasMask: Bool) -> [UInt8] {
+        var body = "LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nKNOWN_INCOMPATIBLE_EDITION=NO\n"
+        if hasMask { body += "MASK_INTERLEAVED_WITH_IMAGERY=YES\n" }
+        let first = "GDAL_STRUCTURAL_METADATA_SIZE=" + String(format: "%06d", body.utf8.count) + " bytes\n"
+        return Array((first + body).utf8)
+    }
+}
+
+/// A write-only file with a large buffer, a running CRC-32 and an fsync on finish.
+final class BufferedFile {
+    private let fd: Int32
+    private let path: String
+    private var buffer: [UInt8] = []
+    private(set) var written = 0
+    private var crc: UInt32 = 0
+    private static let capacity = 4 << 20
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw RasterError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        buffer.reserveCapacity(Self.capacity)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        crc = Deflate.crc32(bytes, previous: crc)
+        written += bytes.count
+        if buffer.count + bytes.count > Self.capacity { try flush() }
+        if bytes.count >= Self.capacity {
+            try writeAll(bytes)
+        } else {
+            buffer.append(contentsOf: bytes)
+        }
+    }
+
+    private func flush() throws {
+        try buffer.withUnsafeBytes { try writeAll($0) }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = Foundation.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            guard n > 0 else { throw RasterError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+
+    /// Flushes, syncs to disk and returns the CRC-32 of everything written.
+    func finish() throws -> UInt32 {
+        try flush()
+        guard fsync(fd) == 0 else { throw RasterError("cannot sync \(path): \(String(cString: strerror(errno)))") }
+        return crc
+    }
+}

@@ -1,0 +1,34 @@
+import CZlib
+import Foundation
+
+/// zlib: DEFLATE for TIFF masks and CRC-32 checksums of shards.
+public enum Deflate {
+    /// zlib-wrapped DEFLATE (TIFF compression 8, "Adobe deflate").
+    public static func compress(_ bytes: UnsafeRawBufferPointer, level: Int32 = 6) throws -> [UInt8] {
+        var capacity = compressBound(uLong(bytes.count))
+        var out = [UInt8](repeating: 0, count: Int(capacity))
+        let rc = out.withUnsafeMutableBufferPointer { o in
+            compress2(
+                o.baseAddress, &capacity, bytes.baseAddress?.assumingMemoryBound(to: Bytef.self), uLong(bytes.count),
+                level)
+        }
+        guard rc == Z_OK else { throw RasterError("deflate failed (\(rc))") }
+        out.removeSubrange(Int(capacity)...)
+        return out
+    }
+
+    /// Inflates zlib-wrapped data into exactly `count` bytes at `output`.
+    public static func decompress(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
+        var size = uLong(output.count)
+        let rc = uncompress(
+            output.baseAddress?.assumingMemoryBound(to: Bytef.self), &size,
+            bytes.baseAddress?.assumingMemoryBound(to: Bytef.self), uLong(bytes.count))
+        guard rc == Z_OK, Int(size) == output.count else { throw RasterError("corrupt DEFLATE data (\(rc))") }
+    }
+
+    /// CRC-32 (zlib's), continuing from `previous`.
+    public static func crc32(_ bytes: UnsafeRawBufferPointer, previous: UInt32 = 0) -> UInt32 {
+        UInt32(
+            CZlib.crc32(uLong(previous), bytes.baseAddress?.assumingMemoryBound(to: Bytef.self), uInt(bytes.count)))
+    }
+}

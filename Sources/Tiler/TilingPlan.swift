@@ -1,0 +1,87 @@
+import Foundation
+import GeoGrid
+import Pyramid
+import Raster
+
+/// What a run will build for one grid: levels, bands and the shards of each band.
+public struct GridPlan: Sendable {
+    public var tms: TileMatrixSet
+    public var scheme: ShardScheme
+    /// Shards per band, deepest band first.
+    public var shards: [[TileCoordinate]]
+    /// Source footprints in the grid's CRS.
+    public var footprints: [BoundingBox]
+    public var bounds: BoundingBox
+    public var wgs84Bounds: BoundingBox
+    public var levels: [PyramidManifest.LevelLimits]
+    public var estimatedTiles: Int
+    public var estimatedBytes: Int
+
+    public var shardCount: Int { shards.reduce(0) { $0 + $1.count } }
+}
+
+/// Pure planning from the source index: which shards intersect the real footprint of the
+/// sources (dalle by dalle, not the bounding box of everything) and how deep to go.
+public enum Planner {
+    /// Plans one grid. `zoomLimits` comes from a level-limited grid id (`2154_5cm_6_22`).
+    public static func plan(
+        grid tms: TileMatrixSet, sources: [SourceEntry], minZoom: Int?, maxZoom: Int?,
+        levelsPerBand: Int = ShardScheme.defaultLevelsPerBand
+    ) throws -> GridPlan {
+        guard !sources.isEmpty else { throw TilerError.noSources("every source was skipped") }
+        let gridSRS = try SpatialReference(tms.crs)
+        var transforms: [String: CoordinateTransform?] = [:]
+        var footprints: [BoundingBox] = []
+        var resolutions: [Double] = []
+        for e in sources {
+            if transforms[e.crsWKT] == nil {
+                let srs = try SpatialReference(e.crsWKT)
+                transforms[e.crsWKT] =
+                    srs.isSame(as: gridSRS) ? .some(nil) : .some(try CoordinateTransform(from: srs, to: gridSRS))
+            }
+            if let t = transforms[e.crsWKT] ?? nil {
+                let b = try t.transform(e.bounds)
+                footprints.append(b)
+                resolutions.append(min(b.width / Double(e.width), b.height / Double(e.height)))
+            } else {
+                footprints.append(e.bounds)
+                resolutions.append(e.resolution)
+            }
+        }
+        let finest = resolutions.min() ?? 1
+        let deepest = min(tms.maxZoom, maxZoom ?? tms.zoom(forResolution: finest))
+        let top = max(0, min(deepest, minZoom ?? 0))
+        let scheme = ShardScheme(minZoom: top, maxZoom: deepest, levelsPerBand: levelsPerBand)
+        var shards: [[TileCoordinate]] = []
+        for (i, band) in scheme.bands.enumerated() {
+            var set = Set<TileCoordinate>()
+            if i == 0 {
+                for f in footprints {
+                    if let r = tms.tiles(covering: f, z: band.top) { set.formUnion(r.tiles) }
+                }
+            } else {
+                let below = scheme.bands[i - 1]
+                for s in shards[i - 1] { set.insert(s.ancestor(levels: below.top - band.top)) }
+            }
+            shards.append(set.sorted { ($0.row, $0.col) < ($1.row, $1.col) })
+        }
+        let bounds = footprints.dropFirst().reduce(footprints[0]) { $0.union($1) }
+        var levels: [PyramidManifest.LevelLimits] = []
+        for z in top...deepest {
+            if let r = tms.tiles(covering: bounds, z: z) {
+                levels.append(.init(z: z, minCol: r.minCol, maxCol: r.maxCol, minRow: r.minRow, maxRow: r.maxRow))
+            }
+        }
+        let wgs84 =
+            (try? CoordinateTransform(from: gridSRS, to: try SpatialReference.wgs84()).transform(bounds)) ?? bounds
+        let cell = tms.tileMatrices[deepest]
+        let area = footprints.reduce(0.0) { $0 + $1.width * $1.height }
+        let deepestTiles = area / (cell.tileSpanX * cell.tileSpanY)
+        let tiles = Int((deepestTiles * 4 / 3).rounded(.up))
+        return GridPlan(
+            tms: tms, scheme: scheme, shards: shards, footprints: footprints, bounds: bounds, wgs84Bounds: wgs84,
+            levels: levels, estimatedTiles: tiles,
+            // Aerial imagery in JPEG q85 4:2:0 averages about 1.2 bits per pixel.
+            estimatedBytes: Int(Double(tiles) * 65536 * 0.15))
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import Pyramid
+import Tiler
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect", abstract: "Summarise a pyramid (STORE/TILESET/GRID).")
+
+    @Argument(help: "Pyramid folder, e.g. store/demo/2154_5cm.") var pyramid: String
+    @Flag(help: "Print pyramid.json as it is.") var json = false
+
+    func run() throws {
+        let m: PyramidManifest
+        do { m = try PyramidManifest.load(directory: pyramid) } catch {
+            throw ValidationError("\(pyramid) is not a pyramid (no readable pyramid.json): \(error)")
+        }
+        if json {
+            print(
+                try String(
+                    contentsOfFile: (pyramid as NSString).appendingPathComponent(PyramidManifest.fileName),
+                    encoding: .utf8))
+            return
+        }
+        let b = m.bounds
+        let w = m.wgs84Bounds
+        print(
+            """
+            tileset     \(m.tileset)
+            grid        \(m.tileMatrixSet.id) (\(m.tileMatrixSet.crs))
+            format      \(m.format.rawValue) q\(m.quality), \(m.tileSize) px tiles, overviews by \(m.resampling)
+            levels      z\(m.minZoom)–z\(m.maxZoom), cell \(m.tileMatrixSet.tileMatrices[m.maxZoom].cellSize) at z\(m.maxZoom)
+            bands       \(m.shardScheme.bands.map { "z\($0.deepest)→\($0.top)" }.joined(separator: ", "))
+            bounds      \(b.minX), \(b.minY), \(b.maxX), \(b.maxY)
+            wgs84       \(String(format: "%.6f, %.6f, %.6f, %.6f", w.minX, w.minY, w.maxX, w.maxY))
+            shards      \(m.shards.count), \(m.shards.reduce(0) { $0 + $1.tiles }) tiles, \(Progress.bytes(m.shards.reduce(0) { $0 + $1.bytes }))
+            created     \(m.created) by \(m.tool), sources \(m.sourcesDigest)
+            """)
+        print("level  tiles (cols × rows limits)")
+        for l in m.levels {
+            print(String(format: "z%-5d cols %d–%d, rows %d–%d", l.z, l.minCol, l.maxCol, l.minRow, l.maxRow))
+        }
+    }
+}
+
+struct ValidateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "validate",
+        abstract: "Check every shard against pyramid.json (size, checksum, COG layout); non-zero exit on a problem.")
+
+    @Argument(help: "Pyramid folder, e.g. store/demo/PM.") var pyramid: String
+
+    func run() throws {
+        let (checked, problems) = try PyramidValidator.validate(directory: pyramid)
+        for p in problems { print("PROBLEM \(p)") }
+        print("\(checked) shard(s) checked, \(problems.count) problem(s)")
+        if !problems.isEmpty { throw ExitCode(1) }
+    }
+}

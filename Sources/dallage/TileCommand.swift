@@ -1,0 +1,116 @@
+import ArgumentParser
+import Foundation
+import Pyramid
+import Raster
+import Tiler
+
+struct TileCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tile",
+        abstract: "Cut source dalles into grid-aligned COG pyramids.",
+        discussion: """
+            With a tileset file:   dallage tile --tileset tilesets/demo.yaml --store store
+            Without one:           dallage tile SOURCE... --id ID --tms 2154_5cm --tms PM --store store
+            """)
+
+    @Argument(help: "Source dalles, folders or glob patterns (when no --tileset is given).")
+    var sources: [String] = []
+
+    @Option(help: "Tileset definition (YAML).") var tileset: String?
+    @Option(help: "Tileset id (without --tileset).") var id: String?
+    @Option(help: "Store folder.") var store = "store"
+    @Option(name: .customLong("tms"), help: "Grid to build (repeatable): 2154_5cm, PM, 2154_10cm, or G_a_b.")
+    var grids: [String] = []
+    @Option(help: "Tile format: jpeg or webp.") var format: String?
+    @Option(help: "Encoder quality 1…100.") var quality: Int?
+    @Option(name: .customLong("min-zoom")) var minZoom: Int?
+    @Option(name: .customLong("max-zoom"), help: "Deepest level (default: from the source resolution).")
+    var maxZoom: Int?
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+    @Option(name: .customLong("cache-mb"), help: "GDAL block cache in MB.") var cacheMB = 256
+    @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
+    @Flag(help: "Continue from an interrupted run, redoing only unfinished shards.") var resume = false
+    @Flag(name: .customLong("dry-run"), help: "Print the plan and stop.") var dryRun = false
+    @Flag(name: .customLong("keep-going"), help: "Exit 0 even when dalles or shards were skipped.")
+    var keepGoing = false
+
+    func run() throws {
+        let logger = makeLogger("dallage.tile")
+        var definition: TilesetDefinition
+        do {
+            if let tileset {
+                definition = try TilesetDefinition.load(path: tileset)
+                if !sources.isEmpty { definition.sources = sources }
+            } else {
+                guard let id else { throw ValidationError("give --tileset FILE, or sources with --id ID") }
+                guard !sources.isEmpty else { throw ValidationError("no source given") }
+                definition = TilesetDefinition(id: id, sources: sources)
+            }
+            if !grids.isEmpty { definition.grids = grids }
+            if let format {
+                guard let f = TileFormat(rawValue: format) else {
+                    throw ValidationError("unknown format '\(format)' (jpeg, webp)")
+                }
+                definition.format = f
+            }
+            if let quality { definition.quality = quality }
+            if let minZoom { definition.minZoom = minZoom }
+            if let maxZoom { definition.maxZoom = maxZoom }
+            try definition.validate()
+        } catch let e as TilerError {
+            throw ValidationError(e.description)
+        }
+        var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
+        if let threads { options.threads = max(1, threads) }
+        options.resume = resume
+        options.dryRun = dryRun
+        options.keepGoing = keepGoing
+        options.cacheMB = cacheMB
+
+        let summary: TilingSummary
+        do {
+            summary = try Tiler(definition: definition, options: options, logger: logger).run()
+        } catch {
+            logger.error("\(error)")
+            throw ExitCode(2)
+        }
+        print(Self.report(summary, definition: definition, dryRun: dryRun, store: store))
+        let failed = summary.grids.reduce(0) { $0 + $1.failed.count }
+        if (failed > 0 || !summary.skipped.isEmpty) && !keepGoing { throw ExitCode(1) }
+    }
+
+    static func report(_ s: TilingSummary, definition: TilesetDefinition, dryRun: Bool, store: String) -> String {
+        var out: [String] = []
+        out.append(
+            "\(definition.id): \(s.sources) source dalle(s), \(String(format: "%.1f", Double(s.sourcePixels) / 1e6)) Mpx"
+        )
+        for plan in s.plans {
+            let z = "z\(plan.scheme.minZoom)–\(plan.scheme.maxZoom)"
+            out.append(
+                "  plan \(plan.tms.id) \(z): \(plan.shardCount) shard(s) in \(plan.scheme.bands.count) band(s) "
+                    + "[\(plan.shards.map { String($0.count) }.joined(separator: ", "))], ~\(plan.estimatedTiles) tiles, "
+                    + "~\(Progress.bytes(plan.estimatedBytes))")
+        }
+        for g in s.grids {
+            let rate = g.seconds > 0 ? Double(g.pixelsRead) / g.seconds / 1e6 : 0
+            out.append(
+                "  built \(g.grid) z\(g.minZoom)–\(g.maxZoom): \(g.shards) shard(s) (\(g.shardsReused) reused), "
+                    + "\(g.tiles) tiles, \(Progress.bytes(g.bytes)) in \(Progress.duration(g.seconds)), "
+                    + "\(String(format: "%.1f", rate)) Mpx/s read")
+            for f in g.failed { out.append("  FAILED shard \(f)") }
+        }
+        if !dryRun {
+            let total = s.seconds > 0 ? Double(s.sourcePixels) / s.seconds / 1e6 : 0
+            out.append(
+                "  total \(Progress.duration(s.seconds)), \(String(format: "%.1f", total)) source Mpx/s over all grids")
+            out.append("  pyramids in \(store)/\(definition.id)/<grid>/pyramid.json")
+        }
+        if s.skipped.isEmpty {
+            out.append("  skipped: none")
+        } else {
+            out.append("  skipped \(s.skipped.count) dalle(s):")
+            for (p, r) in s.skipped { out.append("    \((p as NSString).lastPathComponent): \(r)") }
+        }
+        return out.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import GeoGrid
+import Pyramid
+import Raster
+import Testing
+import Tiler
+
+@Suite(.serialized)
+struct TilerTests {
+    @Test func nativeLevelIsThePixelsOfTheSource() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try Fixture.sample(in: dir + "/src")
+        let summary = try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
+        #expect(summary.skipped.isEmpty)
+        let grid = try #require(summary.grids.first)
+        #expect(grid.maxZoom == 22 && grid.minZoom == 0)
+        #expect(grid.failed.isEmpty && grid.tiles > 0)
+
+        let pyramid = try PyramidReader(directory: dir + "/store/t/2154_5cm")
+        let tms = try Fixture.grid("2154_5cm")
+        let mosaic = try Fixture.mosaic(sources, in: dir)
+        let footprint = try #require(mosaic.geoTransform).bounds(width: mosaic.width, height: mosaic.height)
+        // Every z22 tile inside the area, including those across dalle borders, equals the sources.
+        let range = try #require(tms.tiles(covering: footprint, z: 22))
+        var compared = 0
+        for t in range.tiles where footprint.contains(tms.bounds(of: t)) {
+            let tile = try #require(try pyramid.decodeTile(t))
+            let source = try Fixture.read(mosaic, box: tms.bounds(of: t))
+            #expect(Fixture.psnr(tile, source) >= 38, "tile \(t)")
+            #expect(tile.enumerated().allSatisfy { $0.offset % 4 != 3 || $0.element == 255 })
+            compared += 1
+        }
+        #expect(compared >= 4)
+
+        // Every shard passes GDAL's COG validator and `validate`.
+        for shard in pyramid.manifest.shards {
+            let status = try Fixture.run(
+                "/usr/bin/python3",
+                [
+                    "-m", "osgeo_utils.samples.validate_cloud_optimized_geotiff", "-q",
+                    dir + "/store/t/2154_5cm/" + shard.path,
+                ])
+            #expect(status == 0, "\(shard.path)")
+        }
+        let (checked, problems) = try PyramidValidator.validate(directory: dir + "/store/t/2154_5cm")
+        #expect(checked == pyramid.manifest.shards.count && problems.isEmpty)
+    }
+
+    @Test func coverageEdgesAreTransparentWithoutFringes() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try Fixture.sample(in: dir + "/src", columns: 1, rows: 1, origin: (704_000, 7_060_000))
+        _ = try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
+        let pyramid = try PyramidReader(directory: dir + "/store/t/2154_5cm")
+        let tms = try Fixture.grid("2154_5cm")
+        let mosaic = try Fixture.mosaic(sources, in: dir)
+        // The dalle's top edge (y = 7 060 000) cuts z22 tiles in half: 128 rows outside, 128 inside.
+        let top = tms.tiles(
+            covering: BoundingBox(minX: 704_000, minY: 7_059_999, maxX: 704_001, maxY: 7_060_000), z: 22)
+        let t = try #require(top?.tiles.first)
+        #expect(abs(tms.bounds(of: t).maxY - 7_060_006.4) < 1e-6)
+        let tile = try #require(try pyramid.decodeTile(t))
+        for y in [0, 64, 127] { #expect(tile[(y * 256 + 10) * 4 + 3] == 0, "row \(y) is outside") }
+        for y in [128, 200, 255] { #expect(tile[(y * 256 + 10) * 4 + 3] == 255, "row \(y) is inside") }
+        // Inside pixels next to the edge keep the source's colours (no black or white fringe).
+        var source = [UInt8](repeating: 0, count: 256 * 256 * 4)
+        let lower = try Fixture.read(
+            mosaic, box: BoundingBox(minX: 704_000, minY: 7_059_987.2, maxX: 704_012.8, maxY: 7_060_000))
+        for i in 0..<(128 * 256 * 4) { source[128 * 256 * 4 + i] = lower[i] }
+        #expect(Fixture.psnr(tile, source) >= 36)
+        // A tile wholly outside is absent, at every level.
+        #expect(try pyramid.tileData(TileCoordinate(z: 22, col: t.col, row: t.row - 1)) == nil)
+        // Overviews keep transparency: z15 tile holding the dalle is partly masked.
+        let z15 = try #require(try pyramid.decodeTile(t.ancestor(levels: 7)))
+        let alphas = Set(stride(from: 3, to: z15.count, by: 4).map { z15[$0] })
+        #expect(alphas == [0, 255])
+    }
+
+    @Test func webMercatorTilesAreWhereGDALPutsThem() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try Fixture.sample(in: dir + "/src", columns: 2, rows: 2, dalleSize: 51.2)
+        let summary = try Fixture.tile(sources, store: dir + "/store", grids: ["PM"])
+        #expect(summary.grids.first?.maxZoom == 21)
+        let pyramid = try PyramidReader(directory: dir + "/store/t/PM")
+        let tms = try Fixture.grid("PM")
+        // The shard, opened by GDAL, is georeferenced on the grid (within half a pixel).
+        let shard = try #require(pyramid.manifest.shards.first { $0.z == 14 })
+        let ds = try Dataset.open(dir + "/store/t/PM/" + shard.path)
+        let gt = try #require(ds.geoTransform)
+        let expected = tms.bounds(of: shard.coordinate)
+        let cell = tms.tileMatrices[21].cellSize
+        #expect(abs(gt.originX - expected.minX) < cell / 2 && abs(gt.originY - expected.maxY) < cell / 2)
+        #expect(abs(gt.pixelWidth - cell) < 1e-9)
+        #expect(ds.spatialReference?.epsg == 3857)
+
+        // Pixels: a z21 tile inside the area matches GDAL's own bilinear warp, and is best aligned
+        // with no shift (a one-pixel shift would lower the match).
+        let wgs = try SpatialReference.wgs84()
+        let l93 = try SpatialReference(epsg: 2154)
+        let pm = try SpatialReference(epsg: 3857)
+        let mosaic = try Fixture.mosaic(sources, in: dir)
+        let area = try CoordinateTransform(from: l93, to: pm).transform(
+            try #require(mosaic.geoTransform).bounds(width: mosaic.width, height: mosaic.height).expanded(by: -5))
+        _ = wgs
+        let t = try Fixture.tile(inside: area, z: 21, tms: tms)
+        let ours = try #require(try pyramid.decodeTile(t))
+        let gdal = try Fixture.warped(sources, box: tms.bounds(of: t), crs: "EPSG:3857", in: dir)
+        let aligned = Fixture.psnr(ours, gdal)
+        #expect(aligned >= 32)
+        for (dx, dy) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+            #expect(Fixture.psnr(ours, gdal, dx: dx, dy: dy) < aligned - 1)
+        }
+    }
+
+    @Test func conicConformalAndJPEG2000SourcesAreTiled() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // CC49 dalles land in Lambert-93 where GDAL puts them.
+        let cc49 = try Fixture.sample(in: dir + "/cc49", columns: 1, rows: 1, dalleSize: 51.2, crs: "EPSG:3949")
+        _ = try Fixture.tile(cc49, id: "cc", store: dir + "/store", grids: ["2154_5cm"])
+        let tms = try Fixture.grid("2154_5cm")
+        let cc = try PyramidReader(directory: dir + "/store/cc/2154_5cm")
+        let src = try Dataset.open(cc49[0])
+        let box = try CoordinateTransform(from: try SpatialReference(epsg: 3949), to: try SpatialReference(epsg: 2154))
+            .transform(try #require(src.geoTransform).bounds(width: src.width, height: src.height)).expanded(by: -3)
+        let t = try Fixture.tile(inside: box, z: 22, tms: tms)
+        let ours = try #require(try cc.decodeTile(t))
+        let gdal = try Fixture.warped(cc49, box: tms.bounds(of: t), crs: "EPSG:2154", in: dir)
+        #expect(Fixture.psnr(ours, gdal) >= 32)
+
+        // JPEG 2000 dalles are read through OpenJPEG and copied pixel for pixel.
+        let jp2 = try Fixture.sample(in: dir + "/jp2", columns: 1, rows: 1, format: .jp2)
+        #expect(jp2[0].hasSuffix("-LA93-0M05-RVB.jp2"))
+        _ = try Fixture.tile(jp2, id: "jp2", store: dir + "/store", grids: ["2154_5cm"])
+        let j = try PyramidReader(directory: dir + "/store/jp2/2154_5cm")
+        let jds = try Dataset.open(jp2[0])
+        let jbox = try #require(jds.geoTransform).bounds(width: jds.width, height: jds.height)
+        let jt = try Fixture.tile(inside: jbox, z: 22, tms: tms)
+        let decoded = try #require(try j.decodeTile(jt))
+        let reference = try Fixture.read(jds, box: tms.bounds(of: jt))
+        // Lossy JPEG 2000 leaves artefacts that cost JPEG q85 a few dB (GDAL's own q85 gets 33 dB
+        // on this dalle); a one-pixel shift scores clearly lower.
+        let aligned = Fixture.psnr(decoded, reference)
+        #expect(aligned >= 32)
+        #expect(Fixture.psnr(decoded, reference, dx: 1) < aligned - 2)
+    }
+
+    @Test func corruptDallesAreReportedAndSkipped() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var sources = try Fixture.sample(in: dir + "/src", columns: 2, rows: 1)
+        let garbage = dir + "/src/2024-0000000-00000000-LA93-0M05-RVB.tif"
+        try Data(repeating: 0x42, count: 5000).write(to: URL(fileURLWithPath: garbage))
+        let truncated = dir + "/src/truncated.tif"
+        let whole = try Data(contentsOf: URL(fileURLWithPath: sources[0]))
+        try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: truncated))
+        sources += [garbage, truncated, dir + "/src/missing.tif"]
+        let summary = try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
+        let skipped = Dictionary(
+            uniqueKeysWithValues: summary.skipped.map { (($0.path as NSString).lastPathComponent, $0.reason) })
+        #expect(skipped.count == 3)
+        #expect(skipped["missing.tif"] == "file not found")
+        #expect(skipped[(garbage as NSString).lastPathComponent]?.isEmpty == false)
+        #expect(skipped["truncated.tif"]?.isEmpty == false)
+        // The good dalles were tiled all the same.
+        #expect(summary.sources == 2)
+        #expect((summary.grids.first?.tiles ?? 0) > 0)
+
+        // The command line names them and exits non-zero unless --keep-going.
+        let cli = Fixture.executable
+        let status = try Fixture.run(
+            cli,
+            ["tile", "--id", "c", "--tms", "2154_5cm", "--store", dir + "/store", "--tms-dir", Fixture.tmsDirectory]
+                + sources)
+        #expect(status == 1)
+        let kept = try Fixture.run(
+            cli,
+            [
+                "tile", "--id", "c", "--tms", "2154_5cm", "--store", dir + "/store", "--tms-dir", Fixture.tmsDirectory,
+                "--keep-going",
+            ]
+                + sources)
+        #expect(kept == 0)
+    }
+
+    @Test func dryRunWritesNothingAndPlansOnlyWhereDallesAre() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Two dalles 5 km apart: the plan covers two shards, not the 5 km box between them.
+        var sources = try Fixture.sample(in: dir + "/src", columns: 1, rows: 1, origin: (704_000, 7_060_000))
+        sources += try Fixture.sample(in: dir + "/src", columns: 1, rows: 1, origin: (709_000, 7_055_000))
+        let summary = try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm", "PM"]) { $0.dryRun = true }
+        #expect(summary.plans.map { $0.shards[0].count } == [2, 2])
+        #expect(summary.grids.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/store/t/2154_5cm"))
+    }
+}
