@@ -56,7 +56,7 @@ public struct ShardSummary: Sendable, Hashable, Codable {
 /// lays out the COG (IFDs first, then tiles from the smallest overview to the full resolution,
 /// row-major, each mask tile right after its image tile), writes it under a temporary name,
 /// flushes it and renames it: a reader never sees half a shard.
-public final class ShardWriter {
+public final class ShardWriter: @unchecked Sendable {
     public let path: String
     public let geometry: ShardGeometry
     public let format: TileFormat
@@ -74,6 +74,8 @@ public final class ShardWriter {
     private var entries: [[Entry]]
     private var anyPartial = false
     private var finished = false
+    /// Serialises `add` from the workers that build a shard's quadrants.
+    private let lock = NSLock()
 
     /// A 256×256 mask tile with every pixel valid, DEFLATE-compressed once.
     static let fullMask: [UInt8] = {
@@ -114,6 +116,8 @@ public final class ShardWriter {
     ) throws {
         let n = geometry.tilesPerSide(overview: overview)
         precondition(col >= 0 && col < n && row >= 0 && row < n, "tile outside the shard")
+        lock.lock()
+        defer { lock.unlock() }
         var e = Entry(offset: spoolSize, length: tile.count)
         try append(tile)
         if let mask {

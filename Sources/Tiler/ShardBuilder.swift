@@ -8,11 +8,6 @@ import Raster
 /// their parent, so memory is a few blocks per level whatever the shard or input size, and each
 /// source window is decoded once.
 final class ShardBuilder {
-    struct Result {
-        var summary: ShardSummary?
-        var pixelsRead: Int
-    }
-
     let tms: TileMatrixSet
     let band: ShardScheme.Band
     let format: TileFormat
@@ -28,6 +23,7 @@ final class ShardBuilder {
     private let bits = UnsafeMutablePointer<UInt8>.allocate(capacity: 256 * 256 / 8)
     private var writer: ShardWriter?
     private var pixelsRead = 0
+    private var currentShard: TileCoordinate?
 
     static let defaultBlockTiles = 8
 
@@ -52,20 +48,85 @@ final class ShardBuilder {
         bits.deallocate()
     }
 
-    /// Builds the shard at `shard` (a tile at the band's top level) into `path`.
-    func build(shard: TileCoordinate, path: String) throws -> Result {
+    /// True when shards of `band` are built as four quadrants (separate jobs) and a merge.
+    static func splits(_ band: ShardScheme.Band) -> Bool { band.deepest - band.top >= 4 }
+
+    /// A writer for `shard` at `path`, with the shard's georeferencing.
+    func makeWriter(shard: TileCoordinate, path: String) throws -> ShardWriter {
         let box = tms.bounds(of: shard)
         let deepest = tms.tileMatrices[band.deepest]
         let geometry = ShardGeometry(
             originX: box.minX, originY: box.maxY, resolution: deepest.cellSize, levelCount: band.levelCount,
             tileSize: deepest.tileWidth, epsg: epsg)
-        let w = try ShardWriter(path: path, geometry: geometry, format: format)
-        writer = w
+        return try ShardWriter(path: path, geometry: geometry, format: format)
+    }
+
+    private func prepare(_ job: ShardJob) throws {
+        writer = job.writer
         pixelsRead = 0
+        if currentShard != job.shard {
+            try reader.begin(shard: tms.bounds(of: job.shard))
+            currentShard = job.shard
+        }
+    }
+
+    /// Builds every level of a shard in one go (bands too short to split).
+    func buildWhole(_ job: ShardJob) throws -> Int {
+        try prepare(job)
         defer { writer = nil }
-        try reader.begin(shard: box)
-        _ = try node(z: band.top, col: shard.col, row: shard.row, tiles: 1, shard: shard, depth: 0)
-        return Result(summary: try w.finish(), pixelsRead: pixelsRead)
+        _ = try node(z: band.top, col: job.shard.col, row: job.shard.row, tiles: 1, shard: job.shard, depth: 0)
+        return pixelsRead
+    }
+
+    /// Builds one quadrant (0…3, row-major) of a shard down from the band's top level + 4, and
+    /// returns its top canvas, now owned by the caller, and the source pixels read.
+    func buildQuadrant(_ job: ShardJob, quadrant q: Int) throws -> (Canvas?, Int) {
+        try prepare(job)
+        defer { writer = nil }
+        let n = 1 << 3
+        let c = try node(
+            z: band.top + 4, col: job.shard.col * 2 * n + (q & 1) * n, row: job.shard.row * 2 * n + (q >> 1) * n,
+            tiles: n, shard: job.shard, depth: 0)
+        if c != nil { canvases[0] = nil }  // hand the canvas over; the next job allocates its own
+        return (c, pixelsRead)
+    }
+
+    /// Combines the four quadrants into the band's top four levels.
+    func merge(_ job: ShardJob, quadrants: [Canvas?]) throws {
+        writer = job.writer
+        defer { writer = nil }
+        var z = band.top + 3
+        var tiles = 1 << 3
+        var current = canvas(depth: 100, side: tiles * 256)
+        guard quadrants.contains(where: { $0 != nil }) else { return }
+        let half = current.side / 2
+        for (q, child) in quadrants.enumerated() {
+            let qx = q & 1
+            let qy = q >> 1
+            if let child {
+                PixelOps.downsample(
+                    child.pixels, srcStride: child.stride,
+                    into: current.pixels + qy * half * current.stride + qx * half * 4, dstStride: current.stride,
+                    width: half, height: half, nearest: nearestOverviews)
+            } else {
+                current.clear(x: qx * half, y: qy * half, size: half)
+            }
+        }
+        while true {
+            let up = z - band.top
+            let range = TileRange(
+                z: z, minCol: job.shard.col << up, minRow: job.shard.row << up,
+                maxCol: (job.shard.col << up) + tiles - 1, maxRow: (job.shard.row << up) + tiles - 1)
+            try encode(current, range: range, shard: job.shard)
+            guard z > band.top else { break }
+            z -= 1
+            tiles /= 2
+            let next = canvas(depth: 100 + band.top + 3 - z, side: tiles * 256)
+            PixelOps.downsample(
+                current.pixels, srcStride: current.stride, into: next.pixels, dstStride: next.stride,
+                width: next.side, height: next.side, nearest: nearestOverviews)
+            current = next
+        }
     }
 
     private func canvas(depth: Int, side: Int) -> Canvas {
@@ -152,5 +213,39 @@ final class ShardBuilder {
                 try bytes.withUnsafeBytes { try writer.add(overview: overview, col: lc, row: lr, tile: $0, mask: nil) }
             }
         }
+    }
+}
+
+/// One shard under construction, shared by the workers building its quadrants: the last
+/// quadrant to finish merges them and writes the file.
+final class ShardJob: @unchecked Sendable {
+    let shard: TileCoordinate
+    let writer: ShardWriter
+    private let lock = NSLock()
+    private var quadrants: [Canvas?] = [nil, nil, nil, nil]
+    private var remaining: Int
+    private(set) var pixelsRead = 0
+    private(set) var error: Error?
+
+    init(shard: TileCoordinate, writer: ShardWriter, parts: Int) {
+        self.shard = shard
+        self.writer = writer
+        remaining = parts
+    }
+
+    /// Records one part; returns the quadrants when it was the last part and none failed.
+    func complete(quadrant: Int?, canvas: Canvas?, pixels: Int, error: Error?) -> (last: Bool, quadrants: [Canvas?]) {
+        lock.lock()
+        defer { lock.unlock() }
+        if let quadrant { quadrants[quadrant] = canvas }
+        pixelsRead += pixels
+        if let error, self.error == nil { self.error = error }
+        remaining -= 1
+        if remaining == 0 {
+            let q = quadrants
+            quadrants = [nil, nil, nil, nil]
+            return (true, q)
+        }
+        return (false, [])
     }
 }

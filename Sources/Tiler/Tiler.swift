@@ -17,6 +17,11 @@ public struct TileOptions: Sendable {
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
     public var cacheMB = 256
+    /// Milliseconds to wait after each shard: lets tests kill a run mid-way
+    /// (`DALLAGE_TEST_SHARD_DELAY_MS`).
+    public var delayAfterShard: Int? = ProcessInfo.processInfo.environment["DALLAGE_TEST_SHARD_DELAY_MS"].flatMap {
+        Int($0)
+    }
 
     public init(store: String, tmsDirectory: String) {
         self.store = store
@@ -141,15 +146,21 @@ public final class Tiler {
             progress.start(label, total: plan.shards[b].count)
             progress.advance(units: plan.shards[b].count - todo.count)
             let existing = Set(done.compactMap { $0.value == nil ? nil : $0.key })
-            let results = ResultSlots<(TileCoordinate, Result<ShardBuilder.Result, Error>)>(count: todo.count)
+            // Work items: whole shards, or each shard's four quadrants (so two cores share even one shard).
+            let parts = ShardBuilder.splits(band) ? 4 : 1
+            let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }
+            let results = ResultSlots<(TileCoordinate, Result<(ShardSummary?, Int), Error>)>(count: todo.count)
+            let jobs = Mutex<[TileCoordinate: ShardJob]>([:])
             let counter = Counter()
             let options = self.options
             let definition = self.definition
             let progress = self.progress
             let below = b > 0 ? plan.scheme.bands[b - 1] : nil
             let journalRef = journal
-            DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, todo.count))) { _ in
-                let builder: ShardBuilder
+            let slot = Dictionary(uniqueKeysWithValues: todo.enumerated().map { ($1, $0) })
+            DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, items.count))) { _ in
+                var builder: ShardBuilder?
+                var setupError: Error?
                 do {
                     let reader: LeafReader =
                         if let below {
@@ -164,22 +175,53 @@ public final class Tiler {
                         tms: tms, band: band, format: definition.format, quality: definition.quality, reader: reader,
                         overviewResampling: definition.overviewResampling)
                 } catch {
-                    let i = counter.next()
-                    if i < todo.count { results.set(i, (todo[i], .failure(error))) }
-                    return
+                    setupError = error
                 }
                 while true {
                     let i = counter.next()
-                    if i >= todo.count { break }
-                    let shard = todo[i]
+                    if i >= items.count { break }
+                    let (shard, quadrant) = items[i]
                     let path = (directory as NSString).appendingPathComponent(ShardScheme.path(of: shard))
+                    let job: ShardJob
                     do {
-                        let r = try builder.build(shard: shard, path: path)
-                        journalRef.record(shard, r.summary)
-                        results.set(i, (shard, .success(r)))
-                        progress.advance(pixels: r.pixelsRead, bytes: r.summary?.bytes ?? 0)
+                        guard let builder else { throw setupError ?? RasterError("worker set-up failed") }
+                        job = try jobs.withLock { all in
+                            if let j = all[shard] { return j }
+                            let j = ShardJob(
+                                shard: shard, writer: try builder.makeWriter(shard: shard, path: path), parts: parts)
+                            all[shard] = j
+                            return j
+                        }
                     } catch {
-                        results.set(i, (shard, .failure(error)))
+                        results.set(slot[shard] ?? 0, (shard, .failure(error)))
+                        continue
+                    }
+                    var canvas: Canvas?
+                    var pixels = 0
+                    var failure: Error?
+                    do {
+                        if let quadrant, let builder {
+                            (canvas, pixels) = try builder.buildQuadrant(job, quadrant: quadrant)
+                        } else if let builder {
+                            pixels = try builder.buildWhole(job)
+                        }
+                    } catch {
+                        failure = error
+                    }
+                    let (last, quadrants) = job.complete(
+                        quadrant: quadrant, canvas: canvas, pixels: pixels, error: failure)
+                    guard last else { continue }
+                    jobs.withLock { _ = $0.removeValue(forKey: shard) }
+                    do {
+                        if let error = job.error { throw error }
+                        if parts > 1, let builder { try builder.merge(job, quadrants: quadrants) }
+                        let summary = try job.writer.finish()
+                        journalRef.record(shard, summary)
+                        if let delay = options.delayAfterShard { usleep(UInt32(delay * 1000)) }
+                        results.set(slot[shard] ?? 0, (shard, .success((summary, job.pixelsRead))))
+                        progress.advance(pixels: job.pixelsRead, bytes: summary?.bytes ?? 0)
+                    } catch {
+                        results.set(slot[shard] ?? 0, (shard, .failure(error)))
                         progress.advance()
                     }
                 }
@@ -187,9 +229,9 @@ public final class Tiler {
             progress.finish()
             for (shard, r) in results.values {
                 switch r {
-                case .success(let built):
-                    done[shard] = built.summary
-                    pixelsRead += built.pixelsRead
+                case .success(let (summary, pixels)):
+                    done[shard] = summary
+                    pixelsRead += pixels
                 case .failure(let error):
                     logger.error("shard \(tms.id) \(shard) failed: \(error)")
                     failed.append("\(shard): \(error)")

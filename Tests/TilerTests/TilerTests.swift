@@ -197,3 +197,65 @@ struct TilerTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/store/t/2154_5cm"))
     }
 }
+
+@Suite(.serialized)
+struct ResumeTests {
+    @Test func killedRunResumesToTheSamePyramid() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Four dalles 2 km apart: four shards in the first band.
+        var sources: [String] = []
+        for (i, origin) in [(704_000.0, 7_060_000.0), (706_000, 7_060_000), (704_000, 7_058_000), (706_000, 7_058_000)]
+            .enumerated()
+        {
+            sources += try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
+        }
+        let reference = try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
+        #expect(reference.plans[0].shards[0].count == 4)
+
+        // The same run, killed with SIGKILL after its first shard is recorded.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Fixture.executable)
+        p.arguments =
+            [
+                "tile", "--id", "t", "--tms", "2154_5cm", "--threads", "1", "--store", dir + "/b", "--tms-dir",
+                Fixture.tmsDirectory,
+            ]
+            + sources
+        p.environment = ProcessInfo.processInfo.environment.merging(["DALLAGE_TEST_SHARD_DELAY_MS": "3000"]) { $1 }
+        p.standardError = FileHandle.nullDevice
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        let journal = dir + "/b/t/2154_5cm/.journal"
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            let lines = (try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 0
+            if lines >= 2 { break }
+            usleep(20_000)
+        }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/b/t/2154_5cm/pyramid.json"))
+
+        // Resuming redoes only what was not finished and ends with the same shards, byte for byte.
+        let resumed = try Fixture.tile(sources, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
+        let grid = try #require(resumed.grids.first)
+        #expect(grid.shardsReused >= 1 && grid.shardsReused < reference.grids[0].shards)
+        let a = try PyramidManifest.load(directory: dir + "/a/t/2154_5cm")
+        let b = try PyramidManifest.load(directory: dir + "/b/t/2154_5cm")
+        #expect(
+            Set(a.shards.map { "\($0.path) \($0.crc32) \($0.bytes)" })
+                == Set(b.shards.map { "\($0.path) \($0.crc32) \($0.bytes)" }))
+        // No half-written file is left with any name.
+        let leftovers =
+            FileManager.default.enumerator(atPath: dir + "/b")?.allObjects.compactMap { $0 as? String }
+            .filter { ($0 as NSString).lastPathComponent.hasPrefix(".") && !$0.hasSuffix(".journal") } ?? []
+        #expect(leftovers.isEmpty)
+
+        // Resuming against changed sources is refused rather than mixing two inputs.
+        #expect(throws: (any Error).self) {
+            _ = try Fixture.tile(Array(sources.dropLast()), store: dir + "/b", grids: ["2154_5cm"]) { $0.resume = true }
+        }
+    }
+}
