@@ -11,6 +11,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // System-library shims: a modulemap and one header each, nothing else.
@@ -36,10 +40,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The HTTP service: WMTS, XYZ, TileJSON, OGC API Tiles, caches, metrics.
+        .target(
+            name: "Server",
+            dependencies: [
+                "Pyramid", "Raster", "GeoGrid", "Yams",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "dallage",
             dependencies: [
-                "Tiler", "Pyramid", "Raster", "GeoGrid",
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -49,6 +65,13 @@ let package = Package(
         .testTarget(name: "RasterTests", dependencies: ["Raster"]),
         .testTarget(name: "PyramidTests", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
         .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid"]),
+        .testTarget(
+            name: "ServerTests",
+            dependencies: [
+                "Server", "Tiler", "Pyramid", "Raster", "GeoGrid",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -46,6 +46,10 @@ public struct PyramidManifest: Sendable, Codable {
 
     public var formatVersion = 1
     public var tileset: String
+    /// Human-facing description from the tileset file, shown in capabilities and TileJSON.
+    public var title: String?
+    public var abstract: String?
+    public var attribution: String?
     public var tileMatrixSet: TileMatrixSet
     public var tileSize: Int
     public var format: TileFormat

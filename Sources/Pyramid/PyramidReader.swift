@@ -9,28 +9,80 @@ public final class PyramidReader: Sendable {
     public let directory: String
     public let manifest: PyramidManifest
     private let existing: Set<TileCoordinate>
-    private let shards = Mutex<[TileCoordinate: ShardReader]>([:])
+    private let openLimit: Int
 
-    public init(directory: String) throws {
+    private struct Open {
+        var readers: [TileCoordinate: ShardReader] = [:]
+        /// Opening order, oldest first: the first to close when the limit is reached.
+        var order: [TileCoordinate] = []
+        /// Shards that could not be opened, with the reason: not retried, reported once.
+        var failed: [TileCoordinate: ShardError] = [:]
+    }
+
+    private let open = Mutex(Open())
+
+    /// `openLimit` bounds the shards mapped at once (each mapping also pins its file).
+    public init(directory: String, openLimit: Int = 4096) throws {
         self.directory = directory
+        self.openLimit = max(1, openLimit)
         manifest = try PyramidManifest.load(directory: directory)
         existing = Set(manifest.shards.map(\.coordinate))
     }
 
-    /// The shard holding a tile, opened (and mapped) on first use.
+    /// The shard holding a tile, opened (and mapped) on first use; nil when the pyramid has no
+    /// shard there. A shard that cannot be read throws the same error each time, marked `repeated`
+    /// after the first, so it is logged once.
     public func shard(for tile: TileCoordinate) throws -> (ShardReader, ShardLocation)? {
         guard let loc = manifest.shardScheme.locate(tile), existing.contains(loc.shard) else { return nil }
-        if let r = shards.withLock({ $0[loc.shard] }) { return (r, loc) }
-        let r = try ShardReader(path: (directory as NSString).appendingPathComponent(ShardScheme.path(of: loc.shard)))
-        shards.withLock { $0[loc.shard] = r }
-        return (r, loc)
+        let cached: ShardReader? = try open.withLock { o in
+            if var e = o.failed[loc.shard] {
+                e.repeated = true
+                throw e
+            }
+            return o.readers[loc.shard]
+        }
+        if let cached { return (cached, loc) }
+        let path = (directory as NSString).appendingPathComponent(ShardScheme.path(of: loc.shard))
+        let reader: ShardReader
+        do {
+            reader = try ShardReader(path: path)
+        } catch let e as ShardError {
+            open.withLock { $0.failed[loc.shard] = e }
+            throw e
+        }
+        open.withLock { o in
+            if o.readers[loc.shard] == nil {
+                o.readers[loc.shard] = reader
+                o.order.append(loc.shard)
+                if o.order.count > openLimit {
+                    let evicted = o.order.removeFirst()
+                    o.readers[evicted] = nil
+                }
+            }
+        }
+        return (reader, loc)
     }
 
-    /// The stored bytes of a tile (a complete JPEG or WebP stream), nil when there is none.
-    /// The bytes stay valid while this reader lives.
-    public func tileData(_ tile: TileCoordinate) throws -> UnsafeRawBufferPointer? {
-        guard let (r, loc) = try shard(for: tile) else { return nil }
-        return try r.tile(overview: loc.overview, col: loc.col, row: loc.row)
+    /// Shards currently mapped.
+    public var openCount: Int { open.withLock { $0.readers.count } }
+
+    /// Calls `body` with the stored bytes of a tile (a complete JPEG or WebP stream) and whether it
+    /// has a partial mask; nil when there is no tile. The bytes are valid only inside `body`.
+    public func withTileData<R>(
+        _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ masked: Bool) throws -> R
+    ) throws -> R? {
+        guard let (r, loc) = try shard(for: tile),
+            let bytes = try r.tile(overview: loc.overview, col: loc.col, row: loc.row)
+        else { return nil }
+        let masked = try r.maskTile(overview: loc.overview, col: loc.col, row: loc.row).map {
+            !$0.elementsEqual(ShardWriter.fullMask)
+        }
+        return try withExtendedLifetime(r) { try body(bytes, masked ?? false) }
+    }
+
+    /// A copy of the stored bytes of a tile, nil when there is none.
+    public func tileData(_ tile: TileCoordinate) throws -> [UInt8]? {
+        try withTileData(tile) { bytes, _ in Array(bytes) }
     }
 
     /// A tile as RGBA pixels, alpha from the mask (255 where the shard has no mask); nil when absent.

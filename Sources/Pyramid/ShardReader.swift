@@ -5,6 +5,8 @@ import Raster
 public struct ShardError: Error, CustomStringConvertible, Sendable {
     public var path: String
     public var reason: String
+    /// Set when the same failure was already reported once.
+    public var repeated = false
     public var description: String { "\(path): \(reason)" }
 }
 

@@ -78,7 +78,7 @@ public final class ShardWriter: @unchecked Sendable {
     private let lock = NSLock()
 
     /// A 256×256 mask tile with every pixel valid, DEFLATE-compressed once.
-    static let fullMask: [UInt8] = {
+    public static let fullMask: [UInt8] = {
         let raw = [UInt8](repeating: 0xFF, count: 256 * 256 / 8)
         return (try? raw.withUnsafeBytes { try Deflate.compress($0) }) ?? []
     }()
@@ -227,18 +227,27 @@ public final class ShardWriter: @unchecked Sendable {
         let out = try BufferedFile(path: temporary)
         do {
             try header.withUnsafeBytes { try out.write($0) }
-            guard
-                let map = spoolSize > 0
-                    ? mmap(nil, spoolSize, PROT_READ, MAP_PRIVATE, spool, 0) : nil, map != MAP_FAILED
-            else { throw RasterError("cannot read back \(spoolPath)") }
-            defer { munmap(map, spoolSize) }
-            _ = madvise(map, spoolSize, MADV_RANDOM)
+            // Read tiles back with pread rather than a mapping: mapped spool pages would count in the
+            // process's resident memory and grow with the shard.
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            func copy(offset: Int, length: Int) throws {
+                if chunk.count < length { chunk = [UInt8](repeating: 0, count: length) }
+                try chunk.withUnsafeMutableBytes { buf in
+                    var done = 0
+                    while done < length {
+                        let n = pread(spool, buf.baseAddress! + done, length - done, off_t(offset + done))
+                        guard n > 0 else { throw RasterError("cannot read back \(spoolPath)") }
+                        done += n
+                    }
+                    try out.write(UnsafeRawBufferPointer(start: buf.baseAddress, count: length))
+                }
+            }
             for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
                 for e in entries[o] where e.length > 0 {
-                    try out.write(UnsafeRawBufferPointer(start: map + e.offset, count: e.length))
+                    try copy(offset: e.offset, length: e.length)
                     if hasMask {
                         if e.maskLength > 0 {
-                            try out.write(UnsafeRawBufferPointer(start: map + e.maskOffset, count: e.maskLength))
+                            try copy(offset: e.maskOffset, length: e.maskLength)
                         } else {
                             try fullMask.withUnsafeBytes { try out.write($0) }
                         }

@@ -71,14 +71,14 @@ public final class Dataset {
 
     /// A GDAL dataset over caller-owned pixel-interleaved RGBA bytes (no copy). The memory must
     /// outlive the dataset.
-    public static func wrapping(rgba: UnsafeMutablePointer<UInt8>, width: Int, height: Int, bands: Int = 4) throws
-        -> Dataset
-    {
+    public static func wrapping(
+        rgba: UnsafeMutablePointer<UInt8>, width: Int, height: Int, bands: Int = 4, lineStride: Int? = nil
+    ) throws -> Dataset {
         GDAL.initialize()
         let addr = UInt(bitPattern: rgba)
         let spec =
             "MEM:::DATAPOINTER=0x\(String(addr, radix: 16)),PIXELS=\(width),LINES=\(height),BANDS=\(bands),"
-            + "DATATYPE=Byte,PIXELOFFSET=\(bands),LINEOFFSET=\(width * bands),BANDOFFSET=1"
+            + "DATATYPE=Byte,PIXELOFFSET=\(bands),LINEOFFSET=\(lineStride ?? width * bands),BANDOFFSET=1"
         guard let h = GDALOpen(spec, GA_Update) else { throw RasterError.gdal("cannot wrap a pixel buffer") }
         return Dataset(handle: h, path: "MEM")
     }

@@ -32,3 +32,27 @@ public enum Deflate {
             CZlib.crc32(uLong(previous), bytes.baseAddress?.assumingMemoryBound(to: Bytef.self), uInt(bytes.count)))
     }
 }
+
+extension Deflate {
+    /// gzip (RFC 1952) of a whole document, for HTTP `Content-Encoding: gzip`.
+    public static func gzip(_ bytes: UnsafeRawBufferPointer, level: Int32 = 6) throws -> [UInt8] {
+        var stream = z_stream()
+        guard
+            deflateInit2_(
+                &stream, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION,
+                Int32(MemoryLayout<z_stream>.size)) == Z_OK
+        else { throw RasterError("gzip initialisation failed") }
+        defer { deflateEnd(&stream) }
+        var out = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(bytes.count))) + 32)
+        let rc = out.withUnsafeMutableBufferPointer { o -> Int32 in
+            stream.next_in = UnsafeMutablePointer(mutating: bytes.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            stream.avail_in = uInt(bytes.count)
+            stream.next_out = o.baseAddress
+            stream.avail_out = uInt(o.count)
+            return deflate(&stream, Z_FINISH)
+        }
+        guard rc == Z_STREAM_END else { throw RasterError("gzip failed (\(rc))") }
+        out.removeSubrange(Int(stream.total_out)...)
+        return out
+    }
+}

@@ -249,12 +249,15 @@ public final class Tiler {
         }.sorted { ($0.z, $0.row, $0.col) < ($1.z, $1.row, $1.col) }
         if failed.isEmpty || options.keepGoing {
             removeStaleShards(directory: directory, keep: Set(shards.map(\.path)))
-            let manifest = PyramidManifest(
+            var manifest = PyramidManifest(
                 tileset: definition.id, tileMatrixSet: tms, tileSize: 256, format: definition.format,
                 quality: definition.quality, resampling: definition.overviewResampling.rawValue,
                 minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, levels: plan.levels, bounds: plan.bounds,
                 wgs84Bounds: plan.wgs84Bounds, shardScheme: plan.scheme, shards: shards, sourcesDigest: digest,
                 created: ISO8601DateFormatter().string(from: Date()), tool: "dallage \(DallageVersion.current)")
+            manifest.title = definition.title
+            manifest.abstract = definition.abstract
+            manifest.attribution = definition.attribution
             try manifest.save(directory: directory)
         }
         return TilingSummary.GridResult(

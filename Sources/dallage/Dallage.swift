@@ -3,12 +3,14 @@ import Foundation
 import Logging
 
 @main
-struct Dallage: ParsableCommand {
+struct Dallage: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dallage",
         abstract: "Orthophoto dalles → cloud-optimized tile pyramids, served over WMTS/XYZ.",
         version: "0.1.0",
-        subcommands: [TileCommand.self, SampleDataCommand.self, InspectCommand.self, ValidateCommand.self])
+        subcommands: [
+            TileCommand.self, ServeCommand.self, SampleDataCommand.self, InspectCommand.self, ValidateCommand.self,
+        ])
 }
 
 /// Logs to standard error, one line per event, at the level given by DALLAGE_LOG_LEVEL (info).

@@ -1,0 +1,55 @@
+import Foundation
+import Hummingbird
+import Logging
+import Pyramid
+import ServiceLifecycle
+
+/// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
+public func buildRouter(service: TileService) -> Router<BasicRequestContext> {
+    let registry = DallageMetrics.registry
+    let configured = service.configuration.publicURL
+    let baseURL: @Sendable (Request) -> String = { request in
+        if let configured { return configured.hasSuffix("/") ? String(configured.dropLast()) : configured }
+        let host = request.head.authority ?? "localhost"
+        return "http://\(host)"
+    }
+    let router = Router()
+    router.add(middleware: LogRequestsMiddleware(.info))
+    router.add(middleware: MetricsMiddleware())
+    router.add(
+        middleware: CORSMiddleware(
+            allowOrigin: .all, allowHeaders: [.accept, .authorization, .contentType, .ifNoneMatch],
+            allowMethods: [.get, .head, .post, .delete, .options], exposedHeaders: ["ETag"]))
+    router.add(middleware: HeadMiddleware())
+    OperationsController(service: service, registry: registry).addRoutes(to: router)
+    WMTSController(service: service, baseURL: baseURL).addRoutes(to: router)
+    TilesController(service: service, baseURL: baseURL).addRoutes(to: router)
+    OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
+    return router
+}
+
+/// The whole service: catalog (rescanned in the background), tile service and HTTP server.
+/// Runs until SIGTERM or SIGINT, then finishes the requests in flight.
+public func buildApplication(configuration: ServerConfiguration, logger: Logger) -> some ApplicationProtocol {
+    _ = DallageMetrics.registry
+    let catalog = PyramidCatalog(store: configuration.store, openShards: configuration.openShards, logger: logger)
+    let service = TileService(catalog: catalog, configuration: configuration, logger: logger)
+    var app = Application(
+        router: buildRouter(service: service),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dallage"),
+        logger: logger)
+    app.addServices(CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds))
+    return app
+}
+
+/// Rescans the store while the server runs.
+struct CatalogWatcher: Service {
+    let catalog: PyramidCatalog
+    let interval: Double
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await catalog.watch(every: interval)
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import Yams
+
+/// The server's settings: a YAML file, then `DALLAGE_*` environment variables, then flags,
+/// merged in `merged(environment:flags:)`.
+public struct ServerConfiguration: Codable, Sendable, Equatable {
+    /// What to answer for a tile the pyramid does not have.
+    public enum EmptyTile: String, Codable, Sendable {
+        case notFound = "404"
+        case blank
+    }
+
+    public var host: String = ServerConfiguration.defaultHost
+    public var port: Int = ServerConfiguration.defaultPort
+    /// The store of pyramids (`<store>/<tileset>/<grid>/pyramid.json`).
+    public var store: String = "store"
+    /// The folder of OGC TMS 2.0 grids.
+    public var tmsDirectory: String = "config/tms"
+    /// The public base URL written in capabilities and TileJSON; by default from the request's Host.
+    public var publicURL: String?
+    /// In-memory cache of transcoded tiles (PNG, WebP, clipped), in bytes.
+    public var tileCacheBytes: Int = ServerConfiguration.defaultTileCacheBytes
+    /// Shards kept mapped at once (each holds a file descriptor and a mapping).
+    public var openShards: Int = 4096
+    /// `Cache-Control` for tiles, per tileset id; `*` applies to the others.
+    public var cacheControl: [String: String] = ["*": ServerConfiguration.defaultCacheControl]
+    public var emptyTile: EmptyTile = .notFound
+    /// Seconds between scans of the store for new or rebuilt pyramids.
+    public var rescanSeconds: Double = 2
+
+    public static let defaultHost = "127.0.0.1"
+    public static let defaultPort = 8080
+    public static let defaultTileCacheBytes = 256 << 20
+    public static let defaultCacheControl = "public, max-age=3600"
+
+    enum CodingKeys: String, CodingKey {
+        case host, port, store
+        case tmsDirectory = "tms_dir"
+        case publicURL = "public_url"
+        case tileCacheBytes = "tile_cache_bytes"
+        case openShards = "open_shards"
+        case cacheControl = "cache_control"
+        case emptyTile = "empty_tile"
+        case rescanSeconds = "rescan_seconds"
+    }
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = ServerConfiguration()
+        host = try c.decodeIfPresent(String.self, forKey: .host) ?? d.host
+        port = try c.decodeIfPresent(Int.self, forKey: .port) ?? d.port
+        store = try c.decodeIfPresent(String.self, forKey: .store) ?? d.store
+        tmsDirectory = try c.decodeIfPresent(String.self, forKey: .tmsDirectory) ?? d.tmsDirectory
+        publicURL = try c.decodeIfPresent(String.self, forKey: .publicURL)
+        tileCacheBytes = try c.decodeIfPresent(Int.self, forKey: .tileCacheBytes) ?? d.tileCacheBytes
+        openShards = try c.decodeIfPresent(Int.self, forKey: .openShards) ?? d.openShards
+        cacheControl = try c.decodeIfPresent([String: String].self, forKey: .cacheControl) ?? d.cacheControl
+        emptyTile = try c.decodeIfPresent(EmptyTile.self, forKey: .emptyTile) ?? d.emptyTile
+        rescanSeconds = try c.decodeIfPresent(Double.self, forKey: .rescanSeconds) ?? d.rescanSeconds
+    }
+
+    /// Reads a configuration file; a missing file is an error only when it was asked for.
+    public static func load(path: String) throws -> ServerConfiguration {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        return try YAMLDecoder().decode(ServerConfiguration.self, from: text)
+    }
+
+    /// Command-line values; nil means "not given".
+    public struct Flags: Sendable {
+        public var host: String?
+        public var port: Int?
+        public var store: String?
+        public var tmsDirectory: String?
+        public init(host: String? = nil, port: Int? = nil, store: String? = nil, tmsDirectory: String? = nil) {
+            self.host = host
+            self.port = port
+            self.store = store
+            self.tmsDirectory = tmsDirectory
+        }
+    }
+
+    /// File values, overridden by the environment, overridden by flags: the one place they meet.
+    public func merged(environment: [String: String], flags: Flags) -> ServerConfiguration {
+        var c = self
+        if let v = environment["DALLAGE_HOST"] { c.host = v }
+        if let v = environment["DALLAGE_PORT"].flatMap({ Int($0) }) { c.port = v }
+        if let v = environment["DALLAGE_STORE"] { c.store = v }
+        if let v = environment["DALLAGE_TMS_DIR"] { c.tmsDirectory = v }
+        if let v = environment["DALLAGE_PUBLIC_URL"] { c.publicURL = v }
+        if let v = environment["DALLAGE_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.tileCacheBytes = v }
+        if let v = flags.host { c.host = v }
+        if let v = flags.port { c.port = v }
+        if let v = flags.store { c.store = v }
+        if let v = flags.tmsDirectory { c.tmsDirectory = v }
+        return c
+    }
+
+    /// The `Cache-Control` value for a tileset's tiles.
+    public func cacheControl(for tileset: String) -> String {
+        cacheControl[tileset] ?? cacheControl["*"] ?? Self.defaultCacheControl
+    }
+}

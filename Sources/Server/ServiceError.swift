@@ -1,0 +1,98 @@
+import Foundation
+import Hummingbird
+
+/// Every error a request can meet, with what the client needs to fix it. This file alone decides
+/// statuses and bodies: OWS `ExceptionReport` on OGC routes, `{"error", "detail"}` on JSON routes.
+public struct ServiceError: Error, Sendable {
+    /// OGC exception codes (OWS Common 1.1 / WMTS 1.0 §8), also used to pick the HTTP status.
+    public enum Code: String, Sendable {
+        case missingParameterValue = "MissingParameterValue"
+        case invalidParameterValue = "InvalidParameterValue"
+        case operationNotSupported = "OperationNotSupported"
+        case tileOutOfRange = "TileOutOfRange"
+        case notFound = "NotFound"
+        case noApplicableCode = "NoApplicableCode"
+    }
+
+    /// How the client asked, so the error answers in the same language.
+    public enum Style: Sendable {
+        case ows
+        case json
+    }
+
+    public var code: Code
+    public var locator: String?
+    public var message: String
+    public var style: Style
+
+    public init(_ code: Code, locator: String? = nil, _ message: String, style: Style = .ows) {
+        self.code = code
+        self.locator = locator
+        self.message = message
+        self.style = style
+    }
+
+    /// The same error answered as JSON.
+    public func json() -> ServiceError {
+        var e = self
+        e.style = .json
+        return e
+    }
+
+    public var status: HTTPResponse.Status {
+        switch code {
+        case .missingParameterValue, .invalidParameterValue, .tileOutOfRange: .badRequest
+        case .operationNotSupported: .notImplemented
+        case .notFound: .notFound
+        case .noApplicableCode: .internalServerError
+        }
+    }
+}
+
+extension ServiceError: HTTPResponseError {
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers = HTTPFields()
+        let body: String
+        switch style {
+        case .ows:
+            headers[.contentType] = "application/xml; charset=utf-8"
+            let locatorAttribute = locator.map { " locator=\"\(XML.escape($0))\"" } ?? ""
+            body = """
+                <?xml version="1.0" encoding="UTF-8"?>
+                <ExceptionReport xmlns="http://www.opengis.net/ows/1.1" version="1.1.0" xml:lang="en">
+                  <Exception exceptionCode="\(code.rawValue)"\(locatorAttribute)>
+                    <ExceptionText>\(XML.escape(message))</ExceptionText>
+                  </Exception>
+                </ExceptionReport>
+
+                """
+        case .json:
+            headers[.contentType] = "application/json"
+            var object: [String: String] = ["error": code.rawValue, "detail": message]
+            if let locator { object["parameter"] = locator }
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            body = String(decoding: data, as: UTF8.self)
+        }
+        headers[.cacheControl] = "no-store"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}
+
+/// XML text helpers.
+enum XML {
+    static func escape(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.count)
+        for c in s {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&apos;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,226 @@
+import Foundation
+import GeoGrid
+import Hummingbird
+import Logging
+import Metrics
+import Pyramid
+import Raster
+
+/// The encodings a client may ask for.
+public enum TileEncoding: String, Sendable, CaseIterable {
+    case jpeg, png, webp
+
+    /// From a file extension (`jpg`, `jpeg`, `png`, `webp`).
+    public init?(extension ext: Substring) {
+        switch ext.lowercased() {
+        case "jpg", "jpeg": self = .jpeg
+        case "png": self = .png
+        case "webp": self = .webp
+        default: return nil
+        }
+    }
+
+    /// From a MIME type (`image/jpeg`, `image/png`, `image/webp`).
+    public init?(mimeType: Substring) {
+        switch mimeType.lowercased() {
+        case "image/jpeg", "image/jpg": self = .jpeg
+        case "image/png": self = .png
+        case "image/webp": self = .webp
+        default: return nil
+        }
+    }
+
+    public var mimeType: String { "image/\(rawValue)" }
+    public var fileExtension: String { self == .jpeg ? "jpg" : rawValue }
+}
+
+/// A tile asked for, in grid terms.
+public struct TileRequest: Sendable {
+    public var tileset: String
+    /// A grid id or IGN's level-limited form `G_a_b`.
+    public var grid: String
+    public var z: Int
+    public var col: Int
+    public var row: Int
+    public var encoding: TileEncoding
+
+    public init(tileset: String, grid: String, z: Int, col: Int, row: Int, encoding: TileEncoding) {
+        self.tileset = tileset
+        self.grid = grid
+        self.z = z
+        self.col = col
+        self.row = row
+        self.encoding = encoding
+    }
+}
+
+/// A tile ready to send: bytes, type and a strong validator.
+public struct TileResponse: Sendable {
+    public var bytes: ByteBuffer
+    public var mimeType: String
+    public var etag: String
+    public var cacheControl: String
+}
+
+/// Answers tile requests from the catalog. The common case — a JPEG tile of a JPEG pyramid — is a
+/// slice of a mapped shard copied once into the response: no decode, no shared lock. Other
+/// encodings decode the stored tile with its mask and re-encode; results stay in a byte-bounded LRU.
+public final class TileService: Sendable {
+    public let catalog: PyramidCatalog
+    public let configuration: ServerConfiguration
+    let logger: Logger
+    let cache: ByteLRU<String, TileResponse>
+    let cacheHits = Counter(label: "dallage_tile_cache_hits_total")
+    let cacheMisses = Counter(label: "dallage_tile_cache_misses_total")
+    let tilesServed = Counter(label: "dallage_tiles_served_total")
+
+    public init(catalog: PyramidCatalog, configuration: ServerConfiguration, logger: Logger) {
+        self.catalog = catalog
+        self.configuration = configuration
+        self.logger = logger
+        cache = ByteLRU(capacity: configuration.tileCacheBytes)
+    }
+
+    /// The pyramid and the levels a grid id allows (`G_a_b` narrows them).
+    public func resolve(tileset: String, grid: String, style: ServiceError.Style, layerParameter: String = "Layer")
+        throws(ServiceError) -> (ServedPyramid, ClosedRange<Int>)
+    {
+        let pyramids = catalog.pyramids(of: tileset)
+        guard !pyramids.isEmpty else {
+            throw ServiceError(
+                .invalidParameterValue, locator: layerParameter, "unknown layer '\(tileset)'", style: style)
+        }
+        if let p = pyramids.first(where: { $0.grid == grid }) {
+            return (p, p.manifest.minZoom...p.manifest.maxZoom)
+        }
+        let parts = grid.split(separator: "_")
+        if parts.count >= 3, let a = Int(parts[parts.count - 2]), let b = Int(parts[parts.count - 1]), a <= b {
+            let base = parts.dropLast(2).joined(separator: "_")
+            if let p = pyramids.first(where: { $0.grid == base }) {
+                let lo = max(a, p.manifest.minZoom)
+                let hi = min(b, p.manifest.maxZoom)
+                if lo <= hi { return (p, lo...hi) }
+            }
+        }
+        throw ServiceError(
+            .invalidParameterValue, locator: "TileMatrixSet",
+            "layer '\(tileset)' has no tile matrix set '\(grid)' (available: \(pyramids.map(\.grid).joined(separator: ", ")))",
+            style: style)
+    }
+
+    /// The tile, nil when the pyramid has none there (the caller answers 404 or a blank tile).
+    /// `strictLimits` makes a tile outside the data's limits an error (WMTS) rather than empty (XYZ).
+    public func tile(_ r: TileRequest, style: ServiceError.Style, strictLimits: Bool) throws(ServiceError)
+        -> TileResponse?
+    {
+        let (pyramid, levels) = try resolve(tileset: r.tileset, grid: r.grid, style: style)
+        let m = pyramid.manifest
+        guard levels.contains(r.z), let matrix = m.tileMatrixSet.matrix(r.z) else {
+            throw ServiceError(
+                .tileOutOfRange, locator: "TileMatrix",
+                "level \(r.z) is outside \(levels.lowerBound)…\(levels.upperBound)", style: style)
+        }
+        guard r.col >= 0, r.col < matrix.matrixWidth else {
+            throw ServiceError(
+                .tileOutOfRange, locator: "TileCol", "column \(r.col) is outside 0…\(matrix.matrixWidth - 1)",
+                style: style)
+        }
+        guard r.row >= 0, r.row < matrix.matrixHeight else {
+            throw ServiceError(
+                .tileOutOfRange, locator: "TileRow", "row \(r.row) is outside 0…\(matrix.matrixHeight - 1)",
+                style: style)
+        }
+        if strictLimits, let l = m.limits(z: r.z) {
+            if r.col < l.minCol || r.col > l.maxCol {
+                throw ServiceError(
+                    .tileOutOfRange, locator: "TileCol",
+                    "column \(r.col) is outside \(l.minCol)…\(l.maxCol) at level \(r.z)",
+                    style: style)
+            }
+            if r.row < l.minRow || r.row > l.maxRow {
+                throw ServiceError(
+                    .tileOutOfRange, locator: "TileRow",
+                    "row \(r.row) is outside \(l.minRow)…\(l.maxRow) at level \(r.z)",
+                    style: style)
+            }
+        }
+        let coordinate = TileCoordinate(z: r.z, col: r.col, row: r.row)
+        let cacheControl = configuration.cacheControl(for: r.tileset)
+        let stored = m.format == .jpeg ? TileEncoding.jpeg : .webp
+        do {
+            if r.encoding == stored {
+                // The hot path: the stored stream as it is.
+                let out = try pyramid.reader.withTileData(coordinate) { bytes, _ -> TileResponse in
+                    let etag = "\"\(String(format: "%08x", Deflate.crc32(bytes)))-\(bytes.count)\""
+                    return TileResponse(
+                        bytes: ByteBuffer(bytes: bytes), mimeType: r.encoding.mimeType, etag: etag,
+                        cacheControl: cacheControl)
+                }
+                if out != nil { tilesServed.increment() }
+                return out
+            }
+            let key = "\(r.tileset)/\(pyramid.grid)/\(pyramid.stamp)/\(r.z)/\(r.col)/\(r.row).\(r.encoding.rawValue)"
+            if let hit = cache.get(key) {
+                cacheHits.increment()
+                tilesServed.increment()
+                return hit
+            }
+            cacheMisses.increment()
+            guard let rgba = try pyramid.reader.decodeTile(coordinate) else { return nil }
+            let encoded = try Transcoder.encode(rgba: rgba, size: m.tileSize, as: r.encoding, quality: m.quality)
+            let etag =
+                "\"\(String(format: "%08x", encoded.withUnsafeBytes { Deflate.crc32($0) }))-\(r.encoding.rawValue)\""
+            let response = TileResponse(
+                bytes: ByteBuffer(bytes: encoded), mimeType: r.encoding.mimeType, etag: etag, cacheControl: cacheControl
+            )
+            cache.set(key, response, cost: encoded.count + key.utf8.count + 64)
+            tilesServed.increment()
+            return response
+        } catch let e as ShardError {
+            if !e.repeated { logger.error("unreadable shard, its tiles answer 500: \(e)") }
+            throw ServiceError(.noApplicableCode, "the shard holding this tile cannot be read", style: style)
+        } catch {
+            logger.error("tile \(r.tileset)/\(r.grid)/\(r.z)/\(r.col)/\(r.row): \(error)")
+            throw ServiceError(.noApplicableCode, "the tile cannot be decoded", style: style)
+        }
+    }
+
+    /// A transparent (PNG/WebP) or white (JPEG) tile, for `empty_tile: blank`.
+    public func blankTile(_ encoding: TileEncoding, tileset: String) throws -> TileResponse {
+        let key = "blank.\(encoding.rawValue)"
+        if let hit = cache.get(key) { return hit }
+        let rgba = [UInt8](repeating: encoding == .jpeg ? 255 : 0, count: 256 * 256 * 4)
+        let bytes = try Transcoder.encode(rgba: rgba, size: 256, as: encoding, quality: 85)
+        let r = TileResponse(
+            bytes: ByteBuffer(bytes: bytes), mimeType: encoding.mimeType, etag: "\"blank-\(encoding.rawValue)\"",
+            cacheControl: configuration.cacheControl(for: tileset))
+        cache.set(key, r, cost: bytes.count)
+        return r
+    }
+}
+
+/// Re-encodes decoded tiles.
+enum Transcoder {
+    static func encode(rgba: [UInt8], size: Int, as encoding: TileEncoding, quality: Int) throws -> [UInt8] {
+        var pixels = rgba
+        return try pixels.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            switch encoding {
+            case .png:
+                return try PNGCodec.encode(rgba: base, width: size, height: size, stride: size * 4)
+            case .webp:
+                return try WebPCodec.encode(rgba: base, width: size, height: size, stride: size * 4, quality: quality)
+            case .jpeg:
+                // JPEG has no alpha: transparent pixels become white.
+                for i in stride(from: 0, to: size * size * 4, by: 4) where p[i + 3] < 255 {
+                    let a = Int(p[i + 3])
+                    for k in 0..<3 { p[i + k] = UInt8((Int(p[i + k]) * a + 255 * (255 - a)) / 255) }
+                }
+                return try JPEGCodec().encode(rgbx: base, width: size, height: size, stride: size * 4, quality: quality)
+                {
+                    Array($0)
+                }
+            }
+        }
+    }
+}

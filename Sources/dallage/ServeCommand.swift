@@ -1,0 +1,40 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Server
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve every pyramid of the store over WMTS, XYZ, TileJSON and OGC API Tiles.")
+
+    @Option(help: "Configuration file (YAML); DALLAGE_* variables and flags override it.") var config: String?
+    @Option(help: "Store folder.") var store: String?
+    @Option(help: "Address to listen on.") var host: String?
+    @Option(help: "Port.") var port: Int?
+    @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
+
+    func run() async throws {
+        let logger = makeLogger("dallage.serve")
+        var file = ServerConfiguration()
+        let path =
+            config ?? (FileManager.default.fileExists(atPath: "config/dallage.yaml") ? "config/dallage.yaml" : nil)
+        if let path {
+            do { file = try ServerConfiguration.load(path: path) } catch {
+                throw ValidationError("cannot read \(path): \(error)")
+            }
+        }
+        let configuration = file.merged(
+            environment: ProcessInfo.processInfo.environment,
+            flags: .init(
+                host: host, port: port, store: store,
+                tmsDirectory: tmsDirectory ?? (config == nil ? defaultTMSDirectory() : nil)))
+        guard FileManager.default.fileExists(atPath: configuration.store) else {
+            throw ValidationError(
+                "store '\(configuration.store)' does not exist (tile something first: dallage tile …)")
+        }
+        logger.info("listening on http://\(configuration.host):\(configuration.port), store \(configuration.store)")
+        let app = buildApplication(configuration: configuration, logger: logger)
+        try await app.runService()
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import GeoGrid
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import Pyramid
+import Server
+import Tiler
+
+/// A small store (2×2 dalles of 25.6 m at 5 cm, tiled for 2154_5cm and PM), built once.
+enum ServerFixture {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+
+    static let shared: String = {
+        let dir = NSTemporaryDirectory() + "dallage-server-\(UUID().uuidString)"
+        // swift-format-ignore: NeverUseForceTry
+        try! build(in: dir)
+        return dir
+    }()
+
+    static func build(in dir: String) throws {
+        var s = SampleData()
+        s.columns = 2
+        s.rows = 2
+        s.dalleSize = 25.6
+        s.origin = (704_000, 7_060_000)
+        let sources = try s.write(to: dir + "/src")
+        var options = TileOptions(store: dir + "/store", tmsDirectory: root + "/config/tms")
+        options.threads = 2
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        var def = TilesetDefinition(id: "pcrs", title: "PCRS test", sources: sources, grids: ["2154_5cm", "PM"])
+        def.attribution = "Test & Co"
+        _ = try Tiler(
+            definition: def, options: options, logger: logger, progress: Progress(logger: logger, interactive: false)
+        )
+        .run()
+    }
+
+    /// A private copy of the shared store, for tests that change it.
+    static func copy() throws -> String {
+        let dir = NSTemporaryDirectory() + "dallage-server-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: shared + "/store", toPath: dir + "/store")
+        return dir
+    }
+
+    static func app(store: String, configure: (inout ServerConfiguration) -> Void = { _ in })
+        -> some ApplicationProtocol
+    {
+        var c = ServerConfiguration()
+        c.store = store
+        c.tmsDirectory = root + "/config/tms"
+        c.rescanSeconds = 0.2
+        configure(&c)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return buildApplication(configuration: c, logger: logger)
+    }
+
+    /// A z22 tile of the 2154_5cm pyramid that is wholly inside the data.
+    static let innerTile = TileCoordinate(z: 22, col: 55_000, row: 385_938)
+    /// A z22 tile cut by the top edge of the data (half transparent).
+    static let edgeTile = TileCoordinate(z: 22, col: 55_000, row: 385_937)
+
+    @discardableResult
+    static func run(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = arguments
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

@@ -1,0 +1,305 @@
+import Foundation
+import GeoGrid
+import Hummingbird
+import HummingbirdTesting
+import Pyramid
+import Raster
+import Server
+import Testing
+
+@Suite(.serialized)
+struct ServerTests {
+    let store = ServerFixture.shared + "/store"
+
+    @Test func capabilitiesListLayersAndGrids() async throws {
+        try await ServerFixture.app(store: store).test(.router) { client in
+            for uri in [
+                "/wmts?SERVICE=WMTS&REQUEST=GetCapabilities", "/wmts?service=wmts&request=getcapabilities",
+                "/wmts/1.0.0/WMTSCapabilities.xml",
+            ] {
+                try await client.execute(uri: uri, method: .get) { r in
+                    #expect(r.status == .ok)
+                    #expect(r.headers[.contentType]?.hasPrefix("application/xml") == true)
+                    let xml = String(buffer: r.body)
+                    #expect(xml.contains("<ows:Identifier>pcrs</ows:Identifier>"))
+                    #expect(xml.contains("<ows:Title>PCRS test</ows:Title>"))
+                    #expect(xml.contains("<TileMatrixSet>2154_5cm</TileMatrixSet>"))
+                    #expect(xml.contains("<TileMatrixSet>PM</TileMatrixSet>"))
+                    #expect(xml.contains("<ows:SupportedCRS>urn:ogc:def:crs:EPSG::2154</ows:SupportedCRS>"))
+                    #expect(xml.contains("<TopLeftCorner>0.0 12000000.0</TopLeftCorner>"))
+                    #expect(xml.contains("<ScaleDenominator>178.57142857142858</ScaleDenominator>"))
+                    #expect(xml.contains("<TileMatrix>22</TileMatrix><MinTileRow>385937</MinTileRow>"))
+                    #expect(xml.contains("template=\"http://"))
+                    #expect(xml.contains("<ows:WGS84BoundingBox>"))
+                }
+            }
+            // gzip when asked.
+            try await client.execute(
+                uri: "/wmts/1.0.0/WMTSCapabilities.xml", method: .get, headers: [.acceptEncoding: "gzip"]
+            ) { r in
+                #expect(r.headers[.contentEncoding] == "gzip")
+                #expect(r.body.getBytes(at: 0, length: 2) == [0x1F, 0x8B])
+            }
+        }
+    }
+
+    @Test func kvpRestAndXYZReturnTheStoredBytes() async throws {
+        let pyramid = try PyramidReader(directory: store + "/pcrs/2154_5cm")
+        let t = ServerFixture.innerTile
+        let stored = try #require(try pyramid.tileData(t))
+        try await ServerFixture.app(store: store).test(.router) { client in
+            let uris = [
+                "/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER=pcrs&STYLE=normal&FORMAT=image/jpeg"
+                    + "&TILEMATRIXSET=2154_5cm&TILEMATRIX=22&TILEROW=\(t.row)&TILECOL=\(t.col)",
+                "/wmts?service=WMTS&request=GetTile&layer=pcrs&style=normal&format=image%2Fjpeg"
+                    + "&tilematrixset=2154_5cm_0_22&tilematrix=22&tilerow=\(t.row)&tilecol=\(t.col)",
+                "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
+                "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpeg",
+                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
+                "/ogc/collections/pcrs/map/tiles/2154_5cm/22/\(t.row)/\(t.col)?f=jpg",
+            ]
+            var etag: String?
+            for uri in uris {
+                try await client.execute(uri: uri, method: .get) { r in
+                    #expect(r.status == .ok, "\(uri)")
+                    #expect(r.headers[.contentType] == "image/jpeg")
+                    #expect(r.body.getBytes(at: 0, length: r.body.readableBytes) == stored, "\(uri)")
+                    #expect(r.headers[.cacheControl] == "public, max-age=3600")
+                    if let etag { #expect(r.headers[.eTag] == etag) }
+                    etag = r.headers[.eTag]
+                }
+            }
+            let tag = try #require(etag)
+            // Conditional requests and HEAD.
+            try await client.execute(uri: uris[2], method: .get, headers: [.ifNoneMatch: tag]) { r in
+                #expect(r.status == .notModified)
+                #expect(r.body.readableBytes == 0)
+            }
+            try await client.execute(uri: uris[2], method: .head) { r in
+                #expect(r.status == .ok)
+                #expect(r.headers[.contentLength] == String(stored.count))
+                #expect(r.body.readableBytes == 0)
+            }
+        }
+        // The ETag is a function of the bytes: the same after a restart.
+        try await ServerFixture.app(store: store).test(.router) { client in
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg", method: .get) { r in
+                #expect(
+                    r.headers[.eTag]
+                        == "\"\(String(format: "%08x", stored.withUnsafeBytes { Deflate.crc32($0) }))-\(stored.count)\""
+                )
+            }
+        }
+    }
+
+    @Test func pngAndWebPCarryTheMaskAsAlpha() async throws {
+        let t = ServerFixture.edgeTile
+        try await ServerFixture.app(store: store).test(.router) { client in
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).png", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(r.headers[.contentType] == "image/png")
+                let path = NSTemporaryDirectory() + "edge-\(UUID().uuidString).png"
+                try Data(buffer: r.body).write(to: URL(fileURLWithPath: path))
+                let ds = try Dataset.open(path)
+                #expect(ds.bandCount == 4)
+                var alpha = [UInt8](repeating: 0, count: 256 * 256)
+                try alpha.withUnsafeMutableBufferPointer { p in
+                    try ds.read(
+                        x: 0, y: 0, width: 256, height: 256, bands: [4], into: p.baseAddress!, bufferWidth: 256,
+                        bufferHeight: 256)
+                }
+                // The top half lies outside the data: transparent; the bottom half opaque.
+                #expect(alpha[10 * 256 + 10] == 0 && alpha[200 * 256 + 10] == 255)
+            }
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).webp", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(r.headers[.contentType] == "image/webp")
+                var rgba = [UInt8](repeating: 0, count: 256 * 256 * 4)
+                let bytes = Array(buffer: r.body)
+                try bytes.withUnsafeBytes { b in
+                    try rgba.withUnsafeMutableBufferPointer { p in
+                        try WebPCodec.decode(b, into: p.baseAddress!, width: 256, height: 256, stride: 1024)
+                    }
+                }
+                #expect(rgba[(10 * 256 + 10) * 4 + 3] == 0 && rgba[(200 * 256 + 10) * 4 + 3] == 255)
+            }
+        }
+    }
+
+    @Test(arguments: [
+        // uri, status, exception code, locator
+        ("/wmts?REQUEST=GetCapabilities", 400, "MissingParameterValue", "service"),
+        ("/wmts?SERVICE=WMS&REQUEST=GetCapabilities", 400, "InvalidParameterValue", "service"),
+        ("/wmts?SERVICE=WMTS", 400, "MissingParameterValue", "request"),
+        ("/wmts?SERVICE=WMTS&REQUEST=DoSomething", 400, "InvalidParameterValue", "request"),
+        (
+            "/wmts?SERVICE=WMTS&REQUEST=GetTile&LAYER=pcrs&STYLE=normal&FORMAT=image/jpeg&TILEMATRIXSET=PM&TILEMATRIX=5&TILEROW=1",
+            400, "MissingParameterValue", "TileCol"
+        ),
+        (
+            "/wmts?SERVICE=WMTS&REQUEST=GetTile&LAYER=nope&STYLE=normal&FORMAT=image/jpeg&TILEMATRIXSET=PM&TILEMATRIX=5&TILEROW=1&TILECOL=1",
+            400, "InvalidParameterValue", "Layer"
+        ),
+        ("/wmts/1.0.0/pcrs/normal/EPSG:4326/5/1/1.jpg", 400, "InvalidParameterValue", "TileMatrixSet"),
+        ("/wmts/1.0.0/pcrs/fancy/PM/5/1/1.jpg", 400, "InvalidParameterValue", "Style"),
+        ("/wmts/1.0.0/pcrs/normal/PM/5/1/1.gif", 400, "InvalidParameterValue", "Format"),
+        ("/wmts/1.0.0/pcrs/normal/PM/abc/1/1.jpg", 400, "InvalidParameterValue", "TileMatrix"),
+        ("/wmts/1.0.0/pcrs/normal/PM/5/-1/1.jpg", 400, "InvalidParameterValue", "TileRow"),
+        ("/wmts/1.0.0/pcrs/normal/PM/5/1/99999999999999999999999.jpg", 400, "InvalidParameterValue", "TileCol"),
+        ("/wmts/1.0.0/pcrs/normal/PM/23/1/1.jpg", 400, "TileOutOfRange", "TileMatrix"),
+        ("/wmts/1.0.0/pcrs/normal/PM/5/40/1.jpg", 400, "TileOutOfRange", "TileRow"),
+        ("/wmts/1.0.0/pcrs/normal/2154_5cm/22/385937/1.jpg", 400, "TileOutOfRange", "TileCol"),
+        ("/wmts/1.0.0/pcrs/normal/2154_5cm_20_22/19/0/0.jpg", 400, "TileOutOfRange", "TileMatrix"),
+    ])
+    func owsErrors(uri: String, status: Int, code: String, locator: String) async throws {
+        try await ServerFixture.app(store: store).test(.router) { client in
+            try await client.execute(uri: uri, method: .get) { r in
+                #expect(r.status.code == status)
+                let body = String(buffer: r.body)
+                #expect(body.contains("<ExceptionReport"))
+                #expect(body.contains("exceptionCode=\"\(code)\""), "\(body)")
+                #expect(body.contains("locator=\"\(locator)\""), "\(body)")
+            }
+        }
+    }
+
+    @Test(arguments: [
+        ("/tiles/nope/PM/1/1/1.jpg", 400),
+        ("/tiles/pcrs/PM/1/1/1.tiff", 400),
+        ("/tiles/pcrs/PM/x/1/1.jpg", 400),
+        ("/tiles/pcrs/PM/30/1/1.jpg", 400),
+        ("/tiles/pcrs/PM/3/1/1.jpg", 404),
+        ("/tiles/pcrs/2154_5cm/22/1/1.jpg", 404),
+        ("/tiles/..%2F..%2F..%2Fetc/PM/1/1/1.jpg", 400),
+        ("/tiles/pcrs/..%2F..%2Fsrc/1/1/1.jpg", 400),
+        ("/tiles/pcrs/PM/../../../etc/passwd", 404),
+        ("/ogc/tileMatrixSets/nope", 404),
+    ])
+    func jsonErrors(uri: String, status: Int) async throws {
+        try await ServerFixture.app(store: store).test(.router) { client in
+            try await client.execute(uri: uri, method: .get) { r in
+                #expect(r.status.code == status, "\(uri)")
+                if status == 400 {
+                    #expect(r.headers[.contentType] == "application/json")
+                    let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
+                    #expect(object?["error"] != nil && object?["detail"] != nil)
+                }
+            }
+        }
+    }
+
+    @Test func tileJSONAndOGCAPI() async throws {
+        try await ServerFixture.app(store: store).test(.router) { client in
+            try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { r in
+                #expect(r.status == .ok)
+                let j = try #require(try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])
+                #expect(j["tilejson"] as? String == "3.0.0")
+                #expect(j["maxzoom"] as? Int == 21)
+                #expect(j["attribution"] as? String == "Test & Co")
+                #expect((j["tiles"] as? [String])?.first?.hasSuffix("/tiles/pcrs/PM/{z}/{x}/{y}.jpg") == true)
+                let b = try #require(j["bounds"] as? [Double])
+                #expect(b[0] > 3.0 && b[0] < 3.1 && b[1] > 50.6 && b[1] < 50.7)
+            }
+            try await client.execute(uri: "/ogc/conformance", method: .get) { r in
+                #expect(String(buffer: r.body).contains("ogcapi-tiles-1/1.0/conf/core"))
+            }
+            try await client.execute(uri: "/ogc/tileMatrixSets/2154_5cm", method: .get) { r in
+                let tms = try TileMatrixSet.decode(Data(buffer: r.body))
+                #expect(tms.tileMatrices[22].cellSize == 0.05)
+            }
+            try await client.execute(uri: "/ogc/collections/pcrs/map/tiles", method: .get) { r in
+                let j = try #require(try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])
+                #expect((j["tilesets"] as? [Any])?.count == 2)
+            }
+            try await client.execute(uri: "/healthz", method: .get) { r in #expect(r.status == .ok) }
+            try await client.execute(uri: "/metrics", method: .get) { r in
+                let text = String(buffer: r.body)
+                #expect(
+                    text.contains("http_server_requests") || text.contains("http.server.requests")
+                        || text.contains("dallage_"))
+            }
+        }
+    }
+
+    @Test func corruptShardFailsOnlyItsTilesAndNewPyramidsAppear() async throws {
+        let dir = try ServerFixture.copy()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let manifest = try PyramidManifest.load(directory: dir + "/store/pcrs/2154_5cm")
+        let deep = try #require(manifest.shards.first { $0.z == 15 })
+        truncate(dir + "/store/pcrs/2154_5cm/" + deep.path, 64)
+        let pmDir = dir + "/store/pcrs/PM"
+        try FileManager.default.moveItem(atPath: pmDir, toPath: dir + "/PM-later")
+        let t = ServerFixture.innerTile
+        try await ServerFixture.app(store: dir + "/store").test(.live) { client in
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg", method: .get) { r in
+                #expect(r.status == .internalServerError)
+            }
+            // Other shards of the same pyramid still answer.
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/14/\(t.col >> 8)/\(t.row >> 8).jpg", method: .get) {
+                r in
+                #expect(r.status == .ok)
+            }
+            try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { r in
+                #expect(r.status == .badRequest)
+            }
+            // A pyramid that appears while the server runs is served without a restart.
+            try FileManager.default.moveItem(atPath: dir + "/PM-later", toPath: pmDir)
+            try await Task.sleep(for: .milliseconds(800))
+            try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { r in
+                #expect(r.status == .ok)
+            }
+        }
+    }
+
+    @Test func realClientsGDALAndOWSLib() async throws {
+        let t = ServerFixture.innerTile
+        let pyramid = try PyramidReader(directory: store + "/pcrs/2154_5cm")
+        let expected = try #require(try pyramid.decodeTile(t))
+        try await ServerFixture.app(store: store).test(.live) { client in
+            let port = try #require(client.port)
+            let base = "http://127.0.0.1:\(port)"
+            // GDAL's WMTS driver: open the capabilities and copy one z22 tile's window.
+            let out = NSTemporaryDirectory() + "wmts-\(UUID().uuidString).tif"
+            let tms = try #require(pyramid.manifest.tileMatrixSet.matrix(22))
+            let minX = tms.originX + Double(t.col) * 12.8
+            let maxY = tms.originY - Double(t.row) * 12.8
+            let (status, log) = try ServerFixture.run(
+                "/usr/bin/gdal_translate",
+                [
+                    "-q", "WMTS:\(base)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=2154_5cm",
+                    "-projwin", "\(minX)", "\(maxY)", "\(minX + 12.8)", "\(maxY - 12.8)", "-b", "1", "-b", "2", "-b",
+                    "3",
+                    out,
+                ])
+            #expect(status == 0, "\(log)")
+            let ds = try Dataset.open(out)
+            #expect(ds.width == 256 && ds.height == 256)
+            var px = [UInt8](repeating: 255, count: 256 * 256 * 4)
+            try px.withUnsafeMutableBufferPointer { p in
+                try ds.read(
+                    x: 0, y: 0, width: 256, height: 256, bands: [1, 2, 3], into: p.baseAddress!, bufferWidth: 256,
+                    bufferHeight: 256, pixelSpace: 4)
+            }
+            var same = 0
+            for i in stride(from: 0, to: px.count, by: 4)
+            where px[i] == expected[i] && px[i + 1] == expected[i + 1] && px[i + 2] == expected[i + 2] {
+                same += 1
+            }
+            #expect(same == 256 * 256)
+
+            // OWSLib lists layers and grids and fetches a tile.
+            let script = """
+                from owslib.wmts import WebMapTileService
+                w = WebMapTileService('\(base)/wmts/1.0.0/WMTSCapabilities.xml')
+                print(sorted(w.contents), sorted(w.tilematrixsets))
+                r = w.gettile(layer='pcrs', tilematrixset='2154_5cm', tilematrix='22', row=\(t.row), column=\(t.col), format='image/jpeg')
+                print(len(r.read()))
+                """
+            let (ok, output) = try ServerFixture.run("/usr/bin/python3", ["-c", script])
+            #expect(ok == 0, "\(output)")
+            #expect(output.contains("['pcrs'] ['2154_5cm', 'PM', 'PM_0_21']"), "\(output)")
+            let stored = try #require(try pyramid.tileData(t))
+            #expect(output.contains("\n\(stored.count)\n"), "\(output)")
+        }
+    }
+}
