@@ -25,7 +25,9 @@ deps:
 build: deps
 	$(SWIFT) build -c release
 
-## Sample area (4×4 PCRS dalles of 200 m at 5 cm), tiled for 2154_5cm and PM.
+DEMO_PORT ?= 8080
+
+## Sample area (4×4 PCRS dalles of 200 m at 5 cm), tiled for 2154_5cm and PM, then served.
 demo: build
 	@if [ ! -d $(DEMO_DIR)/src ]; then $(BIN) sample-data --out $(DEMO_DIR)/src --dalles $(DEMO_DALLES); fi
 	$(BIN) tile --tileset tilesets/demo.yaml --store $(DEMO_DIR)/store --tms-dir config/tms
@@ -33,10 +35,12 @@ demo: build
 	$(BIN) validate $(DEMO_DIR)/store/demo/PM
 	$(BIN) inspect $(DEMO_DIR)/store/demo/2154_5cm
 	@echo
-	@echo "Open a shard as an ordinary GeoTIFF in QGIS or GDAL, e.g.:"
-	@echo "  gdalinfo $$(ls $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif | head -1)"
-	@echo "or all full-resolution shards of a band as one mosaic:"
-	@echo "  gdalbuildvrt $(DEMO_DIR)/demo-2154_5cm.vrt $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif && qgis $(DEMO_DIR)/demo-2154_5cm.vrt"
+	@echo "Serving on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops). Try:"
+	@echo "  WMTS in QGIS/GDAL: http://127.0.0.1:$(DEMO_PORT)/wmts?SERVICE=WMTS&REQUEST=GetCapabilities"
+	@echo "  gdalinfo 'WMTS:http://127.0.0.1:$(DEMO_PORT)/wmts/1.0.0/WMTSCapabilities.xml,layer=demo,tilematrixset=2154_5cm'"
+	@echo "  XYZ: http://127.0.0.1:$(DEMO_PORT)/tiles/demo/PM/{z}/{x}/{y}.jpg   TileJSON: /tiles/demo/PM/tilejson.json"
+	@echo "  A shard opens as an ordinary GeoTIFF: gdalinfo $$(ls $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif | head -1)"
+	$(BIN) serve --store $(DEMO_DIR)/store --port $(DEMO_PORT) --tms-dir config/tms
 
 lint:
 	$(SWIFT) format lint --strict -r Sources Tests Package.swift
@@ -50,6 +54,7 @@ test: deps lint
 
 bench: build
 	bench/tiler
+	bench/server
 
 clean:
 	rm -rf .build $(DEMO_DIR)

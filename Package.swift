@@ -70,6 +70,7 @@ let package = Package(
             dependencies: [
                 "Server", "Tiler", "Pyramid", "Raster", "GeoGrid",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
     ],

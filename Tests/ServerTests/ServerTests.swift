@@ -2,10 +2,12 @@ import Foundation
 import GeoGrid
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import Pyramid
 import Raster
 import Server
 import Testing
+import Tiler
 
 @Suite(.serialized)
 struct ServerTests {
@@ -301,5 +303,78 @@ struct ServerTests {
             let stored = try #require(try pyramid.tileData(t))
             #expect(output.contains("\n\(stored.count)\n"), "\(output)")
         }
+    }
+}
+
+@Suite(.serialized)
+struct ServerOperationsTests {
+    @Test func configurationMergesFileEnvironmentAndFlags() throws {
+        let path = NSTemporaryDirectory() + "dallage-\(UUID().uuidString).yaml"
+        try "port: 9000\nstore: /data/store\ncache_control:\n  pcrs: public, max-age=86400\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
+        let file = try ServerConfiguration.load(path: path)
+        #expect(file.port == 9000 && file.store == "/data/store" && file.host == "127.0.0.1")
+        #expect(file.cacheControl(for: "pcrs") == "public, max-age=86400")
+        #expect(file.cacheControl(for: "other") == ServerConfiguration.defaultCacheControl)
+        let merged = file.merged(
+            environment: ["DALLAGE_PORT": "9100", "DALLAGE_STORE": "/env/store"], flags: .init(port: 9200))
+        #expect(merged.port == 9200 && merged.store == "/env/store")
+    }
+
+    @Test func rebuiltTilesGetANewETag() async throws {
+        let dir = try ServerFixture.copy()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let t = ServerFixture.innerTile
+        let uri = "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg"
+        try await ServerFixture.app(store: dir + "/store").test(.live) { client in
+            let before = try await client.execute(uri: uri, method: .get) { $0.headers[.eTag] }
+            // Re-tile the same area at another quality: same URLs, other bytes.
+            var options = TileOptions(store: dir + "/store", tmsDirectory: ServerFixture.root + "/config/tms")
+            options.grids = ["2154_5cm"]
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            var def = TilesetDefinition(
+                id: "pcrs", sources: expandSources([ServerFixture.shared + "/src"]), grids: ["2154_5cm"])
+            def.quality = 60
+            _ = try Tiler(
+                definition: def, options: options, logger: logger,
+                progress: Progress(logger: logger, interactive: false)
+            )
+            .run()
+            try await Task.sleep(for: .milliseconds(800))
+            let after = try await client.execute(uri: uri, method: .get) { r in
+                #expect(r.status == .ok)
+                return r.headers[.eTag]
+            }
+            #expect(before != nil && after != nil && before != after)
+            // The old validator no longer matches: a cached copy is refreshed.
+            try await client.execute(uri: uri, method: .get, headers: [.ifNoneMatch: before ?? ""]) { r in
+                #expect(r.status == .ok)
+            }
+        }
+    }
+
+    @Test func sigtermStopsTheServerCleanly() throws {
+        let binary = ServerFixture.root + "/.build/debug/dallage"
+        try #require(FileManager.default.isExecutableFile(atPath: binary))
+        let port = 18_000 + Int.random(in: 0..<1000)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = [
+            "serve", "--store", ServerFixture.shared + "/store", "--port", "\(port)", "--tms-dir",
+            ServerFixture.root + "/config/tms",
+        ]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        var up = false
+        for _ in 0..<200 where !up {
+            usleep(50_000)
+            up = (try? ServerFixture.run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"]).0) == 0
+        }
+        #expect(up)
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .exit && p.terminationStatus == 0)
     }
 }
