@@ -19,12 +19,20 @@ public final class PyramidReader: Sendable {
         var failed: [TileCoordinate: ShardError] = [:]
     }
 
-    private let open = Mutex(Open())
+    /// Open shards in stripes chosen by shard coordinate, so requests for different shards
+    /// never wait on the same lock.
+    private final class Stripe: Sendable {
+        let open = Mutex(Open())
+    }
+
+    private let stripes: [Stripe]
+    private static let stripeCount = 64
 
     /// `openLimit` bounds the shards mapped at once (each mapping also pins its file).
     public init(directory: String, openLimit: Int = 4096) throws {
         self.directory = directory
-        self.openLimit = max(1, openLimit)
+        self.openLimit = max(1, (openLimit + Self.stripeCount - 1) / Self.stripeCount)
+        stripes = (0..<Self.stripeCount).map { _ in Stripe() }
         manifest = try PyramidManifest.load(directory: directory)
         existing = Set(manifest.shards.map(\.coordinate))
     }
@@ -34,7 +42,8 @@ public final class PyramidReader: Sendable {
     /// after the first, so it is logged once.
     public func shard(for tile: TileCoordinate) throws -> (ShardReader, ShardLocation)? {
         guard let loc = manifest.shardScheme.locate(tile), existing.contains(loc.shard) else { return nil }
-        let cached: ShardReader? = try open.withLock { o in
+        let stripe = stripes[(loc.shard.col &* 31 &+ loc.shard.row &* 17 &+ loc.shard.z) & (Self.stripeCount - 1)]
+        let cached: ShardReader? = try stripe.open.withLock { o in
             if var e = o.failed[loc.shard] {
                 e.repeated = true
                 throw e
@@ -47,10 +56,10 @@ public final class PyramidReader: Sendable {
         do {
             reader = try ShardReader(path: path)
         } catch let e as ShardError {
-            open.withLock { $0.failed[loc.shard] = e }
+            stripe.open.withLock { $0.failed[loc.shard] = e }
             throw e
         }
-        open.withLock { o in
+        stripe.open.withLock { o in
             if o.readers[loc.shard] == nil {
                 o.readers[loc.shard] = reader
                 o.order.append(loc.shard)
@@ -64,7 +73,7 @@ public final class PyramidReader: Sendable {
     }
 
     /// Shards currently mapped.
-    public var openCount: Int { open.withLock { $0.readers.count } }
+    public var openCount: Int { stripes.reduce(0) { n, s in n + s.open.withLock { $0.readers.count } } }
 
     /// Calls `body` with the stored bytes of a tile (a complete JPEG or WebP stream) and whether it
     /// has a partial mask; nil when there is no tile. The bytes are valid only inside `body`.

@@ -268,7 +268,9 @@ struct ServerTests {
             let (status, log) = try ServerFixture.run(
                 "/usr/bin/gdal_translate",
                 [
-                    "-q", "WMTS:\(base)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=2154_5cm",
+                    // No disk cache: every run must fetch from the server it tests.
+                    "--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q",
+                    "WMTS:\(base)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=2154_5cm",
                     "-projwin", "\(minX)", "\(maxY)", "\(minX + 12.8)", "\(maxY - 12.8)", "-b", "1", "-b", "2", "-b",
                     "3",
                     out,
