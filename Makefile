@@ -4,7 +4,7 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the project needs (keep in step with the Dockerfile).
-DEB_BUILD := pkg-config libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
+DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 

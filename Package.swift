@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // System-library shims: a modulemap and one header each, nothing else.
@@ -40,11 +42,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Projects, statuses, territories, tiled progress and publication: SQLite through GRDB.
+        .target(
+            name: "Coverage",
+            dependencies: [
+                "Pyramid", "Raster", "GeoGrid",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // The HTTP service: WMTS, XYZ, TileJSON, OGC API Tiles, caches, metrics.
         .target(
             name: "Server",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Yams",
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Yams",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -55,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "dallage",
             dependencies: [
-                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server",
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Coverage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -64,6 +75,7 @@ let package = Package(
         .testTarget(name: "GeoGridTests", dependencies: ["GeoGrid"]),
         .testTarget(name: "RasterTests", dependencies: ["Raster"]),
         .testTarget(name: "PyramidTests", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
+        .testTarget(name: "CoverageTests", dependencies: ["Coverage", "Raster", "GeoGrid"]),
         .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid"]),
         .testTarget(
             name: "ServerTests",

@@ -50,6 +50,8 @@ public struct PyramidManifest: Sendable, Codable {
     public var title: String?
     public var abstract: String?
     public var attribution: String?
+    /// `all`, or `by-status`: served only inside the perimeters of published projects.
+    public var publish: String?
     public var tileMatrixSet: TileMatrixSet
     public var tileSize: Int
     public var format: TileFormat

@@ -1,3 +1,4 @@
+import Coverage
 import Foundation
 import Hummingbird
 import Logging
@@ -5,7 +6,7 @@ import Pyramid
 import ServiceLifecycle
 
 /// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
-public func buildRouter(service: TileService) -> Router<BasicRequestContext> {
+public func buildRouter(service: TileService, coverage: CoverageService? = nil) -> Router<BasicRequestContext> {
     let registry = DallageMetrics.registry
     let configured = service.configuration.publicURL
     let baseURL: @Sendable (Request) -> String = { request in
@@ -25,20 +26,29 @@ public func buildRouter(service: TileService) -> Router<BasicRequestContext> {
     WMTSController(service: service, baseURL: baseURL).addRoutes(to: router)
     TilesController(service: service, baseURL: baseURL).addRoutes(to: router)
     OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
+    if let coverage {
+        CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog).addRoutes(to: router)
+    }
     return router
 }
 
 /// The whole service: catalog (rescanned in the background), tile service and HTTP server.
 /// Runs until SIGTERM or SIGINT, then finishes the requests in flight.
-public func buildApplication(configuration: ServerConfiguration, logger: Logger) -> some ApplicationProtocol {
+public func buildApplication(configuration: ServerConfiguration, logger: Logger) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
     let catalog = PyramidCatalog(store: configuration.store, openShards: configuration.openShards, logger: logger)
-    let service = TileService(catalog: catalog, configuration: configuration, logger: logger)
+    let coverage = try CoverageService(
+        store: SQLiteCoverageStore(path: configuration.databasePath), adminTokens: configuration.adminTokens,
+        pyramidStore: configuration.store)
+    let gate = PublicationGate(coverage: coverage, logger: logger)
+    let service = TileService(catalog: catalog, configuration: configuration, gate: gate, logger: logger)
     var app = Application(
-        router: buildRouter(service: service),
+        router: buildRouter(service: service, coverage: coverage),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dallage"),
         logger: logger)
-    app.addServices(CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds))
+    app.addServices(
+        CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds),
+        PublicationWatcher(gate: gate, catalog: catalog))
     return app
 }
 

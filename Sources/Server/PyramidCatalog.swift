@@ -55,6 +55,13 @@ public final class PyramidCatalog: Sendable {
         state.withLock { s in s.keys.sorted().flatMap { t in (s[t] ?? [:]).values.sorted { $0.grid < $1.grid } } }
     }
 
+    /// Tilesets served only inside published project perimeters (`publish: by-status`).
+    public var gatedTilesets: [String] {
+        state.withLock { s in
+            s.keys.sorted().filter { t in (s[t] ?? [:]).values.contains { $0.manifest.publish == "by-status" } }
+        }
+    }
+
     /// Looks for new, rebuilt and removed pyramids.
     public func rescan() {
         let fm = FileManager.default

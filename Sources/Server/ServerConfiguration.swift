@@ -27,6 +27,13 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var emptyTile: EmptyTile = .notFound
     /// Seconds between scans of the store for new or rebuilt pyramids.
     public var rescanSeconds: Double = 2
+    /// The coverage database (SQLite); by default `dallage.sqlite` in the store.
+    public var database: String?
+    /// Administrator tokens, plain or `sha256:<hex>` (kept hashed in memory either way).
+    public var adminTokens: [String] = []
+
+    /// The database path this configuration uses.
+    public var databasePath: String { database ?? (store as NSString).appendingPathComponent("dallage.sqlite") }
 
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080
@@ -42,6 +49,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case cacheControl = "cache_control"
         case emptyTile = "empty_tile"
         case rescanSeconds = "rescan_seconds"
+        case database
+        case adminTokens = "admin_tokens"
     }
 
     public init() {}
@@ -59,6 +68,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         cacheControl = try c.decodeIfPresent([String: String].self, forKey: .cacheControl) ?? d.cacheControl
         emptyTile = try c.decodeIfPresent(EmptyTile.self, forKey: .emptyTile) ?? d.emptyTile
         rescanSeconds = try c.decodeIfPresent(Double.self, forKey: .rescanSeconds) ?? d.rescanSeconds
+        database = try c.decodeIfPresent(String.self, forKey: .database)
+        adminTokens = try c.decodeIfPresent([String].self, forKey: .adminTokens) ?? []
     }
 
     /// Reads a configuration file; a missing file is an error only when it was asked for.
@@ -90,6 +101,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         if let v = environment["DALLAGE_TMS_DIR"] { c.tmsDirectory = v }
         if let v = environment["DALLAGE_PUBLIC_URL"] { c.publicURL = v }
         if let v = environment["DALLAGE_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.tileCacheBytes = v }
+        if let v = environment["DALLAGE_DB"] { c.database = v }
+        if let v = environment["DALLAGE_ADMIN_TOKEN"], !v.isEmpty { c.adminTokens.append(v) }
         if let v = flags.host { c.host = v }
         if let v = flags.port { c.port = v }
         if let v = flags.store { c.store = v }

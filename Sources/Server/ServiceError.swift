@@ -12,6 +12,11 @@ public struct ServiceError: Error, Sendable {
         case tileOutOfRange = "TileOutOfRange"
         case notFound = "NotFound"
         case noApplicableCode = "NoApplicableCode"
+        // JSON API only.
+        case unauthorized = "Unauthorized"
+        case forbidden = "Forbidden"
+        case conflict = "Conflict"
+        case validationFailed = "ValidationFailed"
     }
 
     /// How the client asked, so the error answers in the same language.
@@ -45,6 +50,10 @@ public struct ServiceError: Error, Sendable {
         case .operationNotSupported: .notImplemented
         case .notFound: .notFound
         case .noApplicableCode: .internalServerError
+        case .unauthorized: .unauthorized
+        case .forbidden: .forbidden
+        case .conflict: .conflict
+        case .validationFailed: .unprocessableContent
         }
     }
 }

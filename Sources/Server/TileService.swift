@@ -1,3 +1,4 @@
+import Coverage
 import Foundation
 import GeoGrid
 import Hummingbird
@@ -68,17 +69,28 @@ public struct TileResponse: Sendable {
 public final class TileService: Sendable {
     public let catalog: PyramidCatalog
     public let configuration: ServerConfiguration
+    /// Publication gating of `by-status` tilesets; nil when no coverage database is configured
+    /// (such tilesets are then shown to nobody but administrators).
+    public let gate: PublicationGate?
     let logger: Logger
     let cache: ByteLRU<String, TileResponse>
     let cacheHits = Counter(label: "dallage_tile_cache_hits_total")
     let cacheMisses = Counter(label: "dallage_tile_cache_misses_total")
     let tilesServed = Counter(label: "dallage_tiles_served_total")
 
-    public init(catalog: PyramidCatalog, configuration: ServerConfiguration, logger: Logger) {
+    public init(
+        catalog: PyramidCatalog, configuration: ServerConfiguration, gate: PublicationGate? = nil, logger: Logger
+    ) {
         self.catalog = catalog
         self.configuration = configuration
+        self.gate = gate
         self.logger = logger
         cache = ByteLRU(capacity: configuration.tileCacheBytes)
+    }
+
+    /// True when an `Authorization` header carries an administrator token.
+    public func isAdmin(_ authorization: String?) -> Bool {
+        gate?.coverage.isAdmin(authorization: authorization) ?? false
     }
 
     /// The pyramid and the levels a grid id allows (`G_a_b` narrows them).
@@ -110,9 +122,9 @@ public final class TileService: Sendable {
 
     /// The tile, nil when the pyramid has none there (the caller answers 404 or a blank tile).
     /// `strictLimits` makes a tile outside the data's limits an error (WMTS) rather than empty (XYZ).
-    public func tile(_ r: TileRequest, style: ServiceError.Style, strictLimits: Bool) throws(ServiceError)
-        -> TileResponse?
-    {
+    public func tile(
+        _ r: TileRequest, style: ServiceError.Style, strictLimits: Bool, seesEverything: Bool = false
+    ) throws(ServiceError) -> TileResponse? {
         let (pyramid, levels) = try resolve(tileset: r.tileset, grid: r.grid, style: style)
         let m = pyramid.manifest
         guard levels.contains(r.z), let matrix = m.tileMatrixSet.matrix(r.z) else {
@@ -148,6 +160,20 @@ public final class TileService: Sendable {
         let cacheControl = configuration.cacheControl(for: r.tileset)
         let stored = m.format == .jpeg ? TileEncoding.jpeg : .webp
         do {
+            if m.publish == "by-status", !seesEverything {
+                // Publication gating: inside stays zero-copy, outside is empty, crossing is clipped.
+                guard let gate else { return nil }
+                let (decision, generation) = try gate.decide(
+                    tileset: r.tileset, crs: m.tileMatrixSet.crs, tile: m.tileMatrixSet.bounds(of: coordinate))
+                switch decision {
+                case .outside: return nil
+                case .inside: break
+                case .crossing(let published):
+                    return try clipped(
+                        r, pyramid: pyramid, coordinate: coordinate, published: published, generation: generation,
+                        cacheControl: cacheControl)
+                }
+            }
             if r.encoding == stored {
                 // The hot path: the stored stream as it is.
                 let out = try pyramid.reader.withTileData(coordinate) { bytes, _ -> TileResponse in
@@ -183,6 +209,43 @@ public final class TileService: Sendable {
             logger.error("tile \(r.tileset)/\(r.grid)/\(r.z)/\(r.col)/\(r.row): \(error)")
             throw ServiceError(.noApplicableCode, "the tile cannot be decoded", style: style)
         }
+    }
+
+    /// A tile crossing the published boundary: transparent outside (white in JPEG), cached per
+    /// gate generation so a status change never serves an old clip.
+    func clipped(
+        _ r: TileRequest, pyramid: ServedPyramid, coordinate: TileCoordinate, published: Geometry, generation: Int,
+        cacheControl: String
+    ) throws -> TileResponse? {
+        let m = pyramid.manifest
+        let key =
+            "clip/\(generation)/\(r.tileset)/\(pyramid.grid)/\(pyramid.stamp)/\(r.z)/\(r.col)/\(r.row).\(r.encoding.rawValue)"
+        if let hit = cache.get(key) {
+            cacheHits.increment()
+            return hit
+        }
+        cacheMisses.increment()
+        guard var rgba = try pyramid.reader.decodeTile(coordinate) else { return nil }
+        let size = m.tileSize
+        let box = m.tileMatrixSet.bounds(of: coordinate)
+        var inside = [UInt8](repeating: 0, count: size * size)
+        try inside.withUnsafeMutableBufferPointer { p in
+            try published.rasterize(
+                into: p.baseAddress!, width: size, height: size,
+                transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: box.width / Double(size)))
+        }
+        var any = false
+        for i in 0..<(size * size) {
+            if inside[i] == 0 { rgba[i * 4 + 3] = 0 } else if rgba[i * 4 + 3] > 0 { any = true }
+        }
+        guard any else { return nil }
+        let encoded = try Transcoder.encode(rgba: rgba, size: size, as: r.encoding, quality: m.quality)
+        let crc = encoded.withUnsafeBytes { Deflate.crc32($0) }
+        let response = TileResponse(
+            bytes: ByteBuffer(bytes: encoded), mimeType: r.encoding.mimeType,
+            etag: "\"\(String(format: "%08x", crc))-\(r.encoding.rawValue)-clip\"", cacheControl: cacheControl)
+        cache.set(key, response, cost: encoded.count + key.utf8.count + 64)
+        return response
     }
 
     /// A transparent (PNG/WebP) or white (JPEG) tile, for `empty_tile: blank`.

@@ -16,7 +16,7 @@ public struct TileOptions: Sendable {
     public var dryRun = false
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
-    public var cacheMB = 256
+    public var cacheMB = 64
     /// Milliseconds to wait after each shard: lets tests kill a run mid-way
     /// (`DALLAGE_TEST_SHARD_DELAY_MS`).
     public var delayAfterShard: Int? = ProcessInfo.processInfo.environment["DALLAGE_TEST_SHARD_DELAY_MS"].flatMap {
@@ -258,7 +258,10 @@ public final class Tiler {
             manifest.title = definition.title
             manifest.abstract = definition.abstract
             manifest.attribution = definition.attribution
+            manifest.publish = definition.publish.rawValue
             try manifest.save(directory: directory)
+            // What is really there, from the masks: coverage progress reads it.
+            try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)
         }
         return TilingSummary.GridResult(
             grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, shards: shards.count,

@@ -34,7 +34,7 @@ struct ServeCommand: AsyncParsableCommand {
                 "store '\(configuration.store)' does not exist (tile something first: dallage tile …)")
         }
         logger.info("listening on http://\(configuration.host):\(configuration.port), store \(configuration.store)")
-        let app = buildApplication(configuration: configuration, logger: logger)
+        let app = try buildApplication(configuration: configuration, logger: logger)
         try await app.runService()
     }
 }

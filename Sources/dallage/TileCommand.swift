@@ -27,7 +27,9 @@ struct TileCommand: ParsableCommand {
     @Option(name: .customLong("max-zoom"), help: "Deepest level (default: from the source resolution).")
     var maxZoom: Int?
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
-    @Option(name: .customLong("cache-mb"), help: "GDAL block cache in MB.") var cacheMB = 256
+    @Option(
+        name: .customLong("cache-mb"),
+        help: "GDAL block cache in MB (each dalle block is read about once: more rarely helps).") var cacheMB = 64
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
     @Flag(help: "Continue from an interrupted run, redoing only unfinished shards.") var resume = false
     @Flag(name: .customLong("dry-run"), help: "Print the plan and stop.") var dryRun = false

@@ -46,17 +46,18 @@ enum ServerFixture {
         return dir
     }
 
-    static func app(store: String, configure: (inout ServerConfiguration) -> Void = { _ in })
+    static func app(store: String, configure: (inout ServerConfiguration) -> Void = { _ in }) throws
         -> some ApplicationProtocol
     {
         var c = ServerConfiguration()
         c.store = store
+        c.database = NSTemporaryDirectory() + "dallage-test-\(UUID().uuidString).sqlite"
         c.tmsDirectory = root + "/config/tms"
         c.rescanSeconds = 0.2
         configure(&c)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return buildApplication(configuration: c, logger: logger)
+        return try buildApplication(configuration: c, logger: logger)
     }
 
     /// A z22 tile of the 2154_5cm pyramid that is wholly inside the data.

@@ -380,3 +380,142 @@ struct ServerOperationsTests {
         #expect(p.terminationReason == .exit && p.terminationStatus == 0)
     }
 }
+
+/// Publication gating and the coverage API on a `publish: by-status` copy of the fixture.
+@Suite(.serialized)
+struct PublicationTests {
+    /// A Lambert-93 rectangle as a WGS84 GeoJSON polygon (what the API takes).
+    static func drawn(_ minX: Double, _ minY: Double, _ maxX: Double, _ maxY: Double) throws -> String {
+        let t = try CoordinateTransform(from: SpatialReference(epsg: 2154), to: SpatialReference.wgs84())
+        return try Geometry.rectangle(BoundingBox(minX: minX, minY: minY, maxX: maxX, maxY: maxY)).transformed(t)
+            .geoJSON(precision: 10)
+    }
+
+    static func alpha(ofPNG body: ByteBuffer) throws -> [UInt8] {
+        let path = NSTemporaryDirectory() + "gate-\(UUID().uuidString).png"
+        try Data(buffer: body).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let ds = try Dataset.open(path)
+        var alpha = [UInt8](repeating: 0, count: 256 * 256)
+        try alpha.withUnsafeMutableBufferPointer { p in
+            try ds.read(
+                x: 0, y: 0, width: 256, height: 256, bands: [4], into: p.baseAddress!, bufferWidth: 256,
+                bufferHeight: 256)
+        }
+        return alpha
+    }
+
+    @Test func onlyPublishedPerimetersAreServedAndAStatusChangeShowsAtOnce() async throws {
+        let dir = try ServerFixture.copy()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pyramidDir = dir + "/store/pcrs/2154_5cm"
+        var manifest = try PyramidManifest.load(directory: pyramidDir)
+        manifest.publish = "by-status"
+        try manifest.save(directory: pyramidDir)
+        let ungated = try PyramidReader(directory: pyramidDir)
+        // Row 385939 lies wholly inside the data; columns 55000…55003 are four z22 tiles of 12.8 m.
+        let row = 385_939
+        let top = 12_000_000 - Double(row) * 12.8
+        let (y0, y1) = (top - 40, top + 20)
+        // A: published, covers column 55000 and the left half of 55001. B: in production, covers 55003.
+        let a = try Self.drawn(703_990, y0, 704_000 + 12.8 + 6.4, y1)
+        let b = try Self.drawn(704_000 + 3 * 12.8 - 1, y0, 704_070, y1)
+        let admin: HTTPFields = [.authorization: "Token s3cret", .contentType: "application/json"]
+        try await ServerFixture.app(store: dir + "/store") { $0.adminTokens = ["s3cret"] }.test(.router) { client in
+            func create(_ name: String, _ geometry: String, _ statut: String) async throws -> Int {
+                let body = """
+                    {"nom":"\(name)","geometrie":\(geometry),"etapes":[{"statut":"\(statut)","date_debut":"2024-01-01"}],
+                     "livrables":[{"nom":"ortho","tileset":"pcrs"}]}
+                    """
+                return try await client.execute(
+                    uri: "/api/projects", method: .post, headers: admin, body: ByteBuffer(string: body)
+                ) { r in
+                    #expect(r.status == .created, "\(String(buffer: r.body))")
+                    let o = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
+                    #expect(o?["statut"] as? String == statut)
+                    return o?["id"] as? Int ?? 0
+                }
+            }
+            _ = try await create("A", a, "disponible")
+            let idB = try await create("B", b, "prod_en_cours")
+            func status(_ col: Int, _ ext: String = "jpg", headers: HTTPFields = [:]) async throws
+                -> HTTPResponse.Status
+            {
+                try await client.execute(
+                    uri: "/tiles/pcrs/2154_5cm/22/\(col)/\(row).\(ext)", method: .get, headers: headers
+                ) {
+                    $0.status
+                }
+            }
+            // Inside: the stored bytes, untouched.
+            let stored = try #require(try ungated.tileData(TileCoordinate(z: 22, col: 55_000, row: row)))
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55000/\(row).jpg", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(Array(buffer: r.body) == stored)
+            }
+            // Crossing: clipped, transparent right of the boundary.
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55001/\(row).png", method: .get) { r in
+                #expect(r.status == .ok)
+                let alpha = try Self.alpha(ofPNG: r.body)
+                #expect(alpha[100 * 256 + 60] == 255 && alpha[100 * 256 + 200] == 0)
+            }
+            // Outside every published perimeter (B is not published yet): nothing.
+            #expect(try await status(55_002) == .notFound)
+            #expect(try await status(55_003) == .notFound)
+            // An administrator sees everything.
+            #expect(try await status(55_003, headers: [.authorization: "Token s3cret"]) == .ok)
+            // Anyone else cannot change a status.
+            try await client.execute(
+                uri: "/api/projects/\(idB)/etapes", method: .post, headers: [.contentType: "application/json"],
+                body: ByteBuffer(string: #"{"statut":"disponible","date_debut":"2024-06-01"}"#)
+            ) { #expect($0.status == .unauthorized) }
+            #expect(try await status(55_003) == .notFound)
+            // Publishing B shows its tiles at once, without a restart.
+            try await client.execute(
+                uri: "/api/projects/\(idB)/etapes", method: .post, headers: admin,
+                body: ByteBuffer(string: #"{"statut":"disponible","date_debut":"2024-06-01"}"#)
+            ) { #expect($0.status == .ok) }
+            #expect(try await status(55_003) == .ok)
+            // Going back (obsolete) hides them again, clipped tiles included.
+            try await client.execute(
+                uri: "/api/projects/\(idB)/etapes", method: .post, headers: admin,
+                body: ByteBuffer(string: #"{"statut":"obsolete","date_debut":"2024-07-01"}"#)
+            ) { #expect($0.status == .ok) }
+            #expect(try await status(55_003) == .notFound)
+            // History, validation and the coverage map over HTTP.
+            try await client.execute(uri: "/api/projects/\(idB)/history", method: .get) { r in
+                let list = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [[String: Any]]
+                #expect(list?.map { $0["action"] as? String } == ["create", "status", "status"])
+                #expect(!String(buffer: r.body).contains("s3cret"))
+            }
+            try await client.execute(
+                uri: "/api/projects/\(idB)/etapes", method: .post, headers: admin,
+                body: ByteBuffer(string: #"{"statut":"realise","date_debut":"2023-01-01"}"#)
+            ) { r in
+                #expect(r.status == .unprocessableContent)
+                #expect(String(buffer: r.body).contains("must not go backwards"))
+            }
+            try await client.execute(
+                uri: "/api/projects", method: .post, headers: admin,
+                body: ByteBuffer(string: #"{"nom":"X","perimetres":["commune:00000"]}"#)
+            ) { r in
+                #expect(r.status == .unprocessableContent)
+                #expect(String(buffer: r.body).contains("unknown territory 'commune:00000'"))
+            }
+            try await client.execute(uri: "/api/coverage.geojson?statut=disponible", method: .get) { r in
+                #expect(r.headers[.contentType] == "application/geo+json")
+                let fc = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
+                #expect((fc?["features"] as? [Any])?.count == 1)
+            }
+            try await client.execute(uri: "/api/projects/\(idB)", method: .get) { r in
+                #expect(r.status == .ok)
+                let o = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
+                #expect(o?["editor_key"] == nil)
+                // Tiled progress from the footprint the tiler recorded: B reaches past the data.
+                let progress = (o?["avancement"] as? [[String: Any]])?.first
+                let part = try #require(progress?["part_tuilee"] as? Double)
+                #expect(part > 0.1 && part < 0.9)
+            }
+        }
+    }
+}

@@ -7,13 +7,15 @@ struct TileResponder: Sendable {
     func respond(
         _ tile: TileRequest, request: Request, style: ServiceError.Style, strictLimits: Bool
     ) throws -> Response {
-        let found = try service.tile(tile, style: style, strictLimits: strictLimits)
+        // Administrators see gated tilesets whole; their tiles must not be cached by proxies.
+        let admin = service.isAdmin(request.headers[.authorization])
+        let found = try service.tile(tile, style: style, strictLimits: strictLimits, seesEverything: admin)
         guard let t = found ?? blank(tile) else {
             throw ServiceError(.notFound, "no tile at \(tile.z)/\(tile.col)/\(tile.row)", style: style)
         }
         var headers = HTTPFields()
         headers[.eTag] = t.etag
-        headers[.cacheControl] = t.cacheControl
+        headers[.cacheControl] = admin ? "private, no-store" : t.cacheControl
         if let match = request.headers[.ifNoneMatch],
             match == "*"
                 || match.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == t.etag })

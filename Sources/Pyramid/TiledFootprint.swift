@@ -1,0 +1,77 @@
+import Foundation
+import GeoGrid
+import Raster
+
+/// The area a pyramid really covers, traced from its tiles' masks at one level and kept as
+/// `footprint.json` beside `pyramid.json`: `{"crs", "level", "area_m2", "geometry"}` (GeoJSON
+/// geometry in the grid's CRS). Coverage progress reads it; nothing reopens the shards.
+public enum TiledFootprint {
+    public static let fileName = "footprint.json"
+
+    /// Traces the footprint at the finest level whose whole extent fits in `maxPixels` (64 Mpx by
+    /// default: ≈ 25 m pixels over a region of 32,000 km²), from the decoded masks.
+    public static func trace(_ reader: PyramidReader, maxPixels: Int = 64 << 20) throws -> (Geometry, level: Int) {
+        let m = reader.manifest
+        var level = m.minZoom
+        for z in stride(from: m.maxZoom, through: m.minZoom, by: -1) {
+            guard let l = m.limits(z: z) else { continue }
+            let px = (l.maxCol - l.minCol + 1) * (l.maxRow - l.minRow + 1) * m.tileSize * m.tileSize
+            if px <= maxPixels {
+                level = z
+                break
+            }
+        }
+        guard let l = m.limits(z: level) else {
+            return (Geometry.empty(), level)
+        }
+        let size = m.tileSize
+        let width = (l.maxCol - l.minCol + 1) * size
+        let height = (l.maxRow - l.minRow + 1) * size
+        let mask = UnsafeMutablePointer<UInt8>.allocate(capacity: width * height)
+        defer { mask.deallocate() }
+        mask.initialize(repeating: 0, count: width * height)
+        for row in l.minRow...l.maxRow {
+            for col in l.minCol...l.maxCol {
+                guard let rgba = try reader.decodeTile(TileCoordinate(z: level, col: col, row: row)) else { continue }
+                let x0 = (col - l.minCol) * size
+                let y0 = (row - l.minRow) * size
+                for y in 0..<size {
+                    let line = mask + (y0 + y) * width + x0
+                    for x in 0..<size { line[x] = rgba[(y * size + x) * 4 + 3] >= 128 ? 255 : 0 }
+                }
+            }
+        }
+        let first = m.tileMatrixSet.bounds(of: TileCoordinate(z: level, col: l.minCol, row: l.minRow))
+        let transform = GeoTransform(
+            originX: first.minX, originY: first.maxY, resolution: (first.maxX - first.minX) / Double(size))
+        return (try Geometry.polygonize(mask: mask, width: width, height: height, transform: transform), level)
+    }
+
+    /// Traces and writes the footprint of the pyramid in `directory` (atomically).
+    @discardableResult
+    public static func record(_ reader: PyramidReader, directory: String) throws -> Geometry {
+        let (g, level) = try trace(reader)
+        let crs = reader.manifest.tileMatrixSet.crs
+        let text = """
+            {"crs":"\(crs)","level":\(level),"area_m2":\(g.area),"geometry":\(g.geoJSON(precision: 3))}
+            """
+        let path = (directory as NSString).appendingPathComponent(fileName)
+        let tmp = (directory as NSString).appendingPathComponent(".\(fileName).\(getpid()).tmp")
+        try Data(text.utf8).write(to: URL(fileURLWithPath: tmp))
+        guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
+        return g
+    }
+
+    /// Reads a footprint, in Lambert-93.
+    public static func read(path: String) throws -> Geometry {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let crs = object["crs"] as? String, let geometry = object["geometry"]
+        else { throw RasterError("\(path) is not a footprint") }
+        let g = try Geometry.fromGeoJSON(
+            String(decoding: try JSONSerialization.data(withJSONObject: geometry), as: UTF8.self))
+        let source = try SpatialReference(crs)
+        let l93 = try SpatialReference(epsg: 2154)
+        return source.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: source, to: l93))
+    }
+}
