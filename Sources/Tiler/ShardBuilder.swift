@@ -87,31 +87,17 @@ final class ShardBuilder {
         let c = try node(
             z: band.top + 4, col: job.shard.col * 2 * n + (q & 1) * n, row: job.shard.row * 2 * n + (q >> 1) * n,
             tiles: n, shard: job.shard, depth: 0)
-        if c != nil { canvases[0] = nil }  // hand the canvas over; the next job allocates its own
+        // The canvas stays this builder's: the caller halves it into the job before the next build.
         return (c, pixelsRead)
     }
 
-    /// Combines the four quadrants into the band's top four levels.
-    func merge(_ job: ShardJob, quadrants: [Canvas?]) throws {
+    /// Writes the band's top four levels from the job's merged canvas (the four quadrants, halved).
+    func merge(_ job: ShardJob, merged: Canvas?) throws {
         writer = job.writer
         defer { writer = nil }
+        guard var current = merged else { return }
         var z = band.top + 3
         var tiles = 1 << 3
-        var current = canvas(depth: 100, side: tiles * 256)
-        guard quadrants.contains(where: { $0 != nil }) else { return }
-        let half = current.side / 2
-        for (q, child) in quadrants.enumerated() {
-            let qx = q & 1
-            let qy = q >> 1
-            if let child {
-                PixelOps.downsample(
-                    child.pixels, srcStride: child.stride,
-                    into: current.pixels + qy * half * current.stride + qx * half * 4, dstStride: current.stride,
-                    width: half, height: half, nearest: nearestOverviews)
-            } else {
-                current.clear(x: qx * half, y: qy * half, size: half)
-            }
-        }
         while true {
             let up = z - band.top
             let range = TileRange(
@@ -222,7 +208,9 @@ final class ShardJob: @unchecked Sendable {
     let shard: TileCoordinate
     let writer: ShardWriter
     private let lock = NSLock()
-    private var quadrants: [Canvas?] = [nil, nil, nil, nil]
+    /// The shard at the band's top level + 3 (8×8 tiles): each quadrant is halved into its
+    /// quarter as soon as it is built, so a job holds one canvas, not four.
+    private var merged: Canvas?
     private var remaining: Int
     private(set) var pixelsRead = 0
     private(set) var error: Error?
@@ -233,19 +221,33 @@ final class ShardJob: @unchecked Sendable {
         remaining = parts
     }
 
-    /// Records one part; returns the quadrants when it was the last part and none failed.
-    func complete(quadrant: Int?, canvas: Canvas?, pixels: Int, error: Error?) -> (last: Bool, quadrants: [Canvas?]) {
+    /// Records one part, halving its canvas (if any) into the merged canvas; returns the merged
+    /// canvas when it was the last part (nil when every quadrant was empty).
+    func complete(quadrant: Int?, canvas: Canvas?, pixels: Int, error: Error?, nearest: Bool) -> (
+        last: Bool, merged: Canvas?
+    ) {
         lock.lock()
         defer { lock.unlock() }
-        if let quadrant { quadrants[quadrant] = canvas }
+        if let quadrant, let canvas, error == nil {
+            if merged == nil {
+                let m = Canvas(side: canvas.side)
+                merged = m
+            }
+            if let m = merged {
+                let half = m.side / 2
+                PixelOps.downsample(
+                    canvas.pixels, srcStride: canvas.stride,
+                    into: m.pixels + (quadrant >> 1) * half * m.stride + (quadrant & 1) * half * 4, dstStride: m.stride,
+                    width: half, height: half, nearest: nearest)
+            }
+        }
         pixelsRead += pixels
         if let error, self.error == nil { self.error = error }
         remaining -= 1
         if remaining == 0 {
-            let q = quadrants
-            quadrants = [nil, nil, nil, nil]
-            return (true, q)
+            defer { merged = nil }
+            return (true, merged)
         }
-        return (false, [])
+        return (false, nil)
     }
 }

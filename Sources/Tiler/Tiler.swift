@@ -16,7 +16,7 @@ public struct TileOptions: Sendable {
     public var dryRun = false
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
-    public var cacheMB = 64
+    public var cacheMB = 24
     /// Milliseconds to wait after each shard: lets tests kill a run mid-way
     /// (`DALLAGE_TEST_SHARD_DELAY_MS`).
     public var delayAfterShard: Int? = ProcessInfo.processInfo.environment["DALLAGE_TEST_SHARD_DELAY_MS"].flatMap {
@@ -208,13 +208,14 @@ public final class Tiler {
                     } catch {
                         failure = error
                     }
-                    let (last, quadrants) = job.complete(
-                        quadrant: quadrant, canvas: canvas, pixels: pixels, error: failure)
+                    let (last, merged) = job.complete(
+                        quadrant: quadrant, canvas: canvas, pixels: pixels, error: failure,
+                        nearest: builder?.nearestOverviews ?? false)
                     guard last else { continue }
                     jobs.withLock { _ = $0.removeValue(forKey: shard) }
                     do {
                         if let error = job.error { throw error }
-                        if parts > 1, let builder { try builder.merge(job, quadrants: quadrants) }
+                        if parts > 1, let builder { try builder.merge(job, merged: merged) }
                         let summary = try job.writer.finish()
                         journalRef.record(shard, summary)
                         if let delay = options.delayAfterShard { usleep(UInt32(delay * 1000)) }

@@ -29,7 +29,9 @@ struct TileCommand: ParsableCommand {
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
     @Option(
         name: .customLong("cache-mb"),
-        help: "GDAL block cache in MB (each dalle block is read about once: more rarely helps).") var cacheMB = 64
+        help:
+            "GDAL block cache in MB. Tiled dalles are read about once, so little is needed; raise it for strip-organised dalles."
+    ) var cacheMB = 24
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
     @Flag(help: "Continue from an interrupted run, redoing only unfinished shards.") var resume = false
     @Flag(name: .customLong("dry-run"), help: "Print the plan and stop.") var dryRun = false
