@@ -8,9 +8,9 @@ import Raster
 public enum TiledFootprint {
     public static let fileName = "footprint.json"
 
-    /// Traces the footprint at the finest level whose whole extent fits in `maxPixels` (64 Mpx by
-    /// default: ≈ 25 m pixels over a region of 32,000 km²), from the decoded masks.
-    public static func trace(_ reader: PyramidReader, maxPixels: Int = 64 << 20) throws -> (Geometry, level: Int) {
+    /// Traces the footprint at the finest level whose whole extent fits in `maxPixels` (16 Mpx by
+    /// default: ≈ 45 m pixels over a region of 32,000 km², native pixels for a small area), from the decoded masks.
+    public static func trace(_ reader: PyramidReader, maxPixels: Int = 16 << 20) throws -> (Geometry, level: Int) {
         let m = reader.manifest
         var level = m.minZoom
         for z in stride(from: m.maxZoom, through: m.minZoom, by: -1) {

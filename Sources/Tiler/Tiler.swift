@@ -16,7 +16,7 @@ public struct TileOptions: Sendable {
     public var dryRun = false
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
-    public var cacheMB = 24
+    public var cacheMB = 48
     /// Milliseconds to wait after each shard: lets tests kill a run mid-way
     /// (`DALLAGE_TEST_SHARD_DELAY_MS`).
     public var delayAfterShard: Int? = ProcessInfo.processInfo.environment["DALLAGE_TEST_SHARD_DELAY_MS"].flatMap {
@@ -73,6 +73,11 @@ public final class Tiler {
     public func run() throws -> TilingSummary {
         let started = Date()
         GDAL.setCacheMax(bytes: options.cacheMB << 20)
+        // Dalles kept open by the mosaics: a few per worker is enough, and each holds memory and a
+        // file descriptor (GDAL's default, 100, grows peak memory with the input).
+        if ProcessInfo.processInfo.environment["GDAL_MAX_DATASET_POOL_SIZE"] == nil {
+            GDAL.setConfig("GDAL_MAX_DATASET_POOL_SIZE", "\(max(16, 4 * options.threads + 8))")
+        }
         let catalog = try TileMatrixSetCatalog.load(directory: options.tmsDirectory)
         let gridIDs = options.grids.isEmpty ? definition.grids : options.grids
         let grids = try gridIDs.map { id in

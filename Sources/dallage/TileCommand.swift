@@ -31,7 +31,7 @@ struct TileCommand: ParsableCommand {
         name: .customLong("cache-mb"),
         help:
             "GDAL block cache in MB. Tiled dalles are read about once, so little is needed; raise it for strip-organised dalles."
-    ) var cacheMB = 24
+    ) var cacheMB = 48
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
     @Flag(help: "Continue from an interrupted run, redoing only unfinished shards.") var resume = false
     @Flag(name: .customLong("dry-run"), help: "Print the plan and stop.") var dryRun = false
