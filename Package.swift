@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // System-library shims: a modulemap and one header each, nothing else.
@@ -51,11 +52,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // Reads a region of a pyramid at any CRS and resolution: WMS GetMap and extracts.
+        .target(name: "Render", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
         // The HTTP service: WMTS, XYZ, TileJSON, OGC API Tiles, caches, metrics.
         .target(
             name: "Server",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Coverage", "Yams",
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "Yams",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -66,7 +71,7 @@ let package = Package(
         .executableTarget(
             name: "dallage",
             dependencies: [
-                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Coverage",
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Coverage", "Render",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -80,7 +85,7 @@ let package = Package(
         .testTarget(
             name: "ServerTests",
             dependencies: [
-                "Server", "Tiler", "Pyramid", "Raster", "GeoGrid",
+                "Server", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]

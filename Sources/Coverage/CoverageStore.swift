@@ -82,6 +82,7 @@ public final class SQLiteCoverageStore: CoverageStore {
             }
             try db.execute(sql: "INSERT INTO revision(id, value) VALUES (1, 0)")
         }
+        migrateJobs(&m)
         return m
     }
 

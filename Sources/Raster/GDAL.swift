@@ -21,6 +21,8 @@ public enum GDAL {
         GDALAllRegister()
         CPLSetErrorHandler(CPLQuietErrorHandler)
         CPLSetConfigOption("GDAL_PAM_ENABLED", "NO")
+        // Masks inside the GeoTIFF, never a side-car .msk file (extracts are renamed into place).
+        CPLSetConfigOption("GDAL_TIFF_INTERNAL_MASK", "YES")
         CPLSetConfigOption("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
         CPLSetConfigOption("CPL_VSIL_CURL_ALLOWED_EXTENSIONS", ".tif,.jp2")
         // PROJ: WGS84 axis order as longitude, latitude everywhere we build a CRS.

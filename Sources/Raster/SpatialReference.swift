@@ -26,6 +26,9 @@ public final class SpatialReference: @unchecked Sendable {
 
     deinit { OSRDestroySpatialReference(handle) }
 
+    /// True for longitude/latitude CRSs.
+    public var isGeographic: Bool { OSRIsGeographic(handle) != 0 }
+
     /// WGS84 longitude/latitude.
     public static func wgs84() throws -> SpatialReference { try SpatialReference("EPSG:4326") }
 

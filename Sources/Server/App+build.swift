@@ -6,7 +6,9 @@ import Pyramid
 import ServiceLifecycle
 
 /// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
-public func buildRouter(service: TileService, coverage: CoverageService? = nil) -> Router<BasicRequestContext> {
+public func buildRouter(
+    service: TileService, coverage: CoverageService? = nil, extracts: ExtractService? = nil
+) -> Router<BasicRequestContext> {
     let registry = DallageMetrics.registry
     let configured = service.configuration.publicURL
     let baseURL: @Sendable (Request) -> String = { request in
@@ -26,9 +28,11 @@ public func buildRouter(service: TileService, coverage: CoverageService? = nil) 
     WMTSController(service: service, baseURL: baseURL).addRoutes(to: router)
     TilesController(service: service, baseURL: baseURL).addRoutes(to: router)
     OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
+    WMSController(service: service, baseURL: baseURL).addRoutes(to: router)
     if let coverage {
         CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog).addRoutes(to: router)
     }
+    if let extracts { ExtractsController(extracts: extracts, service: service).addRoutes(to: router) }
     return router
 }
 
@@ -37,18 +41,20 @@ public func buildRouter(service: TileService, coverage: CoverageService? = nil) 
 public func buildApplication(configuration: ServerConfiguration, logger: Logger) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
     let catalog = PyramidCatalog(store: configuration.store, openShards: configuration.openShards, logger: logger)
-    let coverage = try CoverageService(
-        store: SQLiteCoverageStore(path: configuration.databasePath), adminTokens: configuration.adminTokens,
-        pyramidStore: configuration.store)
+    let database = try SQLiteCoverageStore(path: configuration.databasePath)
+    let coverage = CoverageService(
+        store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store)
     let gate = PublicationGate(coverage: coverage, logger: logger)
     let service = TileService(catalog: catalog, configuration: configuration, gate: gate, logger: logger)
+    let extracts = ExtractService(
+        catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
     var app = Application(
-        router: buildRouter(service: service, coverage: coverage),
+        router: buildRouter(service: service, coverage: coverage, extracts: extracts),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dallage"),
         logger: logger)
     app.addServices(
         CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds),
-        PublicationWatcher(gate: gate, catalog: catalog))
+        PublicationWatcher(gate: gate, catalog: catalog), ExtractRunner(extracts: extracts))
     return app
 }
 

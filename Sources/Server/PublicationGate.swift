@@ -60,6 +60,11 @@ public final class PublicationGate: Sendable {
         }
     }
 
+    /// The published perimeter of a tileset (Lambert-93; empty when nothing is published).
+    public func perimeter(of tileset: String) -> Geometry {
+        state.withLock { $0.perimeters[tileset] } ?? Geometry.empty()
+    }
+
     /// Where a tile stands against the published area of its tileset.
     public func decide(tileset: String, crs: String, tile: BoundingBox) throws -> (Decision, generation: Int) {
         try state.withLock { s in

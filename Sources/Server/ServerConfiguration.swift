@@ -1,4 +1,5 @@
 import Foundation
+import Render
 import Yams
 
 /// The server's settings: a YAML file, then `DALLAGE_*` environment variables, then flags,
@@ -32,6 +33,21 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     /// Administrator tokens, plain or `sha256:<hex>` (kept hashed in memory either way).
     public var adminTokens: [String] = []
 
+    /// Largest WMS GetMap image side, in pixels.
+    public var wmsMaxSize = 4096
+    /// Where queued extracts are written; by default `.extracts` in the store.
+    public var extractsDirectory: String?
+    /// Seconds a finished extract stays downloadable.
+    public var extractTTLSeconds: Double = 86_400
+    /// Jobs queued or running per client at once, and bytes of results kept per client.
+    public var extractJobsPerClient = 2
+    public var extractBytesPerClient = 20 << 30
+    public var extractLimits = ExtractLimits()
+
+    public var extractsPath: String {
+        extractsDirectory ?? (store as NSString).appendingPathComponent(".extracts")
+    }
+
     /// The database path this configuration uses.
     public var databasePath: String { database ?? (store as NSString).appendingPathComponent("dallage.sqlite") }
 
@@ -51,6 +67,12 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case rescanSeconds = "rescan_seconds"
         case database
         case adminTokens = "admin_tokens"
+        case wmsMaxSize = "wms_max_size"
+        case extractsDirectory = "extracts_dir"
+        case extractTTLSeconds = "extract_ttl_seconds"
+        case extractJobsPerClient = "extract_jobs_per_client"
+        case extractBytesPerClient = "extract_bytes_per_client"
+        case extractLimits = "extract_limits"
     }
 
     public init() {}
@@ -70,6 +92,13 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         rescanSeconds = try c.decodeIfPresent(Double.self, forKey: .rescanSeconds) ?? d.rescanSeconds
         database = try c.decodeIfPresent(String.self, forKey: .database)
         adminTokens = try c.decodeIfPresent([String].self, forKey: .adminTokens) ?? []
+        wmsMaxSize = try c.decodeIfPresent(Int.self, forKey: .wmsMaxSize) ?? d.wmsMaxSize
+        extractsDirectory = try c.decodeIfPresent(String.self, forKey: .extractsDirectory)
+        extractTTLSeconds = try c.decodeIfPresent(Double.self, forKey: .extractTTLSeconds) ?? d.extractTTLSeconds
+        extractJobsPerClient = try c.decodeIfPresent(Int.self, forKey: .extractJobsPerClient) ?? d.extractJobsPerClient
+        extractBytesPerClient =
+            try c.decodeIfPresent(Int.self, forKey: .extractBytesPerClient) ?? d.extractBytesPerClient
+        extractLimits = try c.decodeIfPresent(ExtractLimits.self, forKey: .extractLimits) ?? d.extractLimits
     }
 
     /// Reads a configuration file; a missing file is an error only when it was asked for.

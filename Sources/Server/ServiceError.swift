@@ -17,6 +17,8 @@ public struct ServiceError: Error, Sendable {
         case forbidden = "Forbidden"
         case conflict = "Conflict"
         case validationFailed = "ValidationFailed"
+        case payloadTooLarge = "TooLarge"
+        case tooManyRequests = "TooManyRequests"
     }
 
     /// How the client asked, so the error answers in the same language.
@@ -54,6 +56,8 @@ public struct ServiceError: Error, Sendable {
         case .forbidden: .forbidden
         case .conflict: .conflict
         case .validationFailed: .unprocessableContent
+        case .payloadTooLarge: .contentTooLarge
+        case .tooManyRequests: .tooManyRequests
         }
     }
 }
@@ -83,6 +87,7 @@ extension ServiceError: HTTPResponseError {
             body = String(decoding: data, as: UTF8.self)
         }
         headers[.cacheControl] = "no-store"
+        if code == .tooManyRequests { headers[.retryAfter] = "60" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 }

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import Pyramid
+import Raster
 import Server
 import Tiler
 
@@ -66,6 +67,14 @@ enum ServerFixture {
     static let edgeTile = TileCoordinate(z: 22, col: 55_000, row: 385_937)
 
     @discardableResult
+    /// The per-dataset mask of a GeoTIFF (0 = no data).
+    static func maskOf(_ path: String) throws -> [UInt8] {
+        let ds = try Dataset.open(path)
+        var mask = [UInt8](repeating: 0, count: ds.width * ds.height)
+        try mask.withUnsafeMutableBufferPointer { try ds.readMask(into: $0.baseAddress!) }
+        return mask
+    }
+
     static func run(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)

@@ -1,3 +1,4 @@
+import Coverage
 import Foundation
 import GeoGrid
 import Hummingbird
@@ -515,6 +516,210 @@ struct PublicationTests {
                 let progress = (o?["avancement"] as? [[String: Any]])?.first
                 let part = try #require(progress?["part_tuilee"] as? Double)
                 #expect(part > 0.1 && part < 0.9)
+            }
+        }
+    }
+}
+
+/// WMS and extracts on the fixture area (Lambert-93 704000…704051.2 × 7059948.8…7060000).
+@Suite(.serialized)
+struct RenderAndExtractTests {
+    let store = ServerFixture.shared + "/store"
+
+    /// A triangle in Lambert-93, with the GeoJSON `crs` member saying so.
+    static let triangle = """
+        {"type":"Polygon","crs":{"type":"name","properties":{"name":"EPSG:2154"}},
+         "coordinates":[[[704005,7059955],[704045,7059955],[704025,7059995],[704005,7059955]]]}
+        """
+
+    @Test func directExtractIsClippedGeoreferencedAndHasThePyramidsPixels() async throws {
+        let pyramid = try PyramidReader(directory: store + "/pcrs/2154_5cm")
+        try await ServerFixture.app(store: store).test(.router) { client in
+            let body = #"{"tileset":"pcrs","geometry":\#(Self.triangle),"format":"gtiff"}"#
+            try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body)) { r in
+                #expect(r.status == .ok, "\(String(buffer: r.body))")
+                #expect(r.headers[.contentType] == "image/tiff")
+                let path = NSTemporaryDirectory() + "extract-\(UUID().uuidString).tif"
+                try Data(buffer: r.body).write(to: URL(fileURLWithPath: path))
+                let ds = try Dataset.open(path)
+                #expect(ds.spatialReference?.epsg == 2154)
+                let gt = try #require(ds.geoTransform)
+                // The polygon's envelope, snapped to 5 cm.
+                #expect(gt.originX == 704_005 && gt.originY == 7_059_995)
+                #expect(abs(gt.pixelWidth - 0.05) < 1e-12 && abs(gt.pixelHeight + 0.05) < 1e-12)
+                #expect(ds.width == 800 && ds.height == 800)
+                var rgb = [UInt8](repeating: 0, count: 800 * 800 * 3)
+                try rgb.withUnsafeMutableBufferPointer {
+                    try ds.read(
+                        x: 0, y: 0, width: 800, height: 800, bands: [1, 2, 3], into: $0.baseAddress!, bufferWidth: 800,
+                        bufferHeight: 800)
+                }
+                try ds.close()
+                let mask = try ServerFixture.maskOf(path)
+                // Outside the triangle (top corners) nothing; inside (near the base centre) data.
+                #expect(mask[5 * 800 + 5] == 0 && mask[5 * 800 + 795] == 0)
+                #expect(mask[700 * 800 + 400] == 255)
+                // Inside, the pixels are the pyramid's z22 pixels (JPEG re-encoded once).
+                var sum = 0.0
+                var n = 0
+                for y in 600..<700 {
+                    for x in 350..<450 {
+                        let gx = 704_005 + (Double(x) + 0.5) * 0.05
+                        let gy = 7_059_995 - (Double(y) + 0.5) * 0.05
+                        let col = Int(gx / 12.8)
+                        let row = Int((12_000_000 - gy) / 12.8)
+                        guard let tile = try pyramid.decodeTile(TileCoordinate(z: 22, col: col, row: row)) else {
+                            continue
+                        }
+                        let px = Int((gx - Double(col) * 12.8) / 0.05)
+                        let py = Int(((12_000_000 - gy) - Double(row) * 12.8) / 0.05)
+                        for k in 0..<3 {
+                            let d = Double(tile[(py * 256 + px) * 4 + k]) - Double(rgb[(y * 800 + x) * 3 + k])
+                            sum += d * d
+                            n += 1
+                        }
+                    }
+                }
+                let psnr = 10 * log10(255 * 255 / (sum / Double(n)))
+                #expect(n == 100 * 100 * 3)
+                #expect(psnr >= 35, "PSNR \(psnr)")
+            }
+        }
+    }
+
+    @Test func wmsGetMapInCC49MatchesGDALsWarpOfTheSources() async throws {
+        try await ServerFixture.app(store: store).test(.live) { client in
+            let port = try #require(client.port)
+            let dir = NSTemporaryDirectory() + "wms-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            // The fixture area in CC49, inside the data.
+            let (minX, minY, maxX, maxY) = (1_704_006.0, 8_382_040.0, 1_704_034.0, 8_382_068.0)
+            try """
+            <GDAL_WMS><Service name="WMS"><Version>1.3.0</Version><ServerUrl>http://127.0.0.1:\(port)/wms?</ServerUrl>
+            <CRS>EPSG:3949</CRS><ImageFormat>image/png</ImageFormat><Layers>pcrs</Layers></Service>
+            <DataWindow><UpperLeftX>\(minX)</UpperLeftX><UpperLeftY>\(maxY)</UpperLeftY><LowerRightX>\(maxX)</LowerRightX>
+            <LowerRightY>\(minY)</LowerRightY><SizeX>280</SizeX><SizeY>280</SizeY></DataWindow>
+            <BandsCount>3</BandsCount><BlockSizeX>280</BlockSizeX><BlockSizeY>280</BlockSizeY></GDAL_WMS>
+            """.write(toFile: dir + "/wms.xml", atomically: true, encoding: .utf8)
+            let (s1, l1) = try ServerFixture.run(
+                "/usr/bin/gdal_translate",
+                ["--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q", dir + "/wms.xml", dir + "/wms.tif"])
+            #expect(s1 == 0, "\(l1)")
+            let sources = try FileManager.default.contentsOfDirectory(atPath: ServerFixture.shared + "/src")
+                .filter { $0.hasSuffix(".tif") }.map { ServerFixture.shared + "/src/" + $0 }
+            let (s2, l2) = try ServerFixture.run(
+                "/usr/bin/gdalwarp",
+                [
+                    "-q", "-t_srs", "EPSG:3949", "-te", "\(minX)", "\(minY)", "\(maxX)", "\(maxY)", "-ts", "280", "280",
+                    "-r", "bilinear",
+                ] + sources + [dir + "/ref.tif"])
+            #expect(s2 == 0, "\(l2)")
+            let a = try Dataset.open(dir + "/wms.tif")
+            let b = try Dataset.open(dir + "/ref.tif")
+            #expect(a.spatialReference?.epsg == 3949)
+            #expect(a.geoTransform == b.geoTransform)
+            func pixels(_ ds: Dataset) throws -> [UInt8] {
+                var p = [UInt8](repeating: 0, count: 280 * 280 * 3)
+                try p.withUnsafeMutableBufferPointer {
+                    try ds.read(
+                        x: 0, y: 0, width: 280, height: 280, bands: [1, 2, 3], into: $0.baseAddress!, bufferWidth: 280,
+                        bufferHeight: 280)
+                }
+                return p
+            }
+            let pa = try pixels(a)
+            let pb = try pixels(b)
+            // Both hold imagery (the area lies inside the data), not two empty images.
+            #expect(Set(pa).count > 100 && !pa.contains(where: { $0 == 0 && false }))
+            #expect(pa.filter { $0 == 0 }.count < pa.count / 100)
+            let mse = zip(pa, pb).reduce(0.0) { $0 + pow(Double($1.0) - Double($1.1), 2) } / Double(pa.count)
+            let psnr = 10 * log10(255 * 255 / mse)
+            #expect(psnr >= 30, "PSNR \(psnr)")
+            // WMS errors name the OGC exception code.
+            try await client.execute(
+                uri:
+                    "/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=pcrs&STYLES=&CRS=EPSG:9999&BBOX=0,0,1,1&WIDTH=8&HEIGHT=8&FORMAT=image/png",
+                method: .get
+            ) { r in
+                #expect(r.status == .badRequest)
+                #expect(String(buffer: r.body).contains("code=\"InvalidCRS\""))
+            }
+            try await client.execute(
+                uri:
+                    "/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=nope&STYLES=&CRS=EPSG:2154&BBOX=0,0,1,1&WIDTH=8&HEIGHT=8&FORMAT=image/png",
+                method: .get
+            ) { r in #expect(String(buffer: r.body).contains("code=\"LayerNotDefined\"")) }
+            try await client.execute(
+                uri:
+                    "/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=pcrs&STYLES=&CRS=EPSG:2154&BBOX=0,0,1,1&WIDTH=8&HEIGHT=8&FORMAT=image/gif",
+                method: .get
+            ) { r in #expect(String(buffer: r.body).contains("code=\"InvalidFormat\"")) }
+        }
+    }
+
+    @Test func queuedJobSurvivesARestartExpiresAndIsBoundedPerClient() async throws {
+        let database = NSTemporaryDirectory() + "jobs-\(UUID().uuidString).sqlite"
+        let results = NSTemporaryDirectory() + "results-\(UUID().uuidString)"
+        let configure: (inout ServerConfiguration) -> Void = {
+            $0.database = database
+            $0.extractsDirectory = results
+            $0.extractLimits.directPixels = 1
+            $0.extractJobsPerClient = 1
+            $0.extractTTLSeconds = 2
+        }
+        let body = #"{"tileset":"pcrs","geometry":\#(Self.triangle),"resolution":0.1}"#
+        // First server: the job is queued (the router alone runs no job), the client's second is refused.
+        let id: String = try await ServerFixture.app(store: store, configure: configure).test(.router) { client in
+            let id = try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body)) {
+                r in
+                #expect(r.status == .accepted)
+                let o = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any]
+                #expect(o?["state"] as? String == "queued")
+                return o?["id"] as? String ?? ""
+            }
+            try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body)) { r in
+                #expect(r.status == .tooManyRequests)
+                #expect(r.headers[.retryAfter] != nil)
+            }
+            return id
+        }
+        // As if the server had been killed while writing it.
+        let jobs = try SQLiteCoverageStore(path: database)
+        var job = try #require(try await jobs.job(id: id))
+        job.state = .running
+        try await jobs.updateJob(job)
+        // Second server: the job is run again, to the end, and downloadable until it expires.
+        try await ServerFixture.app(store: store, configure: configure).test(.live) { client in
+            var state = ""
+            for _ in 0..<300 where state != "done" {
+                try await Task.sleep(for: .milliseconds(100))
+                state = try await client.execute(uri: "/api/extracts/\(id)", method: .get) { r in
+                    (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["state"]
+                        as? String
+                        ?? ""
+                }
+            }
+            #expect(state == "done")
+            try await client.execute(uri: "/api/extracts/\(id)/download", method: .get) { r in
+                #expect(r.status == .ok)
+                let path = NSTemporaryDirectory() + "job-\(UUID().uuidString).tif"
+                try Data(buffer: r.body).write(to: URL(fileURLWithPath: path))
+                let ds = try Dataset.open(path)
+                #expect(ds.width == 400 && ds.height == 400)
+            }
+            #expect(FileManager.default.fileExists(atPath: results + "/\(id).tif"))
+            for _ in 0..<100 where state != "expired" {
+                try await Task.sleep(for: .milliseconds(100))
+                state = try await client.execute(uri: "/api/extracts/\(id)", method: .get) { r in
+                    (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["state"]
+                        as? String
+                        ?? ""
+                }
+            }
+            #expect(state == "expired")
+            #expect(!FileManager.default.fileExists(atPath: results + "/\(id).tif"))
+            try await client.execute(uri: "/api/extracts/\(id)/download", method: .get) {
+                #expect($0.status == .conflict)
             }
         }
     }

@@ -1,0 +1,309 @@
+import Foundation
+import GeoGrid
+import Pyramid
+import Raster
+
+/// Output formats of an extract.
+public enum ExtractFormat: String, Codable, Sendable, CaseIterable {
+    /// Tiled GeoTIFF, JPEG YCbCr with an internal mask.
+    case gtiff
+    /// Cloud Optimized GeoTIFF (the same, with overviews).
+    case cog
+    /// JPEG + world file (.jgw) + .prj in a zip; outside the polygon is white.
+    case jpeg
+    /// PNG (RGBA) + world file (.pgw) + .prj in a zip.
+    case png
+    /// JPEG 2000 with an alpha band.
+    case jp2
+
+    public var fileExtension: String {
+        switch self {
+        case .gtiff, .cog: "tif"
+        case .jpeg, .png: "zip"
+        case .jp2: "jp2"
+        }
+    }
+
+    public var mimeType: String {
+        switch self {
+        case .gtiff, .cog: "image/tiff"
+        case .jpeg, .png: "application/zip"
+        case .jp2: "image/jp2"
+        }
+    }
+
+    /// Formats written whole in memory (the others are written in strips).
+    var inMemory: Bool { self == .jpeg || self == .png || self == .jp2 }
+}
+
+/// Why an extract is refused; `status` is the HTTP status the API answers.
+public struct ExtractError: Error, CustomStringConvertible, Sendable {
+    public var status: Int
+    public var message: String
+    public init(_ status: Int, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+/// Limits on what may be extracted.
+public struct ExtractLimits: Sendable, Codable, Equatable {
+    /// Largest output answered at once; larger ones are queued (≈ 20 ha at 5 cm).
+    public var directPixels = 80_000_000
+    /// Largest output at all.
+    public var maxPixels = 4_000_000_000
+    /// Largest output of the formats written in memory (JPEG, PNG, JPEG 2000).
+    public var maxInMemoryPixels = 400_000_000
+    /// Largest polygon area, in km².
+    public var maxAreaKm2 = 200.0
+    public var maxVertices = 100_000
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case directPixels = "direct_pixels"
+        case maxPixels = "max_pixels"
+        case maxInMemoryPixels = "max_in_memory_pixels"
+        case maxAreaKm2 = "max_area_km2"
+        case maxVertices = "max_vertices"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = ExtractLimits()
+        directPixels = try c.decodeIfPresent(Int.self, forKey: .directPixels) ?? d.directPixels
+        maxPixels = try c.decodeIfPresent(Int.self, forKey: .maxPixels) ?? d.maxPixels
+        maxInMemoryPixels = try c.decodeIfPresent(Int.self, forKey: .maxInMemoryPixels) ?? d.maxInMemoryPixels
+        maxAreaKm2 = try c.decodeIfPresent(Double.self, forKey: .maxAreaKm2) ?? d.maxAreaKm2
+        maxVertices = try c.decodeIfPresent(Int.self, forKey: .maxVertices) ?? d.maxVertices
+    }
+}
+
+/// A checked extract: the clipping polygon in the output CRS and the output grid.
+public struct ExtractPlan: Sendable {
+    public var tileset: String
+    public var format: ExtractFormat
+    public var crs: String
+    /// The polygon (buffered, clipped to what may be shown), WKT in `crs`.
+    public var polygonWKT: String
+    public var window: RenderWindow
+    public var resolution: Double
+    /// The polygon was invalid and has been repaired.
+    public var repaired: Bool
+    public var pixels: Int { window.width * window.height }
+    /// A rough size of the result (JPEG-compressed imagery ≈ 0.4 byte per pixel).
+    public var estimatedBytes: Int { format == .png ? pixels * 3 : pixels * 2 / 5 }
+}
+
+/// Plans and writes extracts: clipped exactly to a polygon, georeferenced, in any projected CRS.
+public enum Extractor {
+    /// Checks a request and computes its output grid. `geometry` is in `geometryCRS`; `allowed`
+    /// (Lambert-93) restricts it to what the caller may see; `coverage` (Lambert-93) is where the
+    /// pyramid has data.
+    public static func plan(
+        tileset: String, geometry: Geometry, geometryCRS: String, bufferMetres: Double, crs: String,
+        resolution: Double?, format: ExtractFormat, nativeResolution: Double, coverage: Geometry,
+        allowed: Geometry?, limits: ExtractLimits
+    ) throws(ExtractError) -> ExtractPlan {
+        do {
+            return try planOrThrow(
+                tileset: tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: bufferMetres, crs: crs,
+                resolution: resolution, format: format, nativeResolution: nativeResolution, coverage: coverage,
+                allowed: allowed, limits: limits)
+        } catch let e as ExtractError {
+            throw e
+        } catch {
+            throw ExtractError(400, "\(error)")
+        }
+    }
+
+    private static func planOrThrow(
+        tileset: String, geometry: Geometry, geometryCRS: String, bufferMetres: Double, crs: String,
+        resolution: Double?, format: ExtractFormat, nativeResolution: Double, coverage: Geometry,
+        allowed: Geometry?, limits: ExtractLimits
+    ) throws -> ExtractPlan {
+        guard geometry.isAreal else {
+            throw ExtractError(400, "the geometry must be a Polygon or MultiPolygon, not \(geometry.typeName)")
+        }
+        guard geometry.pointCount <= limits.maxVertices else {
+            throw ExtractError(
+                400, "the geometry has \(geometry.pointCount) vertices; at most \(limits.maxVertices) are accepted")
+        }
+        guard bufferMetres >= 0, bufferMetres <= 10_000 else {
+            throw ExtractError(400, "buffer_m must be between 0 and 10000")
+        }
+        let source: SpatialReference
+        let target: SpatialReference
+        do { source = try SpatialReference(geometryCRS) } catch {
+            throw ExtractError(400, "unknown CRS '\(geometryCRS)' for the geometry")
+        }
+        do { target = try SpatialReference(crs) } catch { throw ExtractError(400, "unknown CRS '\(crs)'") }
+        guard !target.isGeographic else {
+            throw ExtractError(400, "the output CRS must be projected (metres), e.g. EPSG:2154 or EPSG:3949")
+        }
+        let l93 = try SpatialReference(epsg: 2154)
+        var g = source.isSame(as: l93) ? geometry : try geometry.transformed(CoordinateTransform(from: source, to: l93))
+        var repaired = false
+        if !g.isValid {
+            let reason = g.invalidityReason ?? "invalid"
+            let fixed = try g.makeValid()
+            // Safe only when the repair keeps a real area (a bow-tie keeps both lobes).
+            guard !fixed.isEmpty, fixed.area > 0 else {
+                throw ExtractError(400, "the geometry is invalid and cannot be repaired: \(reason)")
+            }
+            g = fixed
+            repaired = true
+        }
+        if bufferMetres > 0 { g = try g.buffer(bufferMetres) }
+        let km2 = g.area / 1e6
+        guard km2 <= limits.maxAreaKm2 else {
+            throw ExtractError(
+                413, String(format: "the polygon covers %.2f km²; the limit is %.0f km²", km2, limits.maxAreaKm2))
+        }
+        guard g.intersects(coverage) else {
+            throw ExtractError(422, "the geometry lies outside the coverage of '\(tileset)'")
+        }
+        if let allowed {
+            g = try g.intersection(allowed).polygonsOnly()
+            guard !g.isEmpty, g.area > 0 else {
+                throw ExtractError(403, "the geometry lies outside the published areas of '\(tileset)'")
+            }
+        }
+        let out = target.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: l93, to: target))
+        let res = resolution ?? nativeResolution
+        guard res > 0, res <= 1000 else { throw ExtractError(400, "resolution must be between 0 and 1000 m") }
+        let e = out.envelope
+        // Snap to multiples of the resolution, so extracts of one area line up.
+        let minX = (e.minX / res).rounded(.down) * res
+        let maxY = (e.maxY / res).rounded(.up) * res
+        let width = Int(((e.maxX - minX) / res).rounded(.up))
+        let height = Int(((maxY - e.minY) / res).rounded(.up))
+        let pixels = Double(width) * Double(height)
+        guard pixels <= Double(limits.maxPixels) else {
+            throw ExtractError(
+                413,
+                "the output would be \(width)×\(height) px; the limit is \(limits.maxPixels) px (coarsen resolution)")
+        }
+        if format.inMemory, pixels > Double(limits.maxInMemoryPixels) {
+            throw ExtractError(
+                413,
+                "\(format.rawValue) output is limited to \(limits.maxInMemoryPixels) px (this one is \(width)×\(height)); use gtiff or cog"
+            )
+        }
+        if format == .jpeg, width > 65_500 || height > 65_500 {
+            throw ExtractError(413, "JPEG images are limited to 65500 px a side; use gtiff or cog")
+        }
+        let window = RenderWindow(
+            bounds: BoundingBox(
+                minX: minX, minY: maxY - Double(height) * res, maxX: minX + Double(width) * res, maxY: maxY),
+            width: width, height: height)
+        return ExtractPlan(
+            tileset: tileset, format: format, crs: crs, polygonWKT: out.wkt, window: window, resolution: res,
+            repaired: repaired)
+    }
+
+    /// Writes the extract to `path`. `progress` gets the fraction done and returns false to cancel.
+    public static func write(
+        _ plan: ExtractPlan, pyramid: PyramidReader, to path: String, progress: (Double) -> Bool = { _ in true }
+    ) throws {
+        let crs = try SpatialReference(plan.crs)
+        let renderer = try Renderer(pyramid: pyramid, crs: crs)
+        let polygon = try Geometry.fromWKT(plan.polygonWKT)
+        let inMemory = plan.format.inMemory
+        let w = plan.window.width
+        let h = plan.window.height
+        let transform = plan.window.transform
+        let strip = max(1, min(h, (8 << 20) / max(1, w)))
+        let folder = (path as NSString).deletingLastPathComponent
+        let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
+        let work = tmp + ".d"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        // JPEG has no alpha; GeoTIFFs carry RGB and an internal mask.
+        let bands = plan.format == .jpeg || !inMemory ? 3 : 4
+        let out: Dataset =
+            inMemory
+            ? try Dataset.create("", driver: "MEM", width: w, height: h, bands: bands)
+            : try Dataset.create(
+                plan.format == .cog ? work + "/base.tif" : tmp, driver: "GTiff", width: w, height: h, bands: 3,
+                options: [
+                    "TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=JPEG", "PHOTOMETRIC=YCBCR",
+                    "JPEG_QUALITY=90", "BIGTIFF=IF_SAFER",
+                ])
+        // Exactly the plan's pixel size (the window's own division carries rounding noise).
+        out.geoTransform = GeoTransform(
+            originX: plan.window.bounds.minX, originY: plan.window.bounds.maxY, resolution: plan.resolution)
+        out.projectionWKT = crs.wkt
+        if !inMemory { try out.createMask() } else if bands == 4 { out.setColorInterpretation(band: 4, "Alpha") }
+        let rgba = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip * 4)
+        let mask = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip)
+        defer {
+            rgba.deallocate()
+            mask.deallocate()
+        }
+        var y = 0
+        while y < h {
+            let rows = min(strip, h - y)
+            let window = RenderWindow(
+                bounds: BoundingBox(
+                    minX: plan.window.bounds.minX, minY: plan.window.bounds.maxY - Double(y + rows) * plan.resolution,
+                    maxX: plan.window.bounds.maxX, maxY: plan.window.bounds.maxY - Double(y) * plan.resolution),
+                width: w, height: rows)
+            try renderer.render(window, into: rgba)
+            try polygon.rasterize(into: mask, width: w, height: rows, transform: window.transform)
+            for i in 0..<(w * rows) {
+                let a = min(mask[i], rgba[i * 4 + 3])
+                mask[i] = a == 0 ? 0 : 255
+                if plan.format == .jpeg, a < 255 {
+                    // JPEG has no transparency: white outside, blended at the edge.
+                    for k in 0..<3 {
+                        rgba[i * 4 + k] = UInt8((Int(rgba[i * 4 + k]) * Int(a) + 255 * (255 - Int(a))) / 255)
+                    }
+                }
+                rgba[i * 4 + 3] = a
+            }
+            try out.write(
+                x: 0, y: y, width: w, height: rows, bands: Array(1...bands), from: rgba, pixelSpace: 4, lineSpace: w * 4
+            )
+            if !inMemory { try out.writeMask(x: 0, y: y, width: w, height: rows, from: mask) }
+            y += rows
+            guard progress(Double(y) / Double(h) * (plan.format == .cog ? 0.8 : 0.95)) else {
+                throw ExtractError(499, "cancelled")
+            }
+        }
+        switch plan.format {
+        case .gtiff:
+            try out.close()
+        case .cog:
+            try out.translate(
+                to: tmp,
+                arguments: ["-of", "COG", "-co", "COMPRESS=JPEG", "-co", "QUALITY=90", "-co", "BIGTIFF=IF_SAFER"]
+            ).close()
+            try out.close()
+        case .jp2:
+            try out.copy(to: tmp, driver: "JP2OpenJPEG", options: ["QUALITY=25", "REVERSIBLE=NO", "ALPHA=YES"]).close()
+        case .jpeg, .png:
+            let ext = plan.format == .jpeg ? "jpg" : "png"
+            let name = "\(plan.tileset)-extract"
+            let image = work + "/\(name).\(ext)"
+            try out.copy(
+                to: image, driver: plan.format == .jpeg ? "JPEG" : "PNG",
+                options: plan.format == .jpeg ? ["QUALITY=90", "WORLDFILE=YES"] : ["WORLDFILE=YES"]
+            ).close()
+            let world = work + "/\(name).\(plan.format == .jpeg ? "jgw" : "pgw")"
+            if !FileManager.default.fileExists(atPath: world) {
+                // Drivers name it .wld: keep the ESRI-style name users expect.
+                try? FileManager.default.moveItem(atPath: work + "/\(name).wld", toPath: world)
+            }
+            try crs.wkt.write(toFile: work + "/\(name).prj", atomically: true, encoding: .utf8)
+            try ZipArchive.write(
+                tmp,
+                files: [
+                    ("\(name).\(ext)", image), ("\((world as NSString).lastPathComponent)", world),
+                    ("\(name).prj", work + "/\(name).prj"),
+                ])
+        }
+        guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
+        _ = progress(1)
+    }
+}

@@ -1,0 +1,205 @@
+import Coverage
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Raster
+import Render
+
+/// Extracts under `/api/extracts`: direct downloads, queued jobs, and the source dalles.
+struct ExtractsController: Sendable {
+    let extracts: ExtractService
+    let service: TileService
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.post("/api/extracts") { request, context in try await post(request, context: context) }
+        router.getOrHead("/api/extracts/dalles") { request, _ in try await dalles(request) }
+        router.getOrHead("/api/extracts/:id") { request, context in
+            try await run { try json(status(try await job(context, request: request))) }
+        }
+        router.delete("/api/extracts/:id") { request, context in
+            try await run {
+                let j = try await job(context, request: request)
+                return try json(status(try await extracts.cancel(j.id)))
+            }
+        }
+        router.getOrHead("/api/extracts/:id/download") { request, context in
+            try await run {
+                let j = try await job(context, request: request)
+                guard j.state == .done else {
+                    throw ExtractError(409, "extract \(j.id) is \(j.state.rawValue), not done")
+                }
+                return try file(try extracts.resultPath(j), name: "\(j.id)", deleteAfter: false)
+            }
+        }
+    }
+
+    static let forwardedFor = HTTPField.Name("X-Forwarded-For")!
+    static let repairedHeader = HTTPField.Name("X-Dallage-Repaired")!
+
+    /// Clients are told apart by their token, else the proxy's X-Forwarded-For, else as one.
+    static func client(_ request: Request) -> String {
+        if let auth = request.headers[.authorization] {
+            return "token:" + SHA256.hash(data: Data(auth.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
+        }
+        if let fwd = request.headers[Self.forwardedFor]?.split(separator: ",").first {
+            return "addr:" + fwd.trimmingCharacters(in: .whitespaces)
+        }
+        return "anonymous"
+    }
+
+    func post(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        try await run {
+            let body = try await request.body.collect(upTo: 32 << 20)
+            let r: ExtractRequest
+            do { r = try JSONDecoder().decode(ExtractRequest.self, from: Data(buffer: body)) } catch {
+                throw ExtractError(400, StatusRules.describe(error))
+            }
+            let admin = service.isAdmin(request.headers[.authorization])
+            let (plan, served) = try await extracts.plan(r, admin: admin)
+            if extracts.isDirect(plan) {
+                let path = try extracts.writeNow(plan, from: served)
+                var response = try file(path, name: "\(r.tileset)-extract", deleteAfter: true)
+                if plan.repaired { response.headers[Self.repairedHeader] = "true" }
+                return response
+            }
+            let job = try await extracts.enqueue(r, plan: plan, client: Self.client(request))
+            var response = try json(status(job))
+            response.status = .accepted
+            response.headers[.location] = "/api/extracts/\(job.id)"
+            return response
+        }
+    }
+
+    func job(_ context: BasicRequestContext, request: Request) async throws -> ExtractJob {
+        let id = context.parameters.get("id") ?? ""
+        guard id.count <= 64, id.allSatisfy({ $0.isHexDigit || $0 == "-" }),
+            let j = try await extracts.jobs.job(id: id)
+        else { throw ExtractError(404, "no extract '\(id)'") }
+        return j
+    }
+
+    func status(_ j: ExtractJob) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "id": .string(j.id), "state": .string(j.state.rawValue),
+            "progress": .number((j.progress * 1000).rounded() / 10), "created_at": .string(j.createdAt),
+            "updated_at": .string(j.updatedAt),
+        ]
+        if let m = j.message { o["message"] = .string(m) }
+        if let b = j.bytes { o["bytes"] = .number(Double(b)) }
+        if let e = j.expiresAt { o["expires_at"] = .string(e) }
+        if j.state == .done { o["download"] = .string("/api/extracts/\(j.id)/download") }
+        return .object(o)
+    }
+
+    /// The source dalles under a polygon (or territory), as a list or a zip of the files.
+    func dalles(_ request: Request) async throws -> Response {
+        try await run {
+            let q = request.uri.queryParameters
+            guard let tileset = q["tileset"].map(String.init) else { throw ExtractError(400, "tileset is required") }
+            var r = ExtractRequest(tileset: tileset)
+            if let g = q["geometry"].map(String.init) {
+                guard let v = try? JSONValue.parse(g) else { throw ExtractError(400, "geometry is not GeoJSON") }
+                r.geometry = v
+            }
+            r.territory = q["territory"].map(String.init)
+            // Plan at a coarse resolution: only the polygon matters here.
+            r.resolution = 10
+            let admin = service.isAdmin(request.headers[.authorization])
+            let (plan, _) = try await extracts.plan(r, admin: admin)
+            let polygon = try Geometry.fromWKT(plan.polygonWKT)
+            let index = (extracts.configuration.store as NSString).appendingPathComponent("\(tileset)/sources.json")
+            guard let data = FileManager.default.contents(atPath: index),
+                let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let entries = object["entries"] as? [[String: Any]]
+            else { throw ExtractError(404, "no source index for '\(tileset)'") }
+            var found: [(name: String, path: String, size: Int)] = []
+            for e in entries where e["error"] == nil {
+                guard let path = e["path"] as? String, let b = e["bounds"] as? [String: Double],
+                    let wkt = e["crsWKT"] as? String, let minX = b["minX"], let minY = b["minY"], let maxX = b["maxX"],
+                    let maxY = b["maxY"]
+                else { continue }
+                var box = Geometry.rectangle(.init(minX: minX, minY: minY, maxX: maxX, maxY: maxY))
+                let src = try SpatialReference(wkt)
+                let l93 = try SpatialReference(epsg: 2154)
+                if !src.isSame(as: l93) { box = try box.transformed(CoordinateTransform(from: src, to: l93)) }
+                if box.intersects(polygon) {
+                    found.append(((path as NSString).lastPathComponent, path, e["fileSize"] as? Int ?? 0))
+                }
+            }
+            found.sort { $0.name < $1.name }
+            if q["zip"] == "true" {
+                let total = found.reduce(0) { $0 + $1.size }
+                guard total <= extracts.configuration.extractBytesPerClient else {
+                    throw ExtractError(
+                        413,
+                        "the dalles weigh \(total >> 20) MB; the limit is \(extracts.configuration.extractBytesPerClient >> 20) MB"
+                    )
+                }
+                let dir = extracts.configuration.extractsPath
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                let zip = dir + "/dalles-\(UUID().uuidString).zip"
+                try ZipArchive.write(zip, files: found.map { ($0.name, $0.path) })
+                return try file(zip, name: "\(tileset)-dalles", deleteAfter: true)
+            }
+            return try json(
+                .object([
+                    "tileset": .string(tileset),
+                    "dalles": .array(
+                        found.map { .object(["nom": .string($0.name), "octets": .number(Double($0.size))]) }),
+                ]))
+        }
+    }
+
+    // MARK: - Helpers
+
+    func run(_ body: () async throws -> Response) async throws -> Response {
+        do {
+            return try await body()
+        } catch let e as ExtractError {
+            throw Self.serviceError(e)
+        } catch let e as CoverageError {
+            throw ServiceError(e.kind == .notFound ? .notFound : .validationFailed, e.message, style: .json)
+        } catch let e as ServiceError {
+            throw e
+        } catch {
+            extracts.logger.error("extract failed: \(error)")
+            throw ServiceError(.noApplicableCode, "the extract failed: \(error)", style: .json)
+        }
+    }
+
+    static func serviceError(_ e: ExtractError) -> ServiceError {
+        let code: ServiceError.Code =
+            switch e.status {
+            case 404: .notFound
+            case 403: .forbidden
+            case 409: .conflict
+            case 413: .payloadTooLarge
+            case 422: .validationFailed
+            case 429: .tooManyRequests
+            case 500...: .noApplicableCode
+            default: .invalidParameterValue
+            }
+        return ServiceError(code, e.message, style: .json)
+    }
+
+    func json(_ v: JSONValue) throws -> Response {
+        var h = HTTPFields()
+        h[.contentType] = "application/json"
+        h[.cacheControl] = "no-store"
+        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: v.text)))
+    }
+
+    /// A file as the response body; `deleteAfter` removes it once read into memory.
+    func file(_ path: String, name: String, deleteAfter: Bool) throws -> Response {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        if deleteAfter { try? FileManager.default.removeItem(atPath: path) }
+        let ext = (path as NSString).pathExtension
+        let type = ExtractFormat.allCases.first { $0.fileExtension == ext }?.mimeType ?? "application/octet-stream"
+        var h = HTTPFields()
+        h[.contentType] = type
+        h[.contentDisposition] = "attachment; filename=\"\(name).\(ext)\""
+        h[.cacheControl] = "no-store"
+        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(data: data)))
+    }
+}

@@ -1,0 +1,297 @@
+import Foundation
+import GeoGrid
+import Hummingbird
+import Pyramid
+import Raster
+import Render
+
+/// WMS 1.3.0 at `/wms`: GetCapabilities and GetMap of every tileset, rendered from the pyramids
+/// in Lambert-93, the CC zones, WebMercator or WGS84.
+struct WMSController: Sendable {
+    let service: TileService
+    let baseURL: @Sendable (Request) -> String
+
+    /// The CRSs offered, as WMS names.
+    static let crsList =
+        ["EPSG:2154"] + (3942...3950).map { "EPSG:\($0)" } + ["EPSG:3857", "EPSG:4326", "CRS:84"]
+    static let formats = ["image/jpeg", "image/png", "image/webp"]
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.getOrHead("/wms") { request, _ in try handle(request) }
+    }
+
+    /// A WMS exception (ServiceExceptionReport 1.3.0).
+    struct WMSError: Error, HTTPResponseError {
+        var code: String
+        var message: String
+        var locator: String?
+        var status: HTTPResponse.Status { code == "NoApplicableCode" ? .internalServerError : .badRequest }
+
+        func response(from request: Request, context: some RequestContext) throws -> Response {
+            let loc = locator.map { " locator=\"\(XML.escape($0))\"" } ?? ""
+            let body = """
+                <?xml version="1.0" encoding="UTF-8"?>
+                <ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">
+                  <ServiceException code="\(code)"\(loc)>\(XML.escape(message))</ServiceException>
+                </ServiceExceptionReport>
+
+                """
+            var h = HTTPFields()
+            h[.contentType] = "text/xml; charset=utf-8"
+            h[.cacheControl] = "no-store"
+            return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(string: body)))
+        }
+    }
+
+    func handle(_ request: Request) throws -> Response {
+        var p: [String: String] = [:]
+        for (k, v) in request.uri.queryParameters { p[k.lowercased()] = String(v) }
+        if let s = p["service"], s.uppercased() != "WMS" {
+            throw WMSError(code: "InvalidParameterValue", message: "SERVICE must be WMS", locator: "service")
+        }
+        guard let operation = p["request"], !operation.isEmpty else {
+            throw WMSError(
+                code: "MissingParameterValue", message: "REQUEST is required (GetCapabilities, GetMap)",
+                locator: "request")
+        }
+        switch operation.lowercased() {
+        case "getcapabilities":
+            let xml = capabilities(baseURL: baseURL(request))
+            return Document.response(Array(xml.utf8), contentType: "text/xml; charset=utf-8", request: request)
+        case "getmap":
+            return try getMap(p, admin: service.isAdmin(request.headers[.authorization]))
+        default:
+            throw WMSError(
+                code: "OperationNotSupported", message: "REQUEST must be GetCapabilities or GetMap", locator: "request")
+        }
+    }
+
+    // MARK: - GetMap
+
+    func getMap(_ p: [String: String], admin: Bool) throws -> Response {
+        func required(_ name: String) throws -> String {
+            guard let v = p[name], !v.isEmpty else {
+                throw WMSError(
+                    code: "MissingParameterValue", message: "\(name.uppercased()) is required", locator: name)
+            }
+            return v
+        }
+        let version = p["version"] ?? "1.3.0"
+        let layers = try required("layers").split(separator: ",").map(String.init)
+        let crsName = (p["crs"] ?? p["srs"] ?? "").uppercased()
+        guard !crsName.isEmpty else {
+            throw WMSError(code: "MissingParameterValue", message: "CRS is required", locator: "crs")
+        }
+        guard Self.crsList.contains(crsName) else {
+            throw WMSError(
+                code: "InvalidCRS",
+                message: "CRS '\(crsName)' is not offered (\(Self.crsList.joined(separator: ", ")))",
+                locator: "crs")
+        }
+        let format = try required("format")
+        guard let encoding = TileEncoding(mimeType: format[...]) else {
+            throw WMSError(
+                code: "InvalidFormat",
+                message: "FORMAT '\(format)' is not offered (\(Self.formats.joined(separator: ", ")))",
+                locator: "format")
+        }
+        let maxSize = service.configuration.wmsMaxSize
+        guard let width = Int(try required("width")), let height = Int(try required("height")), width > 0,
+            height > 0
+        else {
+            throw WMSError(
+                code: "InvalidParameterValue", message: "WIDTH and HEIGHT must be positive integers", locator: "width")
+        }
+        guard width <= maxSize, height <= maxSize else {
+            throw WMSError(
+                code: "InvalidParameterValue", message: "WIDTH and HEIGHT are limited to \(maxSize) pixels",
+                locator: width > maxSize ? "width" : "height")
+        }
+        let numbers = try required("bbox").split(separator: ",").compactMap { Double($0) }
+        guard numbers.count == 4, numbers.allSatisfy(\.isFinite) else {
+            throw WMSError(
+                code: "InvalidParameterValue", message: "BBOX must be four numbers minx,miny,maxx,maxy", locator: "bbox"
+            )
+        }
+        // WMS 1.3.0 uses EPSG:4326's own axis order: latitude first.
+        let latFirst = crsName == "EPSG:4326" && version == "1.3.0"
+        let box =
+            latFirst
+            ? BoundingBox(minX: numbers[1], minY: numbers[0], maxX: numbers[3], maxY: numbers[2])
+            : BoundingBox(minX: numbers[0], minY: numbers[1], maxX: numbers[2], maxY: numbers[3])
+        guard !box.isEmpty else {
+            throw WMSError(
+                code: "InvalidParameterValue", message: "BBOX must have min < max on both axes", locator: "bbox")
+        }
+        let styles = (p["styles"] ?? "").split(separator: ",", omittingEmptySubsequences: false)
+        for s in styles where !(s.isEmpty || s == "default" || s == "normal") {
+            throw WMSError(
+                code: "StyleNotDefined", message: "unknown style '\(s)' (use the default style)", locator: "styles")
+        }
+        let transparent = (p["transparent"] ?? "FALSE").uppercased() == "TRUE"
+        let background = try Self.colour(p["bgcolor"])
+        let crs = try SpatialReference(crsName == "CRS:84" ? "OGC:CRS84" : crsName)
+        let window = RenderWindow(bounds: box, width: width, height: height)
+        var canvas = [UInt8](repeating: 0, count: width * height * 4)
+        var layerPixels = [UInt8](repeating: 0, count: width * height * 4)
+        for layer in layers {
+            let pyramids = service.catalog.pyramids(of: layer)
+            guard !pyramids.isEmpty else {
+                throw WMSError(code: "LayerNotDefined", message: "unknown layer '\(layer)'", locator: "layers")
+            }
+            let pyramid =
+                pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
+                ?? pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids[0]
+            do {
+                let renderer = try Renderer(pyramid: pyramid.reader, crs: crs)
+                let drawn = try layerPixels.withUnsafeMutableBufferPointer {
+                    try renderer.render(window, into: $0.baseAddress!)
+                }
+                guard drawn else { continue }
+                if pyramid.manifest.publish == "by-status", !admin {
+                    try clipToPublished(layer, crs: crs, window: window, pixels: &layerPixels)
+                }
+            } catch {
+                throw WMSError(code: "NoApplicableCode", message: "cannot render '\(layer)': \(error)")
+            }
+            Self.composite(layerPixels, over: &canvas)
+        }
+        let bytes = try Self.encode(
+            &canvas, width: width, height: height, as: encoding, transparent: transparent, background: background)
+        var h = HTTPFields()
+        h[.contentType] = encoding.mimeType
+        h[.cacheControl] =
+            admin ? "private, no-store" : service.configuration.cacheControl(for: layers.joined(separator: ","))
+        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// Makes everything outside the published perimeters transparent.
+    func clipToPublished(_ tileset: String, crs: SpatialReference, window: RenderWindow, pixels: inout [UInt8]) throws {
+        guard let gate = service.gate else {
+            for i in stride(from: 3, to: pixels.count, by: 4) { pixels[i] = 0 }
+            return
+        }
+        var published = gate.perimeter(of: tileset)
+        if !published.isEmpty {
+            published = try published.transformed(CoordinateTransform(from: SpatialReference(epsg: 2154), to: crs))
+        }
+        var mask = [UInt8](repeating: 0, count: window.width * window.height)
+        if !published.isEmpty {
+            try mask.withUnsafeMutableBufferPointer {
+                try published.rasterize(
+                    into: $0.baseAddress!, width: window.width, height: window.height, transform: window.transform)
+            }
+        }
+        for i in mask.indices where mask[i] == 0 { pixels[i * 4 + 3] = 0 }
+    }
+
+    /// `over` = `layer` over `over`, both RGBA.
+    static func composite(_ layer: [UInt8], over canvas: inout [UInt8]) {
+        for i in stride(from: 0, to: layer.count, by: 4) {
+            let a = Int(layer[i + 3])
+            if a == 0 { continue }
+            if a == 255 || canvas[i + 3] == 0 {
+                for k in 0..<4 { canvas[i + k] = layer[i + k] }
+                continue
+            }
+            for k in 0..<3 { canvas[i + k] = UInt8((Int(layer[i + k]) * a + Int(canvas[i + k]) * (255 - a)) / 255) }
+            canvas[i + 3] = UInt8(max(a, Int(canvas[i + 3])))
+        }
+    }
+
+    /// Parses BGCOLOR (0xRRGGBB); white by default.
+    static func colour(_ s: String?) throws -> (UInt8, UInt8, UInt8) {
+        guard let s, !s.isEmpty else { return (255, 255, 255) }
+        let hex = s.hasPrefix("0x") || s.hasPrefix("0X") ? String(s.dropFirst(2)) : s
+        guard hex.count == 6, let v = UInt32(hex, radix: 16) else {
+            throw WMSError(code: "InvalidParameterValue", message: "BGCOLOR must be 0xRRGGBB", locator: "bgcolor")
+        }
+        return (UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF))
+    }
+
+    /// Encodes RGBA; without transparency (and always in JPEG) over the background colour.
+    static func encode(
+        _ rgba: inout [UInt8], width: Int, height: Int, as encoding: TileEncoding, transparent: Bool,
+        background: (UInt8, UInt8, UInt8)
+    ) throws -> [UInt8] {
+        if !transparent || encoding == .jpeg {
+            let bg = [Int(background.0), Int(background.1), Int(background.2)]
+            for i in stride(from: 0, to: rgba.count, by: 4) where rgba[i + 3] < 255 {
+                let a = Int(rgba[i + 3])
+                for k in 0..<3 { rgba[i + k] = UInt8((Int(rgba[i + k]) * a + bg[k] * (255 - a)) / 255) }
+                rgba[i + 3] = 255
+            }
+        }
+        return try rgba.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            switch encoding {
+            case .png: return try PNGCodec.encode(rgba: base, width: width, height: height, stride: width * 4)
+            case .webp:
+                return try WebPCodec.encode(rgba: base, width: width, height: height, stride: width * 4, quality: 85)
+            case .jpeg:
+                return try JPEGCodec().encode(rgbx: base, width: width, height: height, stride: width * 4, quality: 85)
+                {
+                    Array($0)
+                }
+            }
+        }
+    }
+
+    // MARK: - GetCapabilities
+
+    func capabilities(baseURL: String) -> String {
+        let url = XML.escape(baseURL + "/wms?")
+        let tilesets = service.catalog.tilesets
+        var layers = ""
+        var all: BoundingBox?
+        for t in tilesets {
+            let pyramids = service.catalog.pyramids(of: t)
+            guard let m = (pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids.first)?.manifest else { continue }
+            let w = m.wgs84Bounds
+            all = all.map { $0.union(w) } ?? w
+            let attribution =
+                m.attribution.map { "<Attribution><Title>\(XML.escape($0))</Title></Attribution>" } ?? ""
+            layers += """
+                    <Layer queryable="0" opaque="0">
+                      <Name>\(XML.escape(t))</Name>
+                      <Title>\(XML.escape(m.title ?? t))</Title>
+                      <Abstract>\(XML.escape(m.abstract ?? ""))</Abstract>
+                      <EX_GeographicBoundingBox><westBoundLongitude>\(w.minX)</westBoundLongitude><eastBoundLongitude>\(w.maxX)</eastBoundLongitude><southBoundLatitude>\(w.minY)</southBoundLatitude><northBoundLatitude>\(w.maxY)</northBoundLatitude></EX_GeographicBoundingBox>
+                      <BoundingBox CRS="EPSG:4326" minx="\(w.minY)" miny="\(w.minX)" maxx="\(w.maxY)" maxy="\(w.maxX)"/>
+                      \(attribution)
+                      <Style><Name>default</Name><Title>Default</Title></Style>
+                    </Layer>
+
+                """
+        }
+        let w = all ?? BoundingBox(minX: -5.5, minY: 41, maxX: 10, maxY: 51.5)
+        let crs = Self.crsList.map { "<CRS>\($0)</CRS>" }.joined()
+        let formats = Self.formats.map { "<Format>\($0)</Format>" }.joined()
+        let max = service.configuration.wmsMaxSize
+        return """
+            <?xml version="1.0" encoding="UTF-8"?>
+            <WMS_Capabilities version="1.3.0" xmlns="http://www.opengis.net/wms" xmlns:xlink="http://www.w3.org/1999/xlink">
+              <Service>
+                <Name>WMS</Name>
+                <Title>Dallage</Title>
+                <OnlineResource xlink:type="simple" xlink:href="\(url)"/>
+                <MaxWidth>\(max)</MaxWidth>
+                <MaxHeight>\(max)</MaxHeight>
+              </Service>
+              <Capability>
+                <Request>
+                  <GetCapabilities><Format>text/xml</Format><DCPType><HTTP><Get><OnlineResource xlink:type="simple" xlink:href="\(url)"/></Get></HTTP></DCPType></GetCapabilities>
+                  <GetMap>\(formats)<DCPType><HTTP><Get><OnlineResource xlink:type="simple" xlink:href="\(url)"/></Get></HTTP></DCPType></GetMap>
+                </Request>
+                <Exception><Format>XML</Format></Exception>
+                <Layer>
+                  <Title>Dallage</Title>
+                  \(crs)
+                  <EX_GeographicBoundingBox><westBoundLongitude>\(w.minX)</westBoundLongitude><eastBoundLongitude>\(w.maxX)</eastBoundLongitude><southBoundLatitude>\(w.minY)</southBoundLatitude><northBoundLatitude>\(w.maxY)</northBoundLatitude></EX_GeographicBoundingBox>
+            \(layers)    </Layer>
+              </Capability>
+            </WMS_Capabilities>
+
+            """
+    }
+}

@@ -1,0 +1,309 @@
+import Coverage
+import Foundation
+import GeoGrid
+import Logging
+import Pyramid
+import Raster
+import Render
+import ServiceLifecycle
+import Synchronization
+
+/// What a client posts to `/api/extracts` (and what `dallage extract` builds).
+public struct ExtractRequest: Codable, Sendable {
+    public var tileset: String
+    /// A GeoJSON Polygon/MultiPolygon (or a Feature holding one); WGS84 unless its `crs` member says otherwise.
+    public var geometry: JSONValue?
+    /// A territory instead of a geometry: `commune:59350`.
+    public var territory: String?
+    public var bufferM: Double?
+    /// Output CRS (default EPSG:2154).
+    public var crs: String?
+    /// Output pixel size in metres (default: the pyramid's native resolution).
+    public var resolution: Double?
+    public var format: ExtractFormat?
+
+    enum CodingKeys: String, CodingKey {
+        case tileset, geometry, territory, crs, resolution, format
+        case bufferM = "buffer_m"
+    }
+
+    public init(
+        tileset: String, geometry: JSONValue? = nil, territory: String? = nil, bufferM: Double? = nil,
+        crs: String? = nil, resolution: Double? = nil, format: ExtractFormat? = nil
+    ) {
+        self.tileset = tileset
+        self.geometry = geometry
+        self.territory = territory
+        self.bufferM = bufferM
+        self.crs = crs
+        self.resolution = resolution
+        self.format = format
+    }
+}
+
+/// Plans extracts against the served pyramids, writes direct ones, and queues and runs the others.
+public final class ExtractService: Sendable {
+    let catalog: PyramidCatalog
+    let coverage: CoverageService
+    let jobs: any ExtractJobStore
+    let gate: PublicationGate?
+    let configuration: ServerConfiguration
+    let logger: Logger
+    /// Jobs asked to stop while running.
+    private let cancelled = Mutex<Set<String>>([])
+
+    public init(
+        catalog: PyramidCatalog, coverage: CoverageService, jobs: any ExtractJobStore, gate: PublicationGate?,
+        configuration: ServerConfiguration, logger: Logger
+    ) {
+        self.catalog = catalog
+        self.coverage = coverage
+        self.jobs = jobs
+        self.gate = gate
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// The pyramid extracts read: the Lambert-93 one when there is one.
+    func pyramid(_ tileset: String) throws(ExtractError) -> ServedPyramid {
+        let all = catalog.pyramids(of: tileset)
+        guard let p = all.first(where: { $0.grid.hasPrefix("2154") }) ?? all.first else {
+            throw ExtractError(404, "unknown tileset '\(tileset)'")
+        }
+        return p
+    }
+
+    /// Checks a request and computes its output grid.
+    public func plan(_ r: ExtractRequest, admin: Bool) async throws -> (ExtractPlan, ServedPyramid) {
+        let served = try pyramid(r.tileset)
+        let m = served.manifest
+        var geometry: Geometry
+        var geometryCRS = "EPSG:4326"
+        if let t = r.territory {
+            guard r.geometry == nil else { throw ExtractError(400, "give a geometry or a territory, not both") }
+            guard let territory = try await coverage.store.territories(references: [t])[t] else {
+                throw ExtractError(404, "unknown territory '\(t)'")
+            }
+            geometry = try Geometry.fromWKT(territory.wktL93)
+            geometryCRS = "EPSG:2154"
+        } else if var g = r.geometry {
+            if g["type"] == .string("Feature"), let inner = g["geometry"] { g = inner }
+            if case .string(let name) = g["crs"]?["properties"]?["name"] ?? .null { geometryCRS = name }
+            do { geometry = try Geometry.fromGeoJSON(g.text) } catch {
+                throw ExtractError(400, "geometry is not a GeoJSON Polygon or MultiPolygon")
+            }
+        } else {
+            throw ExtractError(400, "give a geometry (GeoJSON) or a territory (commune:<INSEE>)")
+        }
+        let gridCRS = try SpatialReference(m.tileMatrixSet.crs)
+        let native = m.tileMatrixSet.matrix(m.maxZoom)?.cellSize ?? 0.05
+        let nativeMetres = gridCRS.isSame(as: try SpatialReference(epsg: 2154)) ? native : native * 0.7
+        let footprintPath = served.reader.directory + "/" + TiledFootprint.fileName
+        let coverageArea: Geometry
+        if FileManager.default.fileExists(atPath: footprintPath) {
+            coverageArea = try TiledFootprint.read(path: footprintPath)
+        } else {
+            coverageArea = try Geometry.rectangle(m.bounds).transformed(
+                CoordinateTransform(from: gridCRS, to: SpatialReference(epsg: 2154)))
+        }
+        var allowed: Geometry?
+        if m.publish == "by-status", !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
+        let plan = try Extractor.plan(
+            tileset: r.tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: r.bufferM ?? 0,
+            crs: r.crs ?? "EPSG:2154", resolution: r.resolution, format: r.format ?? .gtiff,
+            nativeResolution: nativeMetres, coverage: coverageArea, allowed: allowed,
+            limits: configuration.extractLimits)
+        return (plan, served)
+    }
+
+    /// True when the plan is small enough to answer at once.
+    public func isDirect(_ plan: ExtractPlan) -> Bool { plan.pixels <= configuration.extractLimits.directPixels }
+
+    /// Writes a direct extract to a temporary file and returns its path (the caller deletes it).
+    public func writeNow(_ plan: ExtractPlan, from served: ServedPyramid) throws -> String {
+        let dir = configuration.extractsPath
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = dir + "/direct-\(UUID().uuidString).\(plan.format.fileExtension)"
+        try Extractor.write(plan, pyramid: served.reader, to: path)
+        return path
+    }
+
+    /// Queues a job, within the client's bounds; throws 429 beyond them.
+    public func enqueue(_ r: ExtractRequest, plan: ExtractPlan, client: String) async throws -> ExtractJob {
+        let (active, bytes) = try await jobs.usage(client: client)
+        if active >= configuration.extractJobsPerClient {
+            throw ExtractError(
+                429,
+                "\(active) extract(s) already queued or running for you (at most \(configuration.extractJobsPerClient))"
+            )
+        }
+        if bytes + plan.estimatedBytes > configuration.extractBytesPerClient {
+            throw ExtractError(
+                429,
+                "your kept extracts would exceed \(configuration.extractBytesPerClient >> 20) MB; download or cancel some first"
+            )
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let job = ExtractJob(
+            id: UUID().uuidString.lowercased(), client: client,
+            request: String(decoding: try encoder.encode(r), as: UTF8.self), estimatedBytes: plan.estimatedBytes,
+            at: Self.now())
+        try await jobs.insertJob(job)
+        return job
+    }
+
+    /// Cancels a queued or running job.
+    public func cancel(_ id: String) async throws -> ExtractJob {
+        guard var job = try await jobs.job(id: id) else { throw ExtractError(404, "no extract \(id)") }
+        guard job.state == .queued || job.state == .running else {
+            throw ExtractError(409, "extract \(id) is \(job.state.rawValue) and cannot be cancelled")
+        }
+        cancelled.withLock { _ = $0.insert(id) }
+        job.state = .cancelled
+        job.updatedAt = Self.now()
+        try await jobs.updateJob(job)
+        return job
+    }
+
+    /// The file of a finished job.
+    public func resultPath(_ job: ExtractJob) throws -> String {
+        let format = (try? JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8)))?.format ?? .gtiff
+        return configuration.extractsPath + "/\(job.id).\(format.fileExtension)"
+    }
+
+    static func now(_ d: Date = Date()) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: d)
+    }
+
+    /// Runs queued jobs one at a time until cancelled; on start, jobs a previous process left
+    /// running are queued again. Also deletes expired results.
+    public func runJobs() async {
+        do {
+            for var j in try await jobs.jobs(in: [.running]) {
+                j.state = .queued
+                j.progress = 0
+                j.message = "restarted after a server restart"
+                j.updatedAt = Self.now()
+                try await jobs.updateJob(j)
+                logger.info("extract \(j.id) was running when the server stopped: queued again")
+            }
+        } catch {
+            logger.error("cannot requeue extracts: \(error)")
+        }
+        while !Task.isCancelled {
+            await expire()
+            do {
+                if let next = try await jobs.jobs(in: [.queued]).first {
+                    await run(next)
+                    continue
+                }
+            } catch {
+                logger.error("cannot read the extract queue: \(error)")
+            }
+            // A new job is picked up within half a second; cancellation ends the sleep at once.
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+    }
+
+    func run(_ queued: ExtractJob) async {
+        var job = queued
+        job.state = .running
+        job.updatedAt = Self.now()
+        try? await jobs.updateJob(job)
+        do {
+            let request = try JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8))
+            let (plan, served) = try await plan(request, admin: false)
+            let path = try resultPath(job)
+            try FileManager.default.createDirectory(
+                atPath: configuration.extractsPath, withIntermediateDirectories: true)
+            let id = job.id
+            let store = jobs
+            let progressJob = job
+            // The writing itself blocks: run it off the cooperative pool.
+            // A shutdown stops the writing at the next strip; the job is queued again below.
+            try await withTaskCancellationHandler {
+                try await write(plan, served: served, path: path, job: progressJob, store: store)
+            } onCancel: {
+                _ = self.cancelled.withLock { $0.insert(id) }
+            }
+            job.state = .done
+            job.progress = 1
+            job.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            job.expiresAt = Self.now(Date().addingTimeInterval(configuration.extractTTLSeconds))
+            job.message = plan.repaired ? "the geometry was invalid and has been repaired" : nil
+        } catch let e as ExtractError where e.status == 499 {
+            job.state = Task.isCancelled ? .queued : .cancelled
+            if Task.isCancelled { job.message = "interrupted by a shutdown; will restart" }
+        } catch {
+            job.state = .failed
+            job.message = "\(error)"
+            logger.error("extract \(job.id) failed: \(error)")
+        }
+        cancelled.withLock { _ = $0.remove(job.id) }
+        job.updatedAt = Self.now()
+        if let current = try? await jobs.job(id: job.id), current.state == .cancelled { job.state = .cancelled }
+        try? await jobs.updateJob(job)
+    }
+
+    /// Writes on a thread of its own (the work blocks), reporting progress to the database.
+    private func write(
+        _ plan: ExtractPlan, served: ServedPyramid, path: String, job progressJob: ExtractJob,
+        store: any ExtractJobStore
+    ) async throws {
+        let id = progressJob.id
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+            Thread.detachNewThread {
+                var last = 0.0
+                do {
+                    try Extractor.write(plan, pyramid: served.reader, to: path) { fraction in
+                        if self.cancelled.withLock({ $0.contains(id) }) { return false }
+                        if fraction - last >= 0.02 {
+                            last = fraction
+                            var p = progressJob
+                            p.progress = fraction
+                            p.updatedAt = Self.now()
+                            let semaphore = DispatchSemaphore(value: 0)
+                            Task {
+                                // Never overwrite a cancellation made meanwhile.
+                                if let current = try? await store.job(id: id), current.state == .running {
+                                    try? await store.updateJob(p)
+                                }
+                                semaphore.signal()
+                            }
+                            semaphore.wait()
+                        }
+                        return true
+                    }
+                    c.resume()
+                } catch {
+                    c.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// Deletes finished results past their expiry.
+    func expire() async {
+        guard let done = try? await jobs.jobs(in: [.done]) else { return }
+        let now = Self.now()
+        for var j in done where (j.expiresAt ?? now) < now {
+            if let path = try? resultPath(j) { try? FileManager.default.removeItem(atPath: path) }
+            j.state = .expired
+            j.updatedAt = now
+            try? await jobs.updateJob(j)
+            logger.info("extract \(j.id) expired: file deleted")
+        }
+    }
+}
+
+/// Runs the extract queue inside the server's lifecycle.
+struct ExtractRunner: Service {
+    let extracts: ExtractService
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await extracts.runJobs() }
+    }
+}
