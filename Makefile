@@ -5,14 +5,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian packages the project needs (keep in step with the Dockerfile).
 DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
-DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs
+DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
+# The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI).
+DEB_TEST := chromium chromium-driver
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
+PYTHON ?= python3
 
 DEMO_DIR ?= demo
 DEMO_DALLES ?= 4x4
 BIN := .build/release/dallage
 
-.PHONY: deps build demo test lint format bench clean
+.PHONY: deps test-deps build demo test lint format bench clean
 
 ## Install the Debian packages that are missing (apt-get update only when something is).
 deps:
@@ -21,6 +24,15 @@ deps:
 	  echo "installing:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI).
+test-deps: deps
+	@missing=$$(for p in $(DEB_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
 
 build: deps
 	$(SWIFT) build -c release
@@ -48,13 +60,14 @@ lint:
 format:
 	$(SWIFT) format format -i -r Sources Tests Package.swift
 
-test: deps lint
+test: test-deps lint
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
 bench: build
 	bench/tiler
 	bench/server
+	bench/extract
 
 clean:
 	rm -rf .build $(DEMO_DIR)

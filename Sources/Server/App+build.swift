@@ -29,6 +29,7 @@ public func buildRouter(
     TilesController(service: service, baseURL: baseURL).addRoutes(to: router)
     OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
     WMSController(service: service, baseURL: baseURL).addRoutes(to: router)
+    WebController(service: service).addRoutes(to: router)
     if let coverage {
         CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog).addRoutes(to: router)
     }

@@ -57,3 +57,11 @@ extension Router {
         return self
     }
 }
+
+/// Runs blocking work (rendering, writing an extract) on a Dispatch thread, so the cooperative
+/// threads that serve tiles are never held by it.
+func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        DispatchQueue.global(qos: .userInitiated).async { c.resume(with: Result { try body() }) }
+    }
+}

@@ -33,6 +33,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     /// Administrator tokens, plain or `sha256:<hex>` (kept hashed in memory either way).
     public var adminTokens: [String] = []
 
+    /// Where the installed Leaflet files are (Debian's libjs-leaflet).
+    public var leafletPath = "/usr/share/javascript/leaflet"
     /// Largest WMS GetMap image side, in pixels.
     public var wmsMaxSize = 4096
     /// Where queued extracts are written; by default `.extracts` in the store.
@@ -68,6 +70,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case database
         case adminTokens = "admin_tokens"
         case wmsMaxSize = "wms_max_size"
+        case leafletPath = "leaflet_path"
         case extractsDirectory = "extracts_dir"
         case extractTTLSeconds = "extract_ttl_seconds"
         case extractJobsPerClient = "extract_jobs_per_client"
@@ -93,6 +96,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         database = try c.decodeIfPresent(String.self, forKey: .database)
         adminTokens = try c.decodeIfPresent([String].self, forKey: .adminTokens) ?? []
         wmsMaxSize = try c.decodeIfPresent(Int.self, forKey: .wmsMaxSize) ?? d.wmsMaxSize
+        leafletPath = try c.decodeIfPresent(String.self, forKey: .leafletPath) ?? d.leafletPath
         extractsDirectory = try c.decodeIfPresent(String.self, forKey: .extractsDirectory)
         extractTTLSeconds = try c.decodeIfPresent(Double.self, forKey: .extractTTLSeconds) ?? d.extractTTLSeconds
         extractJobsPerClient = try c.decodeIfPresent(Int.self, forKey: .extractJobsPerClient) ?? d.extractJobsPerClient

@@ -75,7 +75,14 @@ enum ServerFixture {
         return mask
     }
 
-    static func run(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {
+    /// Runs a tool to its end on a Dispatch thread: the server under test keeps its threads.
+    static func run(_ tool: String, _ arguments: [String]) async throws -> (Int32, String) {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async { c.resume(with: Result { try runBlocking(tool, arguments) }) }
+        }
+    }
+
+    static func runBlocking(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = arguments

@@ -266,7 +266,7 @@ struct ServerTests {
             let tms = try #require(pyramid.manifest.tileMatrixSet.matrix(22))
             let minX = tms.originX + Double(t.col) * 12.8
             let maxY = tms.originY - Double(t.row) * 12.8
-            let (status, log) = try ServerFixture.run(
+            let (status, log) = try await ServerFixture.run(
                 "/usr/bin/gdal_translate",
                 [
                     // No disk cache: every run must fetch from the server it tests.
@@ -300,7 +300,7 @@ struct ServerTests {
                 r = w.gettile(layer='pcrs', tilematrixset='2154_5cm', tilematrix='22', row=\(t.row), column=\(t.col), format='image/jpeg')
                 print(len(r.read()))
                 """
-            let (ok, output) = try ServerFixture.run("/usr/bin/python3", ["-c", script])
+            let (ok, output) = try await ServerFixture.run("/usr/bin/python3", ["-c", script])
             #expect(ok == 0, "\(output)")
             #expect(output.contains("['pcrs'] ['2154_5cm', 'PM', 'PM_0_21']"), "\(output)")
             let stored = try #require(try pyramid.tileData(t))
@@ -373,7 +373,7 @@ struct ServerOperationsTests {
         var up = false
         for _ in 0..<200 where !up {
             usleep(50_000)
-            up = (try? ServerFixture.run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"]).0) == 0
+            up = (try? ServerFixture.runBlocking("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"]).0) == 0
         }
         #expect(up)
         kill(p.processIdentifier, SIGTERM)
@@ -601,13 +601,13 @@ struct RenderAndExtractTests {
             <LowerRightY>\(minY)</LowerRightY><SizeX>280</SizeX><SizeY>280</SizeY></DataWindow>
             <BandsCount>3</BandsCount><BlockSizeX>280</BlockSizeX><BlockSizeY>280</BlockSizeY></GDAL_WMS>
             """.write(toFile: dir + "/wms.xml", atomically: true, encoding: .utf8)
-            let (s1, l1) = try ServerFixture.run(
+            let (s1, l1) = try await ServerFixture.run(
                 "/usr/bin/gdal_translate",
                 ["--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q", dir + "/wms.xml", dir + "/wms.tif"])
             #expect(s1 == 0, "\(l1)")
             let sources = try FileManager.default.contentsOfDirectory(atPath: ServerFixture.shared + "/src")
                 .filter { $0.hasSuffix(".tif") }.map { ServerFixture.shared + "/src/" + $0 }
-            let (s2, l2) = try ServerFixture.run(
+            let (s2, l2) = try await ServerFixture.run(
                 "/usr/bin/gdalwarp",
                 [
                     "-q", "-t_srs", "EPSG:3949", "-te", "\(minX)", "\(minY)", "\(maxX)", "\(maxY)", "-ts", "280", "280",
@@ -721,6 +721,82 @@ struct RenderAndExtractTests {
             try await client.execute(uri: "/api/extracts/\(id)/download", method: .get) {
                 #expect($0.status == .conflict)
             }
+        }
+    }
+}
+
+/// The web map in headless Chromium (selenium): imagery, legend, an extract, an admin status change.
+@Suite(.serialized)
+struct WebPageTests {
+    @Test func pageShowsImageryLegendExtractsAndAdminChanges() async throws {
+        let dir = try ServerFixture.copy()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await ServerFixture.app(store: dir + "/store") { $0.adminTokens = ["web-admin"] }.test(.live) { client in
+            let port = try #require(client.port)
+            // A project over the sample area, 'realise' (not yet published).
+            let t = try CoordinateTransform(from: SpatialReference(epsg: 2154), to: SpatialReference.wgs84())
+            let area = try Geometry.rectangle(
+                BoundingBox(minX: 704_000, minY: 7_059_948.8, maxX: 704_051.2, maxY: 7_060_000)
+            ).transformed(t).geoJSON(precision: 10)
+            let body = """
+                {"nom":"Lille centre","geometrie":\(area),"etapes":[{"statut":"realise","date_debut":"2024-01-01"}],
+                 "acteurs":[{"nom":"MEL","role":"aplc"}],"livrables":[{"nom":"Ortho 5 cm","tileset":"pcrs"}]}
+                """
+            let id = try await client.execute(
+                uri: "/api/projects", method: .post,
+                headers: [.authorization: "Token web-admin", .contentType: "application/json"],
+                body: ByteBuffer(string: body)
+            ) { r in
+                #expect(r.status == .created)
+                return (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["id"] as? Int
+                    ?? 0
+            }
+            let out =
+                ProcessInfo.processInfo.environment["DALLAGE_WEB_TEST_OUT"] ?? NSTemporaryDirectory()
+                + "web-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let script = ServerFixture.root + "/Tests/ServerTests/Browser/check_page.py"
+            let (status, log) = try await ServerFixture.run(
+                "/usr/bin/env", ["python3", script, "http://127.0.0.1:\(port)", "web-admin", "\(id)", out])
+            #expect(status == 0, "\(log)")
+            let line = try #require(log.split(separator: "\n").last.map(String.init))
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect((report["console"] as? [Any])?.isEmpty == true, "\(report["console"] ?? "")")
+            let legend = report["legend"] as? String ?? ""
+            for s in [
+                "En investigation", "Convention signée", "Marché public en cours", "Production en cours",
+                "Contrôle en cours", "Réalisé", "Publié", "Obsolète",
+            ] {
+                #expect(legend.contains(s), "\(legend)")
+            }
+            #expect((report["labels"] as? Int ?? 0) >= 6)
+            // Imagery: the map part of the screenshot is varied, not blank.
+            let screen = try Dataset.open(out + "/screen.png")
+            var rgb = [UInt8](repeating: 0, count: 500 * 500 * 3)
+            try rgb.withUnsafeMutableBufferPointer {
+                try screen.read(
+                    x: 130, y: 50, width: 500, height: 500, bands: [1, 2, 3], into: $0.baseAddress!,
+                    bufferWidth: 500, bufferHeight: 500)
+            }
+            var colours = Set<Int>()
+            for i in stride(from: 0, to: rgb.count, by: 3) {
+                colours.insert(Int(rgb[i]) << 16 | Int(rgb[i + 1]) << 8 | Int(rgb[i + 2]))
+            }
+            #expect(colours.count > 2000, "\(colours.count) colours")
+            // The extract drawn in the page is a clipped GeoTIFF.
+            #expect(report["extract"] as? String == "done", "\(report)")
+            let extract = try Dataset.open(out + "/extract.tif")
+            #expect(extract.spatialReference?.epsg == 2154 && extract.width > 100)
+            let mask = try ServerFixture.maskOf(out + "/extract.tif")
+            #expect(mask.contains(0) && mask.contains(255))
+            // The administrator's step shows at once, on the card and the map, without a reload.
+            #expect(report["before"] as? String == "Réalisé")
+            #expect(report["after"] as? String == "Publié")
+            #expect(report["colour"] as? String == "#31a354")
+            #expect((report["history"] as? String ?? "").contains("status"))
+            #expect(report["reloaded"] as? Int == 1)
+            let phone = report["phone"] as? [Double] ?? []
+            #expect(phone.count == 4 && phone[0] <= 390 && phone[1] > 200 && phone[3] > 100, "\(phone)")
         }
     }
 }

@@ -58,7 +58,7 @@ struct ExtractsController: Sendable {
             let admin = service.isAdmin(request.headers[.authorization])
             let (plan, served) = try await extracts.plan(r, admin: admin)
             if extracts.isDirect(plan) {
-                let path = try extracts.writeNow(plan, from: served)
+                let path = try await offload { [extracts] in try extracts.writeNow(plan, from: served) }
                 var response = try file(path, name: "\(r.tileset)-extract", deleteAfter: true)
                 if plan.repaired { response.headers[Self.repairedHeader] = "true" }
                 return response

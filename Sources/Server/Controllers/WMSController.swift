@@ -17,7 +17,7 @@ struct WMSController: Sendable {
     static let formats = ["image/jpeg", "image/png", "image/webp"]
 
     func addRoutes(to router: Router<BasicRequestContext>) {
-        router.getOrHead("/wms") { request, _ in try handle(request) }
+        router.getOrHead("/wms") { request, _ in try await offload { try handle(request) } }
     }
 
     /// A WMS exception (ServiceExceptionReport 1.3.0).

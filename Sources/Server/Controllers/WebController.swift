@@ -1,0 +1,72 @@
+import Coverage
+import Foundation
+import Hummingbird
+
+/// The web map at `/`, Leaflet from the system's package, and the small lists the page reads.
+struct WebController: Sendable {
+    let service: TileService
+
+    /// The page, shipped as a resource of the package.
+    static let page: [UInt8] = {
+        guard let url = Bundle.module.url(forResource: "index", withExtension: "html", subdirectory: "Web"),
+            let data = try? Data(contentsOf: url)
+        else { return Array("<!DOCTYPE html><title>Dallage</title><p>The web page is missing from this build.".utf8) }
+        return Array(data)
+    }()
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.getOrHead("/") { request, _ in
+            Document.response(Self.page, contentType: "text/html; charset=utf-8", request: request)
+        }
+        router.getOrHead("/leaflet/:file") { request, context in
+            try leaflet(context.parameters.get("file") ?? "", request: request)
+        }
+        router.getOrHead("/leaflet/images/:file") { request, context in
+            try leaflet("images/" + (context.parameters.get("file") ?? ""), request: request)
+        }
+        router.getOrHead("/api/tilesets") { request, _ in try tilesets(request) }
+        router.getOrHead("/api/statuts") { request, _ in
+            try Document.json(
+                Statut.allCases.map { ["code": $0.rawValue, "libelle": $0.label, "couleur": $0.colour] },
+                request: request)
+        }
+    }
+
+    /// A file of the installed Leaflet package (`leaflet_path`); nothing else is reachable.
+    func leaflet(_ name: String, request: Request) throws -> Response {
+        let allowed = name.split(separator: "/").allSatisfy { part in
+            !part.isEmpty && part != ".." && part.allSatisfy { $0.isLetter || $0.isNumber || "._-".contains($0) }
+        }
+        let path = (service.configuration.leafletPath as NSString).appendingPathComponent(name)
+        guard allowed, let data = FileManager.default.contents(atPath: path) else {
+            throw ServiceError(.notFound, "no such file", style: .json)
+        }
+        let type: String =
+            switch (name as NSString).pathExtension {
+            case "js": "text/javascript; charset=utf-8"
+            case "css": "text/css; charset=utf-8"
+            case "png": "image/png"
+            case "svg": "image/svg+xml"
+            default: "application/octet-stream"
+            }
+        var response = Document.response(Array(data), contentType: type, request: request)
+        response.headers[.cacheControl] = "public, max-age=86400"
+        return response
+    }
+
+    func tilesets(_ request: Request) throws -> Response {
+        let list: [[String: Any]] = service.catalog.tilesets.compactMap { t in
+            let pyramids = service.catalog.pyramids(of: t)
+            guard let first = pyramids.first else { return nil }
+            let m = first.manifest
+            let pm = pyramids.first { $0.grid == "PM" }?.manifest
+            return [
+                "id": t, "title": m.title ?? t, "attribution": m.attribution ?? "",
+                "grids": pyramids.map(\.grid),
+                "bounds": [m.wgs84Bounds.minX, m.wgs84Bounds.minY, m.wgs84Bounds.maxX, m.wgs84Bounds.maxY],
+                "max_zoom_pm": pm?.maxZoom ?? 21, "publish": m.publish ?? "all",
+            ]
+        }
+        return try Document.json(list, request: request)
+    }
+}
