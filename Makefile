@@ -38,6 +38,7 @@ build: deps
 	$(SWIFT) build -c release
 
 DEMO_PORT ?= 8080
+DEMO_TOKEN ?= demo-admin
 
 ## Sample area (4×4 PCRS dalles of 200 m at 5 cm), tiled for 2154_5cm and PM, then served.
 demo: build
@@ -46,13 +47,17 @@ demo: build
 	$(BIN) validate $(DEMO_DIR)/store/demo/2154_5cm
 	$(BIN) validate $(DEMO_DIR)/store/demo/PM
 	$(BIN) inspect $(DEMO_DIR)/store/demo/2154_5cm
+	@# A sample PCRS project over part of the area (half of it: the progress shows what is tiled).
+	@$(BIN) projects list --store $(DEMO_DIR)/store | grep -q . || $(BIN) projects create config/demo-project.json --store $(DEMO_DIR)/store
 	@echo
 	@echo "Serving on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops). Try:"
+	@echo "  Web map: http://127.0.0.1:$(DEMO_PORT)/   (administrator token for the demo: DEMO_TOKEN=$(DEMO_TOKEN))"
+	@echo "  WMS: http://127.0.0.1:$(DEMO_PORT)/wms?SERVICE=WMS&REQUEST=GetCapabilities"
 	@echo "  WMTS in QGIS/GDAL: http://127.0.0.1:$(DEMO_PORT)/wmts?SERVICE=WMTS&REQUEST=GetCapabilities"
 	@echo "  gdalinfo 'WMTS:http://127.0.0.1:$(DEMO_PORT)/wmts/1.0.0/WMTSCapabilities.xml,layer=demo,tilematrixset=2154_5cm'"
 	@echo "  XYZ: http://127.0.0.1:$(DEMO_PORT)/tiles/demo/PM/{z}/{x}/{y}.jpg   TileJSON: /tiles/demo/PM/tilejson.json"
 	@echo "  A shard opens as an ordinary GeoTIFF: gdalinfo $$(ls $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif | head -1)"
-	$(BIN) serve --store $(DEMO_DIR)/store --port $(DEMO_PORT) --tms-dir config/tms
+	DALLAGE_ADMIN_TOKEN=$(DEMO_TOKEN) $(BIN) serve --store $(DEMO_DIR)/store --port $(DEMO_PORT) --tms-dir config/tms
 
 lint:
 	$(SWIFT) format lint --strict -r Sources Tests Package.swift

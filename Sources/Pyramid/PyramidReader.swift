@@ -9,6 +9,8 @@ public final class PyramidReader: Sendable {
     public let directory: String
     public let manifest: PyramidManifest
     private let existing: Set<TileCoordinate>
+    /// Each shard's CRC-32 (hex) from `pyramid.json`, for tile validators.
+    private let shardChecksums: [TileCoordinate: String]
     private let openLimit: Int
 
     private struct Open {
@@ -35,6 +37,8 @@ public final class PyramidReader: Sendable {
         stripes = (0..<Self.stripeCount).map { _ in Stripe() }
         manifest = try PyramidManifest.load(directory: directory)
         existing = Set(manifest.shards.map(\.coordinate))
+        shardChecksums = Dictionary(
+            manifest.shards.map { ($0.coordinate, $0.crc32) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// The shard holding a tile, opened (and mapped) on first use; nil when the pyramid has no
@@ -87,6 +91,21 @@ public final class PyramidReader: Sendable {
             !$0.elementsEqual(ShardWriter.fullMask)
         }
         return try withExtendedLifetime(r) { try body(bytes, masked ?? false) }
+    }
+
+    /// Calls `body` with the stored bytes of a tile and a strong validator for them (the shard's
+    /// checksum from `pyramid.json` with the tile's place in it: stable across restarts, new when
+    /// the shard is rebuilt with other content); nil when there is no tile. No mask is read: the
+    /// serving hot path.
+    public func withStoredTile<R>(
+        _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ etag: String) throws -> R
+    ) throws -> R? {
+        guard let (r, loc) = try shard(for: tile),
+            let bytes = try r.tile(overview: loc.overview, col: loc.col, row: loc.row)
+        else { return nil }
+        let crc = shardChecksums[loc.shard] ?? "0"
+        let etag = "\"\(crc)-\(loc.overview)-\(loc.col)-\(loc.row)-\(bytes.count)\""
+        return try withExtendedLifetime(r) { try body(bytes, etag) }
     }
 
     /// A copy of the stored bytes of a tile, nil when there is none.

@@ -285,8 +285,19 @@ public final class ExtractService: Sendable {
         }
     }
 
-    /// Deletes finished results past their expiry.
+    /// Deletes finished results past their expiry, and temporary files (zips of dalles, direct
+    /// extracts a failed request left) older than an hour.
     func expire() async {
+        let dir = configuration.extractsPath
+        let hourAgo = Date().addingTimeInterval(-3600)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        where name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") {
+            let path = dir + "/" + name
+            if let m = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date, m < hourAgo
+            {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
         guard let done = try? await jobs.jobs(in: [.done]) else { return }
         let now = Self.now()
         for var j in done where (j.expiresAt ?? now) < now {

@@ -176,9 +176,8 @@ public final class TileService: Sendable {
             }
             if r.encoding == stored {
                 // The hot path: the stored stream as it is.
-                let out = try pyramid.reader.withTileData(coordinate) { bytes, _ -> TileResponse in
-                    let etag = "\"\(String(format: "%08x", Deflate.crc32(bytes)))-\(bytes.count)\""
-                    return TileResponse(
+                let out = try pyramid.reader.withStoredTile(coordinate) { bytes, etag -> TileResponse in
+                    TileResponse(
                         bytes: ByteBuffer(bytes: bytes), mimeType: r.encoding.mimeType, etag: etag,
                         cacheControl: cacheControl)
                 }

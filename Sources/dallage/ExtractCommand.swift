@@ -39,10 +39,17 @@ struct ExtractCommand: AsyncParsableCommand {
         if let geometry {
             let text = try String(contentsOfFile: geometry, encoding: .utf8)
             var v = try JSONValue.parse(text)
+            // A FeatureCollection's first feature; a crs member of the collection applies to it.
+            let crs = v["crs"]
             if v["type"] == .string("FeatureCollection"), case .array(let f) = v["features"] ?? .null,
                 let first = f.first
             {
                 v = first
+            }
+            if v["type"] == .string("Feature"), let g = v["geometry"] { v = g }
+            if let crs, v["crs"] == nil, case .object(var o) = v {
+                o["crs"] = crs
+                v = .object(o)
             }
             geo = v
         }

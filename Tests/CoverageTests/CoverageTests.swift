@@ -135,6 +135,28 @@ extension Livrable {
         #expect(abs(q.areaM2 - 1_500_000) / 1_500_000 < 0.001)
     }
 
+    /// GeoPackage in WGS84 and Shapefile in CC49 (made with ogr2ogr from the same communes):
+    /// re-importing updates in place, and areas survive the reprojections within 0.1 %.
+    @Test(arguments: [("GPKG", "gpkg", "EPSG:4326"), ("ESRI Shapefile", "shp", "EPSG:3949")])
+    func importReadsOtherFormatsAndCRSs(driver: String, ext: String, crs: String) async throws {
+        let (service, dir) = try await makeService()
+        let out = dir + "/communes-\(ext).\(ext)"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/ogr2ogr")
+        p.arguments = ["-f", driver, "-t_srs", crs, out, dir + "/communes.geojson"]
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let (inserted, updated, skipped) = try await service.importTerritories(
+            path: out, level: .commune, codeField: "insee", nameField: "nom")
+        #expect(inserted == 0 && updated == 4 && skipped.isEmpty)
+        let lille = try #require(try await service.store.territories(references: ["commune:59350"])["commune:59350"])
+        #expect(abs(lille.areaM2 - 1_000_000) / 1_000_000 < 0.001)
+        #expect(lille.departement == "59")
+        let found = try await service.store.territories(level: .commune, query: "roub", limit: 10)
+        #expect(found.map(\.code) == ["59512"])
+    }
+
     @Test func historyRecordsWhoChangedWhatAndDeletesAreSoft() async throws {
         let (service, _) = try await makeService()
         let (p, key) = try await service.create(

@@ -13,7 +13,7 @@ struct ExtractsController: Sendable {
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.post("/api/extracts") { request, context in try await post(request, context: context) }
-        router.getOrHead("/api/extracts/dalles") { request, _ in try await dalles(request) }
+        router.getOrHead("/api/extracts/dalles") { request, context in try await dalles(request, context: context) }
         router.getOrHead("/api/extracts/:id") { request, context in
             try await run { try json(status(try await job(context, request: request))) }
         }
@@ -29,7 +29,7 @@ struct ExtractsController: Sendable {
                 guard j.state == .done else {
                     throw ExtractError(409, "extract \(j.id) is \(j.state.rawValue), not done")
                 }
-                return try file(try extracts.resultPath(j), name: "\(j.id)", deleteAfter: false)
+                return try await stream(try extracts.resultPath(j), name: j.id, context: context)
             }
         }
     }
@@ -93,7 +93,7 @@ struct ExtractsController: Sendable {
     }
 
     /// The source dalles under a polygon (or territory), as a list or a zip of the files.
-    func dalles(_ request: Request) async throws -> Response {
+    func dalles(_ request: Request, context: BasicRequestContext) async throws -> Response {
         try await run {
             let q = request.uri.queryParameters
             guard let tileset = q["tileset"].map(String.init) else { throw ExtractError(400, "tileset is required") }
@@ -138,9 +138,10 @@ struct ExtractsController: Sendable {
                 }
                 let dir = extracts.configuration.extractsPath
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                // Streamed from disk (it may be large); the runner deletes it after an hour.
                 let zip = dir + "/dalles-\(UUID().uuidString).zip"
                 try ZipArchive.write(zip, files: found.map { ($0.name, $0.path) })
-                return try file(zip, name: "\(tileset)-dalles", deleteAfter: true)
+                return try await stream(zip, name: "\(tileset)-dalles", context: context)
             }
             return try json(
                 .object([
@@ -188,6 +189,20 @@ struct ExtractsController: Sendable {
         h[.contentType] = "application/json"
         h[.cacheControl] = "no-store"
         return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: v.text)))
+    }
+
+    /// A file streamed from disk in chunks (results may weigh gigabytes).
+    func stream(_ path: String, name: String, context: BasicRequestContext) async throws -> Response {
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let body = try await FileIO().loadFile(path: path, context: context)
+        let ext = (path as NSString).pathExtension
+        var h = HTTPFields()
+        h[.contentType] =
+            ExtractFormat.allCases.first { $0.fileExtension == ext }?.mimeType ?? "application/octet-stream"
+        h[.contentDisposition] = "attachment; filename=\"\(name).\(ext)\""
+        h[.contentLength] = "\(size)"
+        h[.cacheControl] = "no-store"
+        return Response(status: .ok, headers: h, body: body)
     }
 
     /// A file as the response body; `deleteAfter` removes it once read into memory.
