@@ -2,6 +2,7 @@ import Foundation
 import GeoGrid
 import Pyramid
 import Raster
+import Synchronization
 
 /// Output formats of an extract.
 public enum ExtractFormat: String, Codable, Sendable, CaseIterable {
@@ -49,8 +50,9 @@ public struct ExtractError: Error, CustomStringConvertible, Sendable {
 
 /// Limits on what may be extracted.
 public struct ExtractLimits: Sendable, Codable, Equatable {
-    /// Largest output answered at once; larger ones are queued (≈ 20 ha at 5 cm).
-    public var directPixels = 80_000_000
+    /// Largest output answered at once; larger ones are queued (a 20 ha work site at 5 cm, with
+    /// the margin of its bounding box: 20 ha alone is 80 Mpx).
+    public var directPixels = 128_000_000
     /// Largest output at all.
     public var maxPixels = 4_000_000_000
     /// Largest output of the formats written in memory (JPEG, PNG, JPEG 2000).
@@ -202,12 +204,40 @@ public enum Extractor {
             repaired: repaired)
     }
 
+    /// Renders a window with several renderers at once, each on a band of rows.
+    static func renderStrip(
+        _ window: RenderWindow, resolution: Double, renderers: [Renderer], into rgba: UnsafeMutablePointer<UInt8>
+    ) throws {
+        let parts = min(renderers.count, max(1, window.height / 64))
+        let rowsPer = (window.height + parts - 1) / parts
+        let failure = Mutex<Error?>(nil)
+        let output = UnsafeSendablePointer(rgba)
+        DispatchQueue.concurrentPerform(iterations: parts) { i in
+            let y0 = i * rowsPer
+            let rows = min(rowsPer, window.height - y0)
+            guard rows > 0 else { return }
+            let part = RenderWindow(
+                bounds: BoundingBox(
+                    minX: window.bounds.minX, minY: window.bounds.maxY - Double(y0 + rows) * resolution,
+                    maxX: window.bounds.maxX, maxY: window.bounds.maxY - Double(y0) * resolution),
+                width: window.width, height: rows)
+            do {
+                try renderers[i].render(part, into: output.pointer + y0 * window.width * 4)
+            } catch {
+                failure.withLock { $0 = $0 ?? error }
+            }
+        }
+        if let e = failure.withLock({ $0 }) { throw e }
+    }
+
     /// Writes the extract to `path`. `progress` gets the fraction done and returns false to cancel.
     public static func write(
         _ plan: ExtractPlan, pyramid: PyramidReader, to path: String, progress: (Double) -> Bool = { _ in true }
     ) throws {
         let crs = try SpatialReference(plan.crs)
-        let renderer = try Renderer(pyramid: pyramid, crs: crs)
+        // One renderer per core (each holds a PROJ transform); a strip is split between them.
+        let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        let renderers = try (0..<threads).map { _ in try Renderer(pyramid: pyramid, crs: crs) }
         let polygon = try Geometry.fromWKT(plan.polygonWKT)
         let inMemory = plan.format.inMemory
         let w = plan.window.width
@@ -228,7 +258,7 @@ public enum Extractor {
                 plan.format == .cog ? work + "/base.tif" : tmp, driver: "GTiff", width: w, height: h, bands: 3,
                 options: [
                     "TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", "COMPRESS=JPEG", "PHOTOMETRIC=YCBCR",
-                    "JPEG_QUALITY=90", "BIGTIFF=IF_SAFER",
+                    "JPEG_QUALITY=90", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS",
                 ])
         // Exactly the plan's pixel size (the window's own division carries rounding noise).
         out.geoTransform = GeoTransform(
@@ -249,7 +279,7 @@ public enum Extractor {
                     minX: plan.window.bounds.minX, minY: plan.window.bounds.maxY - Double(y + rows) * plan.resolution,
                     maxX: plan.window.bounds.maxX, maxY: plan.window.bounds.maxY - Double(y) * plan.resolution),
                 width: w, height: rows)
-            try renderer.render(window, into: rgba)
+            try renderStrip(window, resolution: plan.resolution, renderers: renderers, into: rgba)
             try polygon.rasterize(into: mask, width: w, height: rows, transform: window.transform)
             for i in 0..<(w * rows) {
                 let a = min(mask[i], rgba[i * 4 + 3])
@@ -306,4 +336,10 @@ public enum Extractor {
         guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
         _ = progress(1)
     }
+}
+
+/// A pointer handed to concurrent workers that write disjoint parts of its memory.
+struct UnsafeSendablePointer: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<UInt8>
+    init(_ pointer: UnsafeMutablePointer<UInt8>) { self.pointer = pointer }
 }

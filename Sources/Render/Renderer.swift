@@ -24,8 +24,8 @@ public struct RenderWindow: Sendable {
 /// Reads a region of a pyramid at any CRS and pixel size: picks the level whose pixels are the
 /// smallest not finer than needed (never 5 cm pixels for a 1 m image), decodes only the tiles
 /// under the window, and reprojects them with the same coarse-grid bilinear resampler as the tiler.
-/// One per task (holds a PROJ transform and a codec).
-public final class Renderer {
+/// One per task at a time (holds a PROJ transform): it may move between threads, never be shared.
+public final class Renderer: @unchecked Sendable {
     public let pyramid: PyramidReader
     public let crs: SpatialReference
     private let gridCRS: SpatialReference
