@@ -97,6 +97,8 @@ public final class TileService: Sendable {
     public func resolve(tileset: String, grid: String, style: ServiceError.Style, layerParameter: String = "Layer")
         throws(ServiceError) -> (ServedPyramid, ClosedRange<Int>)
     {
+        // The common case, a grid id as it is: one dictionary lookup, nothing sorted or copied.
+        if let p = catalog.pyramid(tileset, grid: grid) { return (p, p.manifest.minZoom...p.manifest.maxZoom) }
         let pyramids = catalog.pyramids(of: tileset)
         guard !pyramids.isEmpty else {
             throw ServiceError(
