@@ -89,7 +89,9 @@ let package = Package(
                 "Server", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // The browser test's selenium script, run with python3 by the web page test.
+            exclude: ["Browser"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -35,7 +35,7 @@ extension CoverageService {
     /// A project as the API shows it: its fields, id, current status, area and tiled progress.
     /// Never its editor key.
     public func document(_ p: Project, withProgress: Bool = true) throws -> JSONValue {
-        guard case .object(var o) = try JSONValue.parse(Self.encode(p.fields)) else { return .null }
+        guard case .object(var o) = try JSONValue.parse(p.fields.jsonText()) else { return .null }
         let statut = p.statut(on: currentDay)
         o["id"] = .number(Double(p.id))
         o["statut"] = statut.map { .string($0.rawValue) } ?? .null

@@ -205,7 +205,7 @@ public final class CoverageService: Sendable {
     public func patch(_ id: Int64, _ patch: [String: JSONValue], by who: Principal) async throws -> Project {
         try requireEditor(who, of: id)
         let p = try await project(id)
-        guard case .object(var merged) = try JSONValue.parse(try Self.encode(p.fields)) else {
+        guard case .object(var merged) = try JSONValue.parse(try p.fields.jsonText()) else {
             throw CoverageError(.malformed, "cannot read the project")
         }
         for (k, v) in patch { merged[k] = v }
@@ -253,22 +253,17 @@ public final class CoverageService: Sendable {
 
     // MARK: - Helpers
 
-    static func timestamp() -> String {
+    /// An ISO 8601 UTC instant with milliseconds (history, jobs); sorts as text.
+    public static func timestamp(_ date: Date = Date()) -> String {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: Date())
-    }
-
-    static func encode(_ fields: ProjectFields) throws -> String {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try e.encode(fields), as: UTF8.self)
+        return f.string(from: date)
     }
 
     /// `{field: {"from": old, "to": new}}` for each top-level field that changed.
     static func diff(_ old: ProjectFields?, _ new: ProjectFields) throws -> JSONValue {
-        let before = try old.map { try JSONValue.parse(encode($0)) } ?? .object([:])
-        let after = try JSONValue.parse(encode(new))
+        let before = try old.map { try JSONValue.parse($0.jsonText()) } ?? .object([:])
+        let after = try JSONValue.parse(new.jsonText())
         guard case .object(let a) = after else { return .object([:]) }
         var out: [String: JSONValue] = [:]
         for (k, v) in a where before[k] != v {

@@ -160,7 +160,7 @@ public final class SQLiteCoverageStore: CoverageStore {
     public func insertProject(_ project: Project, editorKeyHash: String, history: HistoryEntry) async throws
         -> Project
     {
-        let fields = try Self.encode(project.fields)
+        let fields = try project.fields.jsonText()
         do {
             return try await db.write { db in
                 try db.execute(
@@ -183,7 +183,7 @@ public final class SQLiteCoverageStore: CoverageStore {
     }
 
     public func updateProject(_ project: Project, history: HistoryEntry) async throws {
-        let fields = try Self.encode(project.fields)
+        let fields = try project.fields.jsonText()
         do {
             try await db.write { db in
                 try db.execute(
@@ -269,12 +269,6 @@ public final class SQLiteCoverageStore: CoverageStore {
             sql: "INSERT INTO history(project_id, at, actor, action, changes) VALUES (?, ?, ?, ?, ?)",
             arguments: [project, h.at, h.actor, h.action, h.changes.text])
         try db.execute(sql: "UPDATE revision SET value = value + 1 WHERE id = 1")
-    }
-
-    private static func encode(_ fields: ProjectFields) throws -> String {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try e.encode(fields), as: UTF8.self)
     }
 
     static func project(_ row: Row) -> Project {

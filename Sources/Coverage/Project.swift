@@ -147,6 +147,13 @@ public struct ProjectFields: Codable, Sendable, Equatable {
         subventions = try c.decodeIfPresent([JSONValue].self, forKey: .subventions) ?? []
     }
 
+    /// The fields as compact JSON with sorted keys (stored, compared for the history).
+    public func jsonText() throws -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try e.encode(self), as: UTF8.self)
+    }
+
     /// The tilesets this project's deliverables are published in.
     public var tilesets: [String] { livrables.compactMap(\.tileset).filter { !$0.isEmpty } }
 }

@@ -242,7 +242,6 @@ public enum Extractor {
         let inMemory = plan.format.inMemory
         let w = plan.window.width
         let h = plan.window.height
-        let transform = plan.window.transform
         let strip = max(1, min(h, (8 << 20) / max(1, w)))
         let folder = (path as NSString).deletingLastPathComponent
         let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"

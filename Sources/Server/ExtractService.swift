@@ -172,11 +172,7 @@ public final class ExtractService: Sendable {
         return configuration.extractsPath + "/\(job.id).\(format.fileExtension)"
     }
 
-    static func now(_ d: Date = Date()) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: d)
-    }
+    static func now(_ d: Date = Date()) -> String { CoverageService.timestamp(d) }
 
     /// Runs queued jobs one at a time until cancelled; on start, jobs a previous process left
     /// running are queued again. Also deletes expired results.

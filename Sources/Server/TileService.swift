@@ -263,28 +263,41 @@ public final class TileService: Sendable {
     }
 }
 
-/// Re-encodes decoded tiles.
+/// Encodes decoded RGBA images (transcoded tiles, clipped tiles, WMS maps).
 enum Transcoder {
-    static func encode(rgba: [UInt8], size: Int, as encoding: TileEncoding, quality: Int) throws -> [UInt8] {
+    /// Encodes `rgba`; JPEG (which has no alpha), and any format when `flattenOver` is given, is
+    /// composed over that colour (white by default).
+    static func encode(
+        rgba: [UInt8], width: Int, height: Int, as encoding: TileEncoding, quality: Int,
+        flattenOver background: (UInt8, UInt8, UInt8)? = nil
+    ) throws -> [UInt8] {
         var pixels = rgba
+        if let bg = background ?? (encoding == .jpeg ? (255, 255, 255) : nil) {
+            let colour = [Int(bg.0), Int(bg.1), Int(bg.2)]
+            for i in stride(from: 0, to: width * height * 4, by: 4) where pixels[i + 3] < 255 {
+                let a = Int(pixels[i + 3])
+                for k in 0..<3 { pixels[i + k] = UInt8((Int(pixels[i + k]) * a + colour[k] * (255 - a)) / 255) }
+                pixels[i + 3] = 255
+            }
+        }
         return try pixels.withUnsafeMutableBufferPointer { p in
             let base = p.baseAddress!
             switch encoding {
             case .png:
-                return try PNGCodec.encode(rgba: base, width: size, height: size, stride: size * 4)
+                return try PNGCodec.encode(rgba: base, width: width, height: height, stride: width * 4)
             case .webp:
-                return try WebPCodec.encode(rgba: base, width: size, height: size, stride: size * 4, quality: quality)
+                return try WebPCodec.encode(
+                    rgba: base, width: width, height: height, stride: width * 4, quality: quality)
             case .jpeg:
-                // JPEG has no alpha: transparent pixels become white.
-                for i in stride(from: 0, to: size * size * 4, by: 4) where p[i + 3] < 255 {
-                    let a = Int(p[i + 3])
-                    for k in 0..<3 { p[i + k] = UInt8((Int(p[i + k]) * a + 255 * (255 - a)) / 255) }
-                }
-                return try JPEGCodec().encode(rgbx: base, width: size, height: size, stride: size * 4, quality: quality)
-                {
-                    Array($0)
-                }
+                return try JPEGCodec().encode(
+                    rgbx: base, width: width, height: height, stride: width * 4, quality: quality
+                ) { Array($0) }
             }
         }
+    }
+
+    /// A square tile.
+    static func encode(rgba: [UInt8], size: Int, as encoding: TileEncoding, quality: Int) throws -> [UInt8] {
+        try encode(rgba: rgba, width: size, height: size, as: encoding, quality: quality)
     }
 }

@@ -13,14 +13,14 @@ struct CoverageController: Sendable {
         router.getOrHead("/api/territories") { request, _ in try await territories(request) }
         router.getOrHead("/api/projects") { request, _ in try await list(request) }
         router.post("/api/projects") { request, context in try await create(request, context: context) }
-        router.getOrHead("/api/projects.csv") { _, _ in
-            try await run { csv(try await coverage.projectsCSV(), name: "projets.csv") }
+        router.getOrHead("/api/projects.csv") { request, _ in
+            try await run { csv(try await coverage.projectsCSV(), name: "projets.csv", request: request) }
         }
-        router.getOrHead("/api/etapes.csv") { _, _ in
-            try await run { csv(try await coverage.stepsCSV(), name: "etapes.csv") }
+        router.getOrHead("/api/etapes.csv") { request, _ in
+            try await run { csv(try await coverage.stepsCSV(), name: "etapes.csv", request: request) }
         }
-        router.getOrHead("/api/projects/:id") { _, context in
-            try await run { try json(coverage.document(try await coverage.project(try id(context)))) }
+        router.getOrHead("/api/projects/:id") { request, context in
+            try await run { try json(coverage.document(try await coverage.project(try id(context))), request) }
         }
         router.put("/api/projects/:id") { request, context in
             try await write(request) { who in
@@ -55,10 +55,10 @@ struct CoverageController: Sendable {
             try await run {
                 let who = try await coverage.authenticate(authorization: request.headers[.authorization])
                 let key = try await coverage.renewEditorKey(try id(context), by: who)
-                return try json(.object(["editor_key": .string(key)]))
+                return try json(.object(["editor_key": .string(key)]), request)
             }
         }
-        router.getOrHead("/api/projects/:id/history") { _, context in
+        router.getOrHead("/api/projects/:id/history") { request, context in
             try await run {
                 let entries = try await coverage.history(try id(context))
                 return try json(
@@ -68,18 +68,20 @@ struct CoverageController: Sendable {
                                 "at": .string($0.at), "actor": .string($0.actor), "action": .string($0.action),
                                 "changes": $0.changes,
                             ])
-                        }))
+                        }), request)
             }
         }
-        router.getOrHead("/api/projects/:id/missing.geojson") { _, context in
+        router.getOrHead("/api/projects/:id/missing.geojson") { request, context in
             try await run {
-                geoJSON(try coverage.missingGeoJSON(try await coverage.project(try id(context))))
+                geoJSON(try coverage.missingGeoJSON(try await coverage.project(try id(context))), request)
             }
         }
         router.getOrHead("/api/coverage.geojson") { request, _ in
-            try await run { geoJSON(try await coverage.coverageGeoJSON(try filter(request))) }
+            try await run { geoJSON(try await coverage.coverageGeoJSON(try filter(request)), request) }
         }
-        router.getOrHead("/api/coverage/stats") { _, _ in try await run { try json(try await coverage.stats()) } }
+        router.getOrHead("/api/coverage/stats") { request, _ in
+            try await run { try json(try await coverage.stats(), request) }
+        }
     }
 
     // MARK: - Handlers
@@ -107,14 +109,14 @@ struct CoverageController: Sendable {
                 if withGeometry { o["geometry"] = try JSONValue.parse(t.geoJSONWGS84) }
                 return .object(o)
             }
-            return try json(.array(items))
+            return try json(.array(items), request)
         }
     }
 
     func list(_ request: Request) async throws -> Response {
         try await run {
             let projects = try await coverage.projects(try filter(request))
-            return try json(.array(try projects.map { try coverage.document($0, withProgress: false) }))
+            return try json(.array(try projects.map { try coverage.document($0, withProgress: false) }), request)
         }
     }
 
@@ -127,7 +129,7 @@ struct CoverageController: Sendable {
             guard case .object(var o) = try coverage.document(project) else { throw CoverageError(.notFound, "") }
             // The editor key is shown once, to the administrator who created the project.
             o["editor_key"] = .string(key)
-            var r = try json(.object(o))
+            var r = try json(.object(o), request)
             r.status = .created
             r.headers[.location] = "/api/projects/\(project.id)"
             return r
@@ -173,7 +175,7 @@ struct CoverageController: Sendable {
             let who = try await coverage.authenticate(authorization: request.headers[.authorization])
             let project = try await body(who)
             await changed()
-            return try json(coverage.document(project))
+            return try json(coverage.document(project), request)
         }
     }
 
@@ -199,25 +201,22 @@ struct CoverageController: Sendable {
         }
     }
 
-    func json(_ value: JSONValue) throws -> Response { rawJSON(value.text) }
-
-    func rawJSON(_ text: String) -> Response {
-        var h = HTTPFields()
-        h[.contentType] = "application/json"
-        h[.cacheControl] = "no-cache"
-        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: text)))
+    // Documents go through `Document.response` (gzip for clients that accept it), never cached:
+    // they change with every write.
+    func json(_ value: JSONValue, _ request: Request) throws -> Response {
+        Document.response(
+            Array(value.text.utf8), contentType: "application/json", request: request, cacheControl: "no-cache")
     }
 
-    func geoJSON(_ text: String) -> Response {
-        var r = rawJSON(text)
-        r.headers[.contentType] = "application/geo+json"
+    func geoJSON(_ text: String, _ request: Request) -> Response {
+        Document.response(
+            Array(text.utf8), contentType: "application/geo+json", request: request, cacheControl: "no-cache")
+    }
+
+    func csv(_ text: String, name: String, request: Request) -> Response {
+        var r = Document.response(
+            Array(text.utf8), contentType: "text/csv; charset=utf-8", request: request, cacheControl: "no-cache")
+        r.headers[.contentDisposition] = "attachment; filename=\"\(name)\""
         return r
-    }
-
-    func csv(_ text: String, name: String) -> Response {
-        var h = HTTPFields()
-        h[.contentType] = "text/csv; charset=utf-8"
-        h[.contentDisposition] = "attachment; filename=\"\(name)\""
-        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 }

@@ -15,12 +15,12 @@ struct ExtractsController: Sendable {
         router.post("/api/extracts") { request, context in try await post(request, context: context) }
         router.getOrHead("/api/extracts/dalles") { request, context in try await dalles(request, context: context) }
         router.getOrHead("/api/extracts/:id") { request, context in
-            try await run { try json(status(try await job(context, request: request))) }
+            try await run { json(status(try await job(context, request: request)), request) }
         }
         router.delete("/api/extracts/:id") { request, context in
             try await run {
                 let j = try await job(context, request: request)
-                return try json(status(try await extracts.cancel(j.id)))
+                return json(status(try await extracts.cancel(j.id)), request)
             }
         }
         router.getOrHead("/api/extracts/:id/download") { request, context in
@@ -59,12 +59,12 @@ struct ExtractsController: Sendable {
             let (plan, served) = try await extracts.plan(r, admin: admin)
             if extracts.isDirect(plan) {
                 let path = try await offload { [extracts] in try extracts.writeNow(plan, from: served) }
-                var response = try file(path, name: "\(r.tileset)-extract", deleteAfter: true)
+                var response = try sendAndDelete(path, name: "\(r.tileset)-extract")
                 if plan.repaired { response.headers[Self.repairedHeader] = "true" }
                 return response
             }
             let job = try await extracts.enqueue(r, plan: plan, client: Self.client(request))
-            var response = try json(status(job))
+            var response = json(status(job), request)
             response.status = .accepted
             response.headers[.location] = "/api/extracts/\(job.id)"
             return response
@@ -143,12 +143,12 @@ struct ExtractsController: Sendable {
                 try ZipArchive.write(zip, files: found.map { ($0.name, $0.path) })
                 return try await stream(zip, name: "\(tileset)-dalles", context: context)
             }
-            return try json(
+            return json(
                 .object([
                     "tileset": .string(tileset),
                     "dalles": .array(
                         found.map { .object(["nom": .string($0.name), "octets": .number(Double($0.size))]) }),
-                ]))
+                ]), request)
         }
     }
 
@@ -184,37 +184,35 @@ struct ExtractsController: Sendable {
         return ServiceError(code, e.message, style: .json)
     }
 
-    func json(_ v: JSONValue) throws -> Response {
-        var h = HTTPFields()
-        h[.contentType] = "application/json"
-        h[.cacheControl] = "no-store"
-        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(string: v.text)))
+    func json(_ v: JSONValue, _ request: Request) -> Response {
+        Document.response(
+            Array(v.text.utf8), contentType: "application/json", request: request, cacheControl: "no-store")
     }
 
     /// A file streamed from disk in chunks (results may weigh gigabytes).
     func stream(_ path: String, name: String, context: BasicRequestContext) async throws -> Response {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        let body = try await FileIO().loadFile(path: path, context: context)
+        var h = Self.attachment(path, name: name)
+        h[.contentLength] = "\(size)"
+        return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))
+    }
+
+    /// A direct extract: read into memory (it is at most `direct_pixels`), then deleted.
+    func sendAndDelete(_ path: String, name: String) throws -> Response {
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return Response(
+            status: .ok, headers: Self.attachment(path, name: name), body: .init(byteBuffer: ByteBuffer(data: data)))
+    }
+
+    /// Headers of a downloaded file: its type from the extension, a file name, no caching.
+    static func attachment(_ path: String, name: String) -> HTTPFields {
         let ext = (path as NSString).pathExtension
         var h = HTTPFields()
         h[.contentType] =
             ExtractFormat.allCases.first { $0.fileExtension == ext }?.mimeType ?? "application/octet-stream"
         h[.contentDisposition] = "attachment; filename=\"\(name).\(ext)\""
-        h[.contentLength] = "\(size)"
         h[.cacheControl] = "no-store"
-        return Response(status: .ok, headers: h, body: body)
-    }
-
-    /// A file as the response body; `deleteAfter` removes it once read into memory.
-    func file(_ path: String, name: String, deleteAfter: Bool) throws -> Response {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        if deleteAfter { try? FileManager.default.removeItem(atPath: path) }
-        let ext = (path as NSString).pathExtension
-        let type = ExtractFormat.allCases.first { $0.fileExtension == ext }?.mimeType ?? "application/octet-stream"
-        var h = HTTPFields()
-        h[.contentType] = type
-        h[.contentDisposition] = "attachment; filename=\"\(name).\(ext)\""
-        h[.cacheControl] = "no-store"
-        return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(data: data)))
+        return h
     }
 }

@@ -156,8 +156,9 @@ struct WMSController: Sendable {
             }
             Self.composite(layerPixels, over: &canvas)
         }
-        let bytes = try Self.encode(
-            &canvas, width: width, height: height, as: encoding, transparent: transparent, background: background)
+        let bytes = try Transcoder.encode(
+            rgba: canvas, width: width, height: height, as: encoding, quality: 85,
+            flattenOver: transparent && encoding != .jpeg ? nil : background)
         var h = HTTPFields()
         h[.contentType] = encoding.mimeType
         h[.cacheControl] =
@@ -207,34 +208,6 @@ struct WMSController: Sendable {
             throw WMSError(code: "InvalidParameterValue", message: "BGCOLOR must be 0xRRGGBB", locator: "bgcolor")
         }
         return (UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF))
-    }
-
-    /// Encodes RGBA; without transparency (and always in JPEG) over the background colour.
-    static func encode(
-        _ rgba: inout [UInt8], width: Int, height: Int, as encoding: TileEncoding, transparent: Bool,
-        background: (UInt8, UInt8, UInt8)
-    ) throws -> [UInt8] {
-        if !transparent || encoding == .jpeg {
-            let bg = [Int(background.0), Int(background.1), Int(background.2)]
-            for i in stride(from: 0, to: rgba.count, by: 4) where rgba[i + 3] < 255 {
-                let a = Int(rgba[i + 3])
-                for k in 0..<3 { rgba[i + k] = UInt8((Int(rgba[i + k]) * a + bg[k] * (255 - a)) / 255) }
-                rgba[i + 3] = 255
-            }
-        }
-        return try rgba.withUnsafeMutableBufferPointer { p in
-            let base = p.baseAddress!
-            switch encoding {
-            case .png: return try PNGCodec.encode(rgba: base, width: width, height: height, stride: width * 4)
-            case .webp:
-                return try WebPCodec.encode(rgba: base, width: width, height: height, stride: width * 4, quality: 85)
-            case .jpeg:
-                return try JPEGCodec().encode(rgbx: base, width: width, height: height, stride: width * 4, quality: 85)
-                {
-                    Array($0)
-                }
-            }
-        }
     }
 
     // MARK: - GetCapabilities
