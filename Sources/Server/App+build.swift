@@ -49,9 +49,11 @@ public func buildApplication(configuration: ServerConfiguration, logger: Logger)
     let service = TileService(catalog: catalog, configuration: configuration, gate: gate, logger: logger)
     let extracts = ExtractService(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
+    let serverName = "dallage"
     var app = Application(
         router: buildRouter(service: service, coverage: coverage, extracts: extracts),
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dallage"),
+        server: .http1(fastLane: { TileFastLane(service: service, serverName: serverName, logger: logger) }),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         logger: logger)
     app.addServices(
         CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds),

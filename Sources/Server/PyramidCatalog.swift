@@ -29,6 +29,9 @@ public final class PyramidCatalog: Sendable {
     let openShards: Int
     let logger: Logger
     private let state = Mutex<[String: [String: ServedPyramid]]>([:])
+    /// Bumped after every change of `state`: request handlers keep a copy of the map and read this
+    /// counter, lock-free, to know when to refresh it.
+    private let changes = Atomic<Int>(0)
 
     public init(store: String, openShards: Int = 4096, logger: Logger) {
         self.store = store
@@ -41,6 +44,15 @@ public final class PyramidCatalog: Sendable {
     public func pyramid(_ tileset: String, grid: String) -> ServedPyramid? {
         state.withLock { $0[tileset]?[grid] }
     }
+
+    /// The change counter, then the map of pyramids by tileset and grid as it is now.
+    public func snapshot() -> (version: Int, pyramids: [String: [String: ServedPyramid]]) {
+        let version = changes.load(ordering: .acquiring)
+        return (version, state.withLock { $0 })
+    }
+
+    /// The change counter alone: equal to a snapshot's version while that snapshot is current.
+    public var version: Int { changes.load(ordering: .acquiring) }
 
     /// Tileset ids, sorted.
     public var tilesets: [String] { state.withLock { $0.keys.sorted() } }
@@ -77,12 +89,14 @@ public final class PyramidCatalog: Sendable {
         }
         let current = state.withLock { $0 }
         var next: [String: [String: ServedPyramid]] = [:]
+        var changed = found.values.reduce(0) { $0 + $1.count } != current.values.reduce(0) { $0 + $1.count }
         for (tileset, grids) in found {
             for (grid, stamp) in grids {
                 if let old = current[tileset]?[grid], old.stamp == stamp {
                     next[tileset, default: [:]][grid] = old
                     continue
                 }
+                changed = true
                 let dir = (store as NSString).appendingPathComponent("\(tileset)/\(grid)")
                 do {
                     let reader = try PyramidReader(directory: dir, openLimit: openShards)
@@ -98,7 +112,9 @@ public final class PyramidCatalog: Sendable {
                 }
             }
         }
+        guard changed else { return }
         state.withLock { $0 = next }
+        changes.add(1, ordering: .releasing)
     }
 
     /// Rescans every `interval` seconds until cancelled.

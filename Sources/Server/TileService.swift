@@ -177,14 +177,7 @@ public final class TileService: Sendable {
                 }
             }
             if r.encoding == stored {
-                // The hot path: the stored stream as it is.
-                let out = try pyramid.reader.withStoredTile(coordinate) { bytes, etag -> TileResponse in
-                    TileResponse(
-                        bytes: ByteBuffer(bytes: bytes), mimeType: r.encoding.mimeType, etag: etag,
-                        cacheControl: cacheControl)
-                }
-                if out != nil { tilesServed.increment() }
-                return out
+                return try storedTile(pyramid, coordinate, encoding: r.encoding, cacheControl: cacheControl)
             }
             let key = "\(r.tileset)/\(pyramid.grid)/\(pyramid.stamp)/\(r.z)/\(r.col)/\(r.row).\(r.encoding.rawValue)"
             if let hit = cache.get(key) {
@@ -210,6 +203,40 @@ public final class TileService: Sendable {
             logger.error("tile \(r.tileset)/\(r.grid)/\(r.z)/\(r.col)/\(r.row): \(error)")
             throw ServiceError(.noApplicableCode, "the tile cannot be decoded", style: style)
         }
+    }
+
+    /// The hot path: the stored stream as it is, copied once from the mapped shard.
+    func storedTile(
+        _ pyramid: ServedPyramid, _ coordinate: TileCoordinate, encoding: TileEncoding, cacheControl: String
+    ) throws -> TileResponse? {
+        let out = try pyramid.reader.withStoredTile(coordinate) { bytes, etag -> TileResponse in
+            TileResponse(
+                bytes: ByteBuffer(bytes: bytes), mimeType: encoding.mimeType, etag: etag, cacheControl: cacheControl)
+        }
+        if out != nil { tilesServed.increment() }
+        return out
+    }
+
+    /// The tile when it is a plain stored one that anybody may see — a grid id as it is, inside
+    /// the data's limits, the pyramid's own encoding, no publication gate — else nil, and the
+    /// caller takes the general path (which also gives every error its proper answer).
+    func plainStoredTile(_ r: TileRequest, in pyramids: [String: [String: ServedPyramid]], strictLimits: Bool)
+        -> TileResponse?
+    {
+        guard let pyramid = pyramids[r.tileset]?[r.grid] else { return nil }
+        let m = pyramid.manifest
+        guard m.publish != "by-status", r.encoding == (m.format == .jpeg ? .jpeg : .webp),
+            r.z >= m.minZoom, r.z <= m.maxZoom, let matrix = m.tileMatrixSet.matrix(r.z),
+            r.col >= 0, r.col < matrix.matrixWidth, r.row >= 0, r.row < matrix.matrixHeight
+        else { return nil }
+        if strictLimits, let l = m.limits(z: r.z),
+            r.col < l.minCol || r.col > l.maxCol || r.row < l.minRow || r.row > l.maxRow
+        {
+            return nil
+        }
+        return try? storedTile(
+            pyramid, TileCoordinate(z: r.z, col: r.col, row: r.row), encoding: r.encoding,
+            cacheControl: configuration.cacheControl(for: r.tileset))
     }
 
     /// A tile crossing the published boundary: transparent outside (white in JPEG), cached per

@@ -101,6 +101,86 @@ struct ServerTests {
         }
     }
 
+    /// Stored tiles are answered before the router (the fast lane); the answer must be the
+    /// router's own, byte for byte and header for header, and keep pipelined responses in order.
+    @Test func fastLaneAnswersExactlyLikeTheRouter() async throws {
+        let t = ServerFixture.innerTile
+        let stored = try #require(try PyramidReader(directory: store + "/pcrs/2154_5cm").tileData(t))
+        try await ServerFixture.app(store: store).test(.live) { client in
+            func fastLaneCount() async throws -> Int {
+                try await client.execute(uri: "/metrics", method: .get) { r in
+                    let line = String(buffer: r.body).split(separator: "\n")
+                        .first { $0.hasPrefix("dallage_fast_lane_requests_total ") }
+                    return Int(line?.split(separator: " ").last ?? "0") ?? 0
+                }
+            }
+            let paths = [
+                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
+                "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
+            ]
+            let etag = try await client.execute(uri: paths[0], method: .get) { $0.headers[.eTag] ?? "" }
+            let cases: [(HTTPRequest.Method, HTTPFields)] = [
+                (.get, [:]), (.head, [:]), (.get, [.origin: "http://example.org"]), (.get, [.ifNoneMatch: etag]),
+                (.get, [.ifNoneMatch: "\"other\""]),
+            ]
+            let before = try await fastLaneCount()
+            for path in paths {
+                for (method, headers) in cases {
+                    // A query string sends the same tile through the router.
+                    let fast = try await client.execute(uri: path, method: method, headers: headers) { $0 }
+                    let routed = try await client.execute(uri: path + "?via=router", method: method, headers: headers) {
+                        $0
+                    }
+                    #expect(fast.status == routed.status, "\(method) \(path) \(headers)")
+                    var a = fast.headers
+                    var b = routed.headers
+                    a[.date] = nil
+                    b[.date] = nil
+                    #expect(a == b, "\(method) \(path) \(headers)")
+                    #expect(fast.body == routed.body)
+                    if fast.status == .ok && method == .get {
+                        #expect(fast.body.getBytes(at: 0, length: fast.body.readableBytes) == stored)
+                    }
+                }
+            }
+            // Every case above took the fast lane once (the /metrics request itself does not count).
+            #expect(try await fastLaneCount() - before == paths.count * cases.count)
+            // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
+            for uri in [
+                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row - 500).jpg", "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).png",
+                "/tiles/nope/2154_5cm/22/\(t.col)/\(t.row).jpg", "/tiles/pcrs/2154_5cm/22/1e3/\(t.row).jpg",
+                "/wmts/1.0.0/pcrs/normal/2154_5cm/23/\(t.row)/\(t.col).jpg",
+            ] {
+                let status = try await client.execute(uri: uri, method: .get) { $0.status }
+                #expect(status != .ok || uri.hasSuffix(".png"), "\(uri)")
+            }
+            #expect(try await fastLaneCount() - before == paths.count * cases.count)
+
+            // Pipelined on one connection: a routed request, a fast-lane one, then one asking to
+            // close (answered by the router, which closes). Responses come back in request order.
+            let port = try #require(client.port)
+            let script = """
+                import socket, sys
+                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+                s.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+                          b"GET \(paths[0]) HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+                          b"GET \(paths[1]) HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+                s.settimeout(30)
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk: break
+                    data += chunk
+                print(data.count(b"HTTP/1.1 200 OK"), data.index(b"application/json") < data.index(b"image/jpeg"),
+                      data.count(b"\\xff\\xd8\\xff"), len(data))
+                """
+            let (code, out) = try await ServerFixture.run("/usr/bin/python3", ["-c", script, String(port)])
+            #expect(code == 0, "\(out)")
+            let fields = out.split(separator: " ").map(String.init)
+            #expect(fields.count == 4 && fields[0] == "3" && fields[1] == "True" && fields[2] == "2", "\(out)")
+        }
+    }
+
     @Test func pngAndWebPCarryTheMaskAsAlpha() async throws {
         let t = ServerFixture.edgeTile
         try await ServerFixture.app(store: store).test(.router) { client in

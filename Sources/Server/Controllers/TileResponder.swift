@@ -13,22 +13,35 @@ struct TileResponder: Sendable {
         guard let t = found ?? blank(tile) else {
             throw ServiceError(.notFound, "no tile at \(tile.z)/\(tile.col)/\(tile.row)", style: style)
         }
-        var headers = HTTPFields()
-        headers[.eTag] = t.etag
-        headers[.cacheControl] = admin ? "private, no-store" : t.cacheControl
-        if let match = request.headers[.ifNoneMatch],
-            match == "*"
-                || match.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == t.etag })
-        {
-            return Response(status: .notModified, headers: headers)
-        }
-        headers[.contentType] = t.mimeType
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: t.bytes))
+        let (status, headers) = t.answer(ifNoneMatch: request.headers[.ifNoneMatch], admin: admin)
+        return status == .ok
+            ? Response(status: status, headers: headers, body: .init(byteBuffer: t.bytes))
+            : Response(status: status, headers: headers)
     }
 
     private func blank(_ tile: TileRequest) -> TileResponse? {
         guard service.configuration.emptyTile == .blank else { return nil }
         return try? service.blankTile(tile.encoding, tileset: tile.tileset)
+    }
+}
+
+extension TileResponse {
+    /// Status and headers for a request with this `If-None-Match`: 304 when the client's copy is
+    /// current, else 200 with the type. Administrators' tiles are kept out of shared caches.
+    func answer(ifNoneMatch: String?, admin: Bool = false) -> (HTTPResponse.Status, HTTPFields) {
+        var headers = HTTPFields()
+        headers[.eTag] = etag
+        headers[.cacheControl] = admin ? "private, no-store" : cacheControl
+        if isCurrent(ifNoneMatch: ifNoneMatch) { return (.notModified, headers) }
+        headers[.contentType] = mimeType
+        return (.ok, headers)
+    }
+
+    /// True when the client's copy, named by `If-None-Match`, is this tile.
+    func isCurrent(ifNoneMatch: String?) -> Bool {
+        guard let match = ifNoneMatch else { return false }
+        return match == "*"
+            || match.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == etag })
     }
 }
 
