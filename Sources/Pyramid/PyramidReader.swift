@@ -84,13 +84,21 @@ public final class PyramidReader: Sendable {
     public func withTileData<R>(
         _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ masked: Bool) throws -> R
     ) throws -> R? {
+        try withTileAndMask(tile) { bytes, mask in try body(bytes, mask != nil) }
+    }
+
+    /// Calls `body` with the stored bytes of a tile and its stored mask (DEFLATE-compressed bits,
+    /// as `ShardWriter.add` takes it), nil when every pixel is valid; nil when there is no tile.
+    public func withTileAndMask<R>(
+        _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ mask: UnsafeRawBufferPointer?) throws -> R
+    ) throws -> R? {
         guard let (r, loc) = try shard(for: tile),
             let bytes = try r.tile(overview: loc.overview, col: loc.col, row: loc.row)
         else { return nil }
-        let masked = try r.maskTile(overview: loc.overview, col: loc.col, row: loc.row).map {
-            !$0.elementsEqual(ShardWriter.fullMask)
+        let mask = try r.maskTile(overview: loc.overview, col: loc.col, row: loc.row).flatMap {
+            $0.elementsEqual(ShardWriter.fullMask) ? nil : $0
         }
-        return try withExtendedLifetime(r) { try body(bytes, masked ?? false) }
+        return try withExtendedLifetime(r) { try body(bytes, mask) }
     }
 
     /// Calls `body` with the stored bytes of a tile and a strong validator for them (the shard's

@@ -25,6 +25,10 @@ public struct ShardGeometry: Sendable, Hashable {
     public var tileSize: Int
     /// EPSG code written in the GeoTIFF keys.
     public var epsg: Int
+    /// Tiles across and down the full-resolution image: a square of `1 << (levelCount - 1)` for a
+    /// pyramid shard, any rectangle for an extract.
+    public var columns: Int
+    public var rows: Int
 
     public init(originX: Double, originY: Double, resolution: Double, levelCount: Int, tileSize: Int = 256, epsg: Int) {
         self.originX = originX
@@ -33,10 +37,27 @@ public struct ShardGeometry: Sendable, Hashable {
         self.levelCount = levelCount
         self.tileSize = tileSize
         self.epsg = epsg
+        columns = 1 << (levelCount - 1)
+        rows = columns
     }
 
-    /// Tiles per side of the image at `overview` (0 = full resolution).
+    /// A single-level image of `columns` × `rows` tiles.
+    public init(
+        originX: Double, originY: Double, resolution: Double, columns: Int, rows: Int, tileSize: Int = 256, epsg: Int
+    ) {
+        self.init(
+            originX: originX, originY: originY, resolution: resolution, levelCount: 1, tileSize: tileSize, epsg: epsg)
+        self.columns = columns
+        self.rows = rows
+    }
+
+    /// Tiles per side of a square shard's image at `overview` (0 = full resolution).
     public func tilesPerSide(overview: Int) -> Int { 1 << (levelCount - 1 - overview) }
+
+    /// Tiles across and down the image at `overview`.
+    public func tiles(overview: Int) -> (across: Int, down: Int) {
+        ((columns + (1 << overview) - 1) >> overview, (rows + (1 << overview) - 1) >> overview)
+    }
 }
 
 /// What a finished shard is: its size and checksum, as recorded in pyramid.json.
@@ -83,6 +104,22 @@ public final class ShardWriter: @unchecked Sendable {
         return (try? raw.withUnsafeBytes { try Deflate.compress($0) }) ?? []
     }()
 
+    /// Packs alpha ≥ 128 of an RGBA tile into a 1-bit, MSB-first TIFF mask (`size`/8 bytes per
+    /// row), to be DEFLATE-compressed for `add`.
+    public static func packMask(
+        _ p: UnsafePointer<UInt8>, stride: Int, size: Int, into out: UnsafeMutablePointer<UInt8>
+    ) {
+        let rowBytes = size / 8
+        for y in 0..<size {
+            let row = p + y * stride
+            for b in 0..<rowBytes {
+                var byte: UInt8 = 0
+                for k in 0..<8 { byte = (byte << 1) | (row[(b * 8 + k) * 4 + 3] >> 7) }
+                out[y * rowBytes + b] = byte
+            }
+        }
+    }
+
     public init(path: String, geometry: ShardGeometry, format: TileFormat) throws {
         self.path = path
         self.geometry = geometry
@@ -93,8 +130,8 @@ public final class ShardWriter: @unchecked Sendable {
         spool = open(spoolPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard spool >= 0 else { throw RasterError("cannot create \(spoolPath): \(String(cString: strerror(errno)))") }
         entries = (0..<geometry.levelCount).map { o in
-            let n = geometry.tilesPerSide(overview: o)
-            return [Entry](repeating: Entry(), count: n * n)
+            let n = geometry.tiles(overview: o)
+            return [Entry](repeating: Entry(), count: n.across * n.down)
         }
     }
 
@@ -114,8 +151,8 @@ public final class ShardWriter: @unchecked Sendable {
     public func add(
         overview: Int, col: Int, row: Int, tile: UnsafeRawBufferPointer, mask: UnsafeRawBufferPointer?
     ) throws {
-        let n = geometry.tilesPerSide(overview: overview)
-        precondition(col >= 0 && col < n && row >= 0 && row < n, "tile outside the shard")
+        let n = geometry.tiles(overview: overview)
+        precondition(col >= 0 && col < n.across && row >= 0 && row < n.down, "tile outside the shard")
         lock.lock()
         defer { lock.unlock() }
         var e = Entry(offset: spoolSize, length: tile.count)
@@ -126,7 +163,7 @@ public final class ShardWriter: @unchecked Sendable {
             try append(mask)
             anyPartial = true
         }
-        entries[overview][row * n + col] = e
+        entries[overview][row * n.across + col] = e
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
@@ -283,12 +320,13 @@ public final class ShardWriter: @unchecked Sendable {
         var dirs: [TIFFDirectory] = []
         let ts = geometry.tileSize
         for o in 0..<geometry.levelCount {
-            let n = geometry.tilesPerSide(overview: o)
-            let side = UInt32(n * ts)
+            let n = geometry.tiles(overview: o)
+            let width = UInt32(n.across * ts)
+            let length = UInt32(n.down * ts)
             var img = TIFFDirectory()
             img.set(TIFFTag.newSubfileType, .longs([o == 0 ? 0 : 1]))
-            img.set(TIFFTag.imageWidth, .longs([side]))
-            img.set(TIFFTag.imageLength, .longs([side]))
+            img.set(TIFFTag.imageWidth, .longs([width]))
+            img.set(TIFFTag.imageLength, .longs([length]))
             img.set(TIFFTag.planarConfiguration, .shorts([1]))
             img.set(TIFFTag.tileWidth, .shorts([UInt16(ts)]))
             img.set(TIFFTag.tileLength, .shorts([UInt16(ts)]))
@@ -315,14 +353,14 @@ public final class ShardWriter: @unchecked Sendable {
                     TIFFTag.geoKeyDirectory,
                     .shorts([1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, UInt16(g.epsg)]))
             }
-            let placeholder = [UInt64](repeating: 0, count: n * n)
+            let placeholder = [UInt64](repeating: 0, count: n.across * n.down)
             setArrays(&img, offsets: placeholder, counts: placeholder, bigTIFF: bigTIFF)
             dirs.append(img)
             if hasMask {
                 var mask = TIFFDirectory()
                 mask.set(TIFFTag.newSubfileType, .longs([o == 0 ? 4 : 5]))
-                mask.set(TIFFTag.imageWidth, .longs([side]))
-                mask.set(TIFFTag.imageLength, .longs([side]))
+                mask.set(TIFFTag.imageWidth, .longs([width]))
+                mask.set(TIFFTag.imageLength, .longs([length]))
                 mask.set(TIFFTag.bitsPerSample, .shorts([1]))
                 mask.set(TIFFTag.compression, .shorts([8]))
                 mask.set(TIFFTag.photometric, .shorts([4]))

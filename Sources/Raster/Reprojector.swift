@@ -30,8 +30,10 @@ public final class Reprojector {
         var ys = xs
         for r in 0..<gr {
             for c in 0..<gc {
-                let px = Double(min(c * step, width)) + 0.5
-                let py = Double(min(r * step, height)) + 0.5
+                // Exactly `step` apart, the last point past the edge when the size is not a
+                // multiple of it: `resample` interpolates on that spacing.
+                let px = Double(c * step) + 0.5
+                let py = Double(r * step) + 0.5
                 xs[r * gc + c] = output.originX + px * output.pixelWidth
                 ys[r * gc + c] = output.originY + py * output.pixelHeight
             }

@@ -84,6 +84,10 @@ public final class Renderer: @unchecked Sendable {
             throw RasterError("the window needs \(range.colCount * range.rowCount) tiles; render it in parts")
         }
         let size = m.tileSize
+        let origin = m.tileMatrixSet.bounds(of: range)
+        if let shift = aligned(window, origin: origin, cellSize: matrix.cellSize) {
+            return try copyTiles(range, shift: shift, window: window, into: output)
+        }
         let mw = range.colCount * size
         let mh = range.rowCount * size
         let mosaic = UnsafeMutablePointer<UInt8>.allocate(capacity: mw * mh * 4)
@@ -102,7 +106,6 @@ public final class Renderer: @unchecked Sendable {
             }
         }
         guard any else { return false }
-        let origin = m.tileMatrixSet.bounds(of: range)
         let source = GeoTransform(originX: origin.minX, originY: origin.maxY, resolution: matrix.cellSize)
         guard
             let grid = reprojector.sourceGrid(
@@ -112,6 +115,48 @@ public final class Renderer: @unchecked Sendable {
             grid: grid, offsetX: 0, offsetY: 0, source: mosaic, sourceWidth: mw, sourceHeight: mh, output: output,
             width: window.width, height: window.height, outputStride: window.width * 4)
         return true
+    }
+}
+
+extension Renderer {
+    /// When the window is the grid itself — same CRS, the level's pixel size, corners on the
+    /// level's pixel lattice — the offset in pixels from the range's top-left corner to the
+    /// window's; nil otherwise. Resampling would then only copy pixels.
+    func aligned(_ window: RenderWindow, origin: BoundingBox, cellSize: Double) -> (x: Int, y: Int)? {
+        guard toGrid == nil else { return nil }
+        let px = window.bounds.width / Double(window.width)
+        let py = window.bounds.height / Double(window.height)
+        guard abs(px - cellSize) <= cellSize * 1e-9, abs(py - cellSize) <= cellSize * 1e-9 else { return nil }
+        let dx = (window.bounds.minX - origin.minX) / cellSize
+        let dy = (origin.maxY - window.bounds.maxY) / cellSize
+        guard abs(dx - dx.rounded()) < 1e-6, abs(dy - dy.rounded()) < 1e-6 else { return nil }
+        return (Int(dx.rounded()), Int(dy.rounded()))
+    }
+
+    /// Decodes each tile of `range` straight into the part of `output` it covers.
+    func copyTiles(
+        _ range: TileRange, shift: (x: Int, y: Int), window: RenderWindow, into output: UnsafeMutablePointer<UInt8>
+    ) throws -> Bool {
+        let size = pyramid.manifest.tileSize
+        var any = false
+        for t in range.tiles {
+            // The tile's top-left corner in window pixels.
+            let x0 = (t.col - range.minCol) * size - shift.x
+            let y0 = (t.row - range.minRow) * size - shift.y
+            let left = max(0, x0)
+            let right = min(window.width, x0 + size)
+            let top = max(0, y0)
+            let bottom = min(window.height, y0 + size)
+            guard left < right, top < bottom, let rgba = try pyramid.decodeTile(t) else { continue }
+            any = true
+            rgba.withUnsafeBufferPointer { src in
+                for y in top..<bottom {
+                    (output + (y * window.width + left) * 4).update(
+                        from: src.baseAddress! + ((y - y0) * size + (left - x0)) * 4, count: (right - left) * 4)
+                }
+            }
+        }
+        return any
     }
 }
 

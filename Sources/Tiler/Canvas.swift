@@ -91,19 +91,6 @@ enum PixelOps {
         return n
     }
 
-    /// Packs alpha ≥ 128 into a 1-bit, MSB-first TIFF mask (`size`/8 bytes per row).
-    static func maskBits(_ p: UnsafePointer<UInt8>, stride: Int, size: Int, into out: UnsafeMutablePointer<UInt8>) {
-        let rowBytes = size / 8
-        for y in 0..<size {
-            let row = p + y * stride
-            for b in 0..<rowBytes {
-                var byte: UInt8 = 0
-                for k in 0..<8 { byte = (byte << 1) | (row[(b * 8 + k) * 4 + 3] >> 7) }
-                out[y * rowBytes + b] = byte
-            }
-        }
-    }
-
     /// Copies a tile into `scratch` and replaces the colour of invalid pixels by the nearest valid
     /// colour of the row (or of the nearest row), so JPEG ringing at coverage edges stays in the
     /// image's own colours.

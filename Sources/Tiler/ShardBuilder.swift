@@ -186,7 +186,7 @@ final class ShardBuilder {
                     }
                 } else {
                     PixelOps.prepareEdgeTile(p, stride: c.stride, size: 256, scratch: scratch)
-                    PixelOps.maskBits(p, stride: c.stride, size: 256, into: bits)
+                    ShardWriter.packMask(p, stride: c.stride, size: 256, into: bits)
                     let mask = try Deflate.compress(UnsafeRawBufferPointer(start: bits, count: 8192))
                     try codec.encode(rgbx: scratch, width: 256, height: 256, stride: 1024, quality: quality) { jpeg in
                         try mask.withUnsafeBytes {

@@ -202,6 +202,38 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
         }
     }
 
+    /// An output whose size is not a multiple of the grid step, on the source's own pixels: every
+    /// pixel, the last partial grid cell included, is the source pixel under it.
+    @Test func partialGridCellsSampleTheRightPixels() throws {
+        let sw = 40
+        var src = [UInt8](repeating: 255, count: sw * sw * 4)
+        for y in 0..<sw {
+            for x in 0..<sw {
+                src[(y * sw + x) * 4] = UInt8(x * 6)
+                src[(y * sw + x) * 4 + 1] = UInt8(y * 6)
+            }
+        }
+        let source = GeoTransform(originX: 0, originY: 40, resolution: 1)
+        let output = GeoTransform(originX: 3, originY: 35, resolution: 1)
+        let (w, h) = (29, 21)
+        let r = Reprojector(transform: nil, step: 8)
+        let grid = try #require(r.sourceGrid(output: output, width: w, height: h, source: source))
+        var out = [UInt8](repeating: 0, count: w * h * 4)
+        src.withUnsafeBufferPointer { s in
+            out.withUnsafeMutableBufferPointer { o in
+                r.resample(
+                    grid: grid, offsetX: 0, offsetY: 0, source: s.baseAddress!, sourceWidth: sw, sourceHeight: sw,
+                    output: o.baseAddress!, width: w, height: h, outputStride: w * 4)
+            }
+        }
+        for y in 0..<h {
+            for x in 0..<w {
+                #expect(Int(out[(y * w + x) * 4]) == (x + 3) * 6, "x \(x) y \(y)")
+                #expect(Int(out[(y * w + x) * 4 + 1]) == (y + 5) * 6, "x \(x) y \(y)")
+            }
+        }
+    }
+
     @Test func outsideTheSourceStaysTransparent() throws {
         let src = (0..<64).flatMap { _ in [UInt8](arrayLiteral: 200, 150, 100, 255) }
         let source = GeoTransform(originX: 0, originY: 8, resolution: 1)

@@ -1,0 +1,134 @@
+import Foundation
+import GeoGrid
+import Pyramid
+import Raster
+import Synchronization
+
+/// A GeoTIFF extract in the pyramid's own CRS at one of its levels' pixel sizes, laid on the
+/// pyramid's tiles: the image is extended to whole tiles (the margin is masked), tiles wholly
+/// inside the polygon are the stored JPEG streams and masks copied as they are — no decoding,
+/// no second JPEG generation — and only tiles the polygon's edge crosses are decoded, clipped and
+/// encoded again. The file is written like a pyramid shard (tiled JPEG YCbCr with a 1-bit mask).
+struct TileAlignedExtract {
+    let pyramid: PyramidReader
+    let range: TileRange
+    let bounds: BoundingBox
+    let cellSize: Double
+    let epsg: Int
+
+    /// Nil when the plan does not fit the pyramid's grid (another CRS or pixel size, WebP tiles).
+    init?(plan: ExtractPlan, pyramid: PyramidReader) {
+        let m = pyramid.manifest
+        guard plan.format == .gtiff, m.format == .jpeg,
+            let target = try? SpatialReference(plan.crs), let grid = try? SpatialReference(m.tileMatrixSet.crs),
+            target.isSame(as: grid), let epsg = grid.epsg,
+            let z = (m.minZoom...m.maxZoom).first(where: { z in
+                guard let cell = m.tileMatrixSet.matrix(z)?.cellSize else { return false }
+                return abs(cell - plan.resolution) <= plan.resolution * 1e-9
+            }),
+            let cell = m.tileMatrixSet.matrix(z)?.cellSize,
+            // Shrunk by a hundredth of a pixel: a window edge on a tile edge takes no extra tile.
+            let range = m.tileMatrixSet.tiles(covering: plan.window.bounds.expanded(by: -cell / 100), z: z),
+            !range.isEmpty
+        else { return nil }
+        self.pyramid = pyramid
+        self.range = range
+        bounds = m.tileMatrixSet.bounds(of: range)
+        cellSize = cell
+        self.epsg = epsg
+    }
+
+    /// Writes the GeoTIFF to `path`. `progress` gets the fraction done and returns false to cancel.
+    func write(to path: String, polygonWKT: String, progress: (Double) -> Bool) throws {
+        let size = pyramid.manifest.tileSize
+        let tms = pyramid.manifest.tileMatrixSet
+        let writer = try ShardWriter(
+            path: path,
+            geometry: ShardGeometry(
+                originX: bounds.minX, originY: bounds.maxY, resolution: cellSize, columns: range.colCount,
+                rows: range.rowCount, tileSize: size, epsg: epsg),
+            format: .jpeg)
+        let polygon = try Geometry.fromWKT(polygonWKT)
+        let prepared = PreparedGeometry(polygon)
+        var inside: [TileCoordinate] = []
+        var crossing: [TileCoordinate] = []
+        for t in range.tiles {
+            let box = Geometry.rectangle(tms.bounds(of: t))
+            if prepared.contains(box) {
+                inside.append(t)
+            } else if prepared.intersects(box) {
+                crossing.append(t)
+            }
+        }
+        let total = Double(max(1, inside.count + crossing.count))
+        for (i, t) in inside.enumerated() {
+            _ = try pyramid.withTileAndMask(t) { bytes, mask in
+                try writer.add(
+                    overview: 0, col: t.col - range.minCol, row: t.row - range.minRow, tile: bytes, mask: mask)
+            }
+            if i % 64 == 63, !progress(Double(i) / total * 0.9) { throw ExtractError(499, "cancelled") }
+        }
+        // Edge tiles on every core, each worker with its own codec and copy of the polygon.
+        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8, crossing.count))
+        let failure = Mutex<Error?>(nil)
+        let done = Atomic<Int>(0)
+        let quality = pyramid.manifest.quality
+        let firstRow = range.minRow
+        let firstCol = range.minCol
+        let edges = crossing
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            do {
+                let codec = try JPEGCodec()
+                let clip = try Geometry.fromWKT(polygonWKT)
+                var inPolygon = [UInt8](repeating: 0, count: size * size)
+                var bits = [UInt8](repeating: 0, count: size * size / 8)
+                for t in stride(from: w, to: edges.count, by: workers).map({ edges[$0] }) {
+                    guard var rgba = try pyramid.decodeTile(t) else { continue }
+                    let box = tms.bounds(of: t)
+                    try inPolygon.withUnsafeMutableBufferPointer {
+                        try clip.rasterize(
+                            into: $0.baseAddress!, width: size, height: size,
+                            transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: cellSize))
+                    }
+                    var any = false
+                    for i in 0..<(size * size) {
+                        if inPolygon[i] == 0 || rgba[i * 4 + 3] == 0 {
+                            // Outside is not delivered: black under a cleared mask bit.
+                            rgba[i * 4] = 0
+                            rgba[i * 4 + 1] = 0
+                            rgba[i * 4 + 2] = 0
+                            rgba[i * 4 + 3] = 0
+                        } else {
+                            any = true
+                        }
+                    }
+                    guard any else { continue }
+                    let mask = try rgba.withUnsafeBufferPointer { p in
+                        try bits.withUnsafeMutableBufferPointer { b in
+                            ShardWriter.packMask(p.baseAddress!, stride: size * 4, size: size, into: b.baseAddress!)
+                            return try Deflate.compress(UnsafeRawBufferPointer(b))
+                        }
+                    }
+                    try rgba.withUnsafeBufferPointer { p in
+                        try codec.encode(
+                            rgbx: p.baseAddress!, width: size, height: size, stride: size * 4, quality: quality
+                        ) { jpeg in
+                            try mask.withUnsafeBytes {
+                                try writer.add(
+                                    overview: 0, col: t.col - firstCol, row: t.row - firstRow, tile: jpeg, mask: $0)
+                            }
+                        }
+                    }
+                    done.add(1, ordering: .relaxed)
+                }
+            } catch {
+                failure.withLock { $0 = $0 ?? error }
+            }
+        }
+        if let e = failure.withLock({ $0 }) { throw e }
+        guard progress(Double(inside.count + done.load(ordering: .relaxed)) / total * 0.9) else {
+            throw ExtractError(499, "cancelled")
+        }
+        guard try writer.finish() != nil else { throw ExtractError(422, "no pyramid pixel falls in the polygon") }
+    }
+}
