@@ -31,13 +31,16 @@ public final class PublicationGate: Sendable {
         var prepared: [String: PreparedGeometry] = [:]
     }
     private let state = Mutex(State())
+    /// `State.generation`, readable without the lock.
+    private let changes = Atomic<Int>(0)
 
     public init(coverage: CoverageService, logger: Logger) {
         self.coverage = coverage
         self.logger = logger
     }
 
-    public var generation: Int { state.withLock { $0.generation } }
+    /// Bumped at every reload of the published areas; read without a lock.
+    public var generation: Int { changes.load(ordering: .acquiring) }
 
     /// Reloads when the database or the day changed (`force` after a write).
     public func refresh(tilesets: [String], force: Bool = false) async {
@@ -54,6 +57,7 @@ public final class PublicationGate: Sendable {
                 $0.generation += 1
                 $0.perimeters = perimeters
                 $0.prepared = [:]
+                changes.store($0.generation, ordering: .releasing)
             }
         } catch {
             logger.error("cannot reload published perimeters: \(error)")

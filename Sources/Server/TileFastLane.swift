@@ -1,4 +1,5 @@
 import Foundation
+import GeoGrid
 import HTTPTypes
 import HummingbirdCore
 import Logging
@@ -13,8 +14,9 @@ import NIOHTTPTypesHTTP1
 /// middleware chain. One instance per connection, placed by ``FastLaneHTTP1Channel``.
 ///
 /// Anything else goes on to Hummingbird untouched: other routes, query strings, percent-escapes,
-/// `Authorization` (administrators see gated tilesets), HTTP/1.0 or `Connection: close`, gated
-/// tilesets, other encodings, absent tiles and every error. The answer — status, headers, bytes — is
+/// `Authorization` (administrators see gated tilesets), HTTP/1.0 or `Connection: close`, tiles of
+/// gated tilesets not wholly inside the published area, other encodings, absent tiles and every
+/// error. The answer — status, headers, bytes — is
 /// the router's for the same request (a test compares them); it is counted in the same metrics
 /// series and logged in the same access-log line. While a request is with the router, later
 /// requests on the connection follow it there so pipelined responses keep their order.
@@ -36,6 +38,15 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
     /// The answer to the request being read, sent when its end arrives.
     private var pending: Answer?
     private var date = HTTPDate()
+    /// Publication decisions for gated pyramids, valid for `publishedGeneration`.
+    private var published: [PublishedKey: Bool] = [:]
+    private var publishedGeneration = -1
+
+    private struct PublishedKey: Hashable {
+        var tileset: String
+        var grid: String
+        var block: TileCoordinate
+    }
 
     private struct Answer {
         var head: HTTPResponseHead
@@ -77,6 +88,7 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.head(p.head)), promise: nil)
             if let body = p.body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            service.fastLaneAnswers.add(1, ordering: .relaxed)
             FastLaneMetrics.shared.record(
                 p.route, method: p.method, status: p.head.status,
                 nanoseconds: DispatchTime.now().uptimeNanoseconds - p.started)
@@ -88,6 +100,37 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
+    /// Whether a tile of a gated pyramid lies wholly inside the published area. Decisions are
+    /// kept on the connection for the current gate generation, for the tile's block four levels
+    /// up (16×16 tiles: one decision serves a whole neighbourhood) and, when the block is not
+    /// wholly published, for the tile itself. Tiles not wholly inside go to the router, which
+    /// clips or refuses them.
+    private func isPublished(_ pyramid: ServedPyramid, _ tile: TileCoordinate) -> Bool {
+        guard let gate = service.gate else { return false }
+        let generation = gate.generation
+        if generation != publishedGeneration || published.count > 65_536 {
+            published.removeAll(keepingCapacity: true)
+            publishedGeneration = generation
+        }
+        let tms = pyramid.manifest.tileMatrixSet
+        for up in Set([min(4, max(0, tile.z - pyramid.manifest.minZoom)), 0]).sorted(by: >) {
+            let block = tile.ancestor(levels: up)
+            let key = PublishedKey(tileset: pyramid.tileset, grid: pyramid.grid, block: block)
+            if let inside = published[key] {
+                if inside { return true }
+                continue
+            }
+            guard
+                let (decision, at) = try? gate.decide(
+                    tileset: pyramid.tileset, crs: tms.crs, tile: tms.bounds(of: block))
+            else { return false }
+            let inside = if case .inside = decision { true } else { false }
+            if at == generation { published[key] = inside }
+            if inside { return true }
+        }
+        return false
+    }
+
     /// The full answer when the request is a plain stored tile, else nil.
     private func answer(_ request: HTTPRequestHead) -> Answer? {
         let started = DispatchTime.now().uptimeNanoseconds
@@ -97,9 +140,10 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
         else { return nil }
         let version = service.catalog.version
         if version != pyramidsVersion { (pyramidsVersion, pyramids) = service.catalog.snapshot() }
-        guard let t = service.plainStoredTile(tile, in: pyramids, strictLimits: route == .wmtsREST) else {
-            return nil
-        }
+        guard
+            let t = service.plainStoredTile(
+                tile, in: pyramids, strictLimits: route == .wmtsREST, published: isPublished)
+        else { return nil }
         // The headers in the router's order (TileResponse.answer, CORS, then Hummingbird's own).
         let current = t.isCurrent(ifNoneMatch: request.headers.first(name: "if-none-match"))
         var headers = HTTPHeaders()

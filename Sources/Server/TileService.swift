@@ -6,6 +6,7 @@ import Logging
 import Metrics
 import Pyramid
 import Raster
+import Synchronization
 
 /// The encodings a client may ask for.
 public enum TileEncoding: String, Sendable, CaseIterable {
@@ -77,6 +78,9 @@ public final class TileService: Sendable {
     let cacheHits = Counter(label: "dallage_tile_cache_hits_total")
     let cacheMisses = Counter(label: "dallage_tile_cache_misses_total")
     let tilesServed = Counter(label: "dallage_tiles_served_total")
+    /// Tiles this service answered through the fast lane (also in /healthz; the Prometheus
+    /// counter is process-wide).
+    let fastLaneAnswers = Atomic<Int>(0)
 
     public init(
         catalog: PyramidCatalog, configuration: ServerConfiguration, gate: PublicationGate? = nil, logger: Logger
@@ -218,14 +222,16 @@ public final class TileService: Sendable {
     }
 
     /// The tile when it is a plain stored one that anybody may see — a grid id as it is, inside
-    /// the data's limits, the pyramid's own encoding, no publication gate — else nil, and the
-    /// caller takes the general path (which also gives every error its proper answer).
-    func plainStoredTile(_ r: TileRequest, in pyramids: [String: [String: ServedPyramid]], strictLimits: Bool)
-        -> TileResponse?
-    {
+    /// the data's limits, the pyramid's own encoding, and for a gated pyramid a tile `published`
+    /// says is wholly inside the published area — else nil, and the caller takes the general path
+    /// (which also gives every error its proper answer).
+    func plainStoredTile(
+        _ r: TileRequest, in pyramids: [String: [String: ServedPyramid]], strictLimits: Bool,
+        published: (ServedPyramid, TileCoordinate) -> Bool
+    ) -> TileResponse? {
         guard let pyramid = pyramids[r.tileset]?[r.grid] else { return nil }
         let m = pyramid.manifest
-        guard m.publish != "by-status", r.encoding == (m.format == .jpeg ? .jpeg : .webp),
+        guard r.encoding == (m.format == .jpeg ? .jpeg : .webp),
             r.z >= m.minZoom, r.z <= m.maxZoom, let matrix = m.tileMatrixSet.matrix(r.z),
             r.col >= 0, r.col < matrix.matrixWidth, r.row >= 0, r.row < matrix.matrixHeight
         else { return nil }
@@ -234,9 +240,10 @@ public final class TileService: Sendable {
         {
             return nil
         }
+        let coordinate = TileCoordinate(z: r.z, col: r.col, row: r.row)
+        if m.publish == "by-status", !published(pyramid, coordinate) { return nil }
         return try? storedTile(
-            pyramid, TileCoordinate(z: r.z, col: r.col, row: r.row), encoding: r.encoding,
-            cacheControl: configuration.cacheControl(for: r.tileset))
+            pyramid, coordinate, encoding: r.encoding, cacheControl: configuration.cacheControl(for: r.tileset))
     }
 
     /// A tile crossing the published boundary: transparent outside (white in JPEG), cached per

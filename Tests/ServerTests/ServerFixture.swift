@@ -61,6 +61,15 @@ enum ServerFixture {
         return try buildApplication(configuration: c, logger: logger)
     }
 
+    /// Tiles this server's fast lane has answered so far (from /healthz: the Prometheus counter
+    /// is shared by the servers of tests running at the same time).
+    static func fastLaneCount(_ client: some TestClientProtocol) async throws -> Int {
+        try await client.execute(uri: "/healthz", method: .get) { r in
+            (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["fast_lane_tiles"]
+                as? Int ?? -1
+        }
+    }
+
     /// A z22 tile of the 2154_5cm pyramid that is wholly inside the data.
     static let innerTile = TileCoordinate(z: 22, col: 55_000, row: 385_938)
     /// A z22 tile cut by the top edge of the data (half transparent).

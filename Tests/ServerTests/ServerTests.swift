@@ -107,13 +107,7 @@ struct ServerTests {
         let t = ServerFixture.innerTile
         let stored = try #require(try PyramidReader(directory: store + "/pcrs/2154_5cm").tileData(t))
         try await ServerFixture.app(store: store).test(.live) { client in
-            func fastLaneCount() async throws -> Int {
-                try await client.execute(uri: "/metrics", method: .get) { r in
-                    let line = String(buffer: r.body).split(separator: "\n")
-                        .first { $0.hasPrefix("dallage_fast_lane_requests_total ") }
-                    return Int(line?.split(separator: " ").last ?? "0") ?? 0
-                }
-            }
+            func fastLaneCount() async throws -> Int { try await ServerFixture.fastLaneCount(client) }
             let paths = [
                 "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
                 "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
@@ -143,7 +137,7 @@ struct ServerTests {
                     }
                 }
             }
-            // Every case above took the fast lane once (the /metrics request itself does not count).
+            // Every case above took the fast lane once (the /healthz request itself does not count).
             #expect(try await fastLaneCount() - before == paths.count * cases.count)
             // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
             for uri in [
@@ -508,7 +502,8 @@ struct PublicationTests {
         let a = try Self.drawn(703_990, y0, 704_000 + 12.8 + 6.4, y1)
         let b = try Self.drawn(704_000 + 3 * 12.8 - 1, y0, 704_070, y1)
         let admin: HTTPFields = [.authorization: "Token s3cret", .contentType: "application/json"]
-        try await ServerFixture.app(store: dir + "/store") { $0.adminTokens = ["s3cret"] }.test(.router) { client in
+        // Live, so tiles wholly inside a published perimeter take the fast lane and the rest the router.
+        try await ServerFixture.app(store: dir + "/store") { $0.adminTokens = ["s3cret"] }.test(.live) { client in
             func create(_ name: String, _ geometry: String, _ statut: String) async throws -> Int {
                 let body = """
                     {"nom":"\(name)","geometrie":\(geometry),"etapes":[{"statut":"\(statut)","date_debut":"2024-01-01"}],
@@ -534,12 +529,14 @@ struct PublicationTests {
                     $0.status
                 }
             }
-            // Inside: the stored bytes, untouched.
+            // Inside: the stored bytes, untouched, from the fast lane.
             let stored = try #require(try ungated.tileData(TileCoordinate(z: 22, col: 55_000, row: row)))
+            let before = try await ServerFixture.fastLaneCount(client)
             try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55000/\(row).jpg", method: .get) { r in
                 #expect(r.status == .ok)
                 #expect(Array(buffer: r.body) == stored)
             }
+            #expect(try await ServerFixture.fastLaneCount(client) == before + 1)
             // Crossing: clipped, transparent right of the boundary.
             try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55001/\(row).png", method: .get) { r in
                 #expect(r.status == .ok)
@@ -563,6 +560,7 @@ struct PublicationTests {
                 body: ByteBuffer(string: #"{"statut":"disponible","date_debut":"2024-06-01"}"#)
             ) { #expect($0.status == .ok) }
             #expect(try await status(55_003) == .ok)
+            #expect(try await ServerFixture.fastLaneCount(client) == before + 2)
             // Going back (obsolete) hides them again, clipped tiles included.
             try await client.execute(
                 uri: "/api/projects/\(idB)/etapes", method: .post, headers: admin,

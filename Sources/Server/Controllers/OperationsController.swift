@@ -11,7 +11,10 @@ struct OperationsController: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.getOrHead("/healthz") { request, _ in
             try Document.json(
-                ["status": "ok", "pyramids": service.catalog.all.count, "tilesets": service.catalog.tilesets.count],
+                [
+                    "status": "ok", "pyramids": service.catalog.all.count, "tilesets": service.catalog.tilesets.count,
+                    "fast_lane_tiles": service.fastLaneAnswers.load(ordering: .relaxed),
+                ],
                 request: request)
         }
         router.getOrHead("/metrics") { _, _ in
