@@ -57,6 +57,19 @@ enum WMTSCapabilities {
                       <ows:Identifier>\(XML.escape(tileset))</ows:Identifier>
 
                 """
+            // The data's own extent in each grid's CRS: clients (GDAL's WMTS driver) then ask only
+            // for tiles inside the limits, instead of the larger reprojection of the WGS84 box.
+            for p in group {
+                guard let epsg = p.manifest.tileMatrixSet.epsg else { continue }
+                let b = p.manifest.bounds
+                x += """
+                          <ows:BoundingBox crs="urn:ogc:def:crs:EPSG::\(epsg)">
+                            <ows:LowerCorner>\(b.minX) \(b.minY)</ows:LowerCorner>
+                            <ows:UpperCorner>\(b.maxX) \(b.maxY)</ows:UpperCorner>
+                          </ows:BoundingBox>
+
+                    """
+            }
             if let a = m.attribution, !a.isEmpty {
                 x += "      <ows:Metadata xlink:title=\"attribution\" xlink:href=\"\(XML.escape(a))\"/>\n"
             }

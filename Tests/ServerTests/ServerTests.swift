@@ -371,6 +371,21 @@ struct ServerTests {
                 same += 1
             }
             #expect(same == 256 * 256)
+            // The whole layer, at full resolution from its top-left corner and reduced (overview
+            // levels): GDAL asks only for tiles inside the limits (the layer's BoundingBox in the
+            // grid's CRS), so no request is refused.
+            for (grid, window) in [
+                ("2154_5cm", ["-srcwin", "0", "0", "512", "512"]), ("2154_5cm", ["-outsize", "64", "64"]),
+                ("PM", ["-outsize", "64", "64"]),
+            ] {
+                let (code, log) = try await ServerFixture.run(
+                    "/usr/bin/gdal_translate",
+                    [
+                        "--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q",
+                        "WMTS:\(base)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=\(grid)",
+                    ] + window + [NSTemporaryDirectory() + "wmts-\(UUID().uuidString).tif"])
+                #expect(code == 0, "\(grid) \(window): \(log)")
+            }
 
             // OWSLib lists layers and grids and fetches a tile.
             let script = """
