@@ -18,7 +18,8 @@ import NIOHTTPTypesHTTP1
 /// gated tilesets not wholly inside the published area, other encodings, absent tiles and every
 /// error. The answer — status, headers, bytes — is
 /// the router's for the same request (a test compares them); it is counted in the same metrics
-/// series and logged in the same access-log line. While a request is with the router, later
+/// series and logged with the same method and path as the router's access log (without its
+/// request id). While a request is with the router, later
 /// requests on the connection follow it there so pipelined responses keep their order.
 final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
