@@ -16,11 +16,10 @@ import NIOHTTPTypesHTTP1
 /// Anything else goes on to Hummingbird untouched: other routes, query strings, percent-escapes,
 /// `Authorization` (administrators see gated tilesets), HTTP/1.0 or `Connection: close`, tiles of
 /// gated tilesets not wholly inside the published area, other encodings, absent tiles and every
-/// error. The answer — status, headers, bytes — is
-/// the router's for the same request (a test compares them); it is counted in the same metrics
-/// series and logged with the same method and path as the router's access log (without its
-/// request id). While a request is with the router, later
-/// requests on the connection follow it there so pipelined responses keep their order.
+/// error. The answer — status, headers, bytes — is the router's for the same request (a test
+/// compares them); it is counted in the same metrics series and logged with the same method and
+/// path as the router's access log (without its request id). While a request is with the router,
+/// later requests on the connection follow it there so pipelined responses keep their order.
 final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
