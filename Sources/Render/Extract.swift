@@ -234,6 +234,14 @@ public enum Extractor {
     public static func write(
         _ plan: ExtractPlan, pyramid: PyramidReader, to path: String, progress: (Double) -> Bool = { _ in true }
     ) throws {
+        let folder = (path as NSString).deletingLastPathComponent
+        let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
+        if let aligned = TileAlignedExtract(plan: plan, pyramid: pyramid) {
+            try aligned.write(to: tmp, polygonWKT: plan.polygonWKT, progress: progress)
+            guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
+            _ = progress(1)
+            return
+        }
         let crs = try SpatialReference(plan.crs)
         // One renderer per core (each holds a PROJ transform); a strip is split between them.
         let threads = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
@@ -245,14 +253,6 @@ public enum Extractor {
         // Strips of whole 512-row GeoTIFF blocks (≈ 8 Mpx), so each write hands GDAL complete
         // blocks to compress in parallel.
         let strip = max(1, min(h, max(512, (8 << 20) / max(1, w) / 512 * 512)))
-        let folder = (path as NSString).deletingLastPathComponent
-        let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
-        if let aligned = TileAlignedExtract(plan: plan, pyramid: pyramid) {
-            try aligned.write(to: tmp, polygonWKT: plan.polygonWKT, progress: progress)
-            guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
-            _ = progress(1)
-            return
-        }
         let work = tmp + ".d"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -272,25 +272,15 @@ public enum Extractor {
             originX: plan.window.bounds.minX, originY: plan.window.bounds.maxY, resolution: plan.resolution)
         out.projectionWKT = crs.wkt
         if !inMemory { try out.createMask() } else if bands == 4 { out.setColorInterpretation(band: 4, "Alpha") }
-        // Two sets of strip buffers: the next strip is rendered and masked while GDAL compresses
-        // and writes the current one, so neither side waits for the other's serial parts.
-        let buffers = (0..<2).map { _ in
-            (
-                rgba: UnsafeSendablePointer(.allocate(capacity: w * strip * 4)),
-                mask: UnsafeSendablePointer(.allocate(capacity: w * strip))
-            )
-        }
+        let rgba = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip * 4)
+        let mask = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip)
         defer {
-            for b in buffers {
-                b.rgba.pointer.deallocate()
-                b.mask.pointer.deallocate()
-            }
+            rgba.deallocate()
+            mask.deallocate()
         }
-        let format = plan.format
-        let prepare: @Sendable (Int, Int) throws -> Void = { y, k in
+        var y = 0
+        while y < h {
             let rows = min(strip, h - y)
-            let rgba = buffers[k].rgba.pointer
-            let mask = buffers[k].mask.pointer
             let window = RenderWindow(
                 bounds: BoundingBox(
                     minX: plan.window.bounds.minX, minY: plan.window.bounds.maxY - Double(y + rows) * plan.resolution,
@@ -301,41 +291,22 @@ public enum Extractor {
             for i in 0..<(w * rows) {
                 let a = min(mask[i], rgba[i * 4 + 3])
                 mask[i] = a == 0 ? 0 : 255
-                if format == .jpeg, a < 255 {
+                if plan.format == .jpeg, a < 255 {
                     // JPEG has no transparency: white outside, blended at the edge.
-                    for c in 0..<3 {
-                        rgba[i * 4 + c] = UInt8((Int(rgba[i * 4 + c]) * Int(a) + 255 * (255 - Int(a))) / 255)
+                    for k in 0..<3 {
+                        rgba[i * 4 + k] = UInt8((Int(rgba[i * 4 + k]) * Int(a) + 255 * (255 - Int(a))) / 255)
                     }
                 }
                 rgba[i * 4 + 3] = a
             }
-        }
-        try prepare(0, 0)
-        var y = 0
-        var k = 0
-        while y < h {
-            let rows = min(strip, h - y)
-            let ahead = DispatchGroup()
-            let failure = Mutex<Error?>(nil)
-            let nopipe = ProcessInfo.processInfo.environment["NOPIPE"] != nil
-            if y + rows < h, !nopipe {
-                DispatchQueue.global(qos: .userInitiated).async(group: ahead) { [y, k] in
-                    do { try prepare(y + rows, 1 - k) } catch { failure.withLock { $0 = error } }
-                }
-            }
-            defer { ahead.wait() }
             try out.write(
-                x: 0, y: y, width: w, height: rows, bands: Array(1...bands), from: buffers[k].rgba.pointer,
-                pixelSpace: 4, lineSpace: w * 4)
-            if !inMemory { try out.writeMask(x: 0, y: y, width: w, height: rows, from: buffers[k].mask.pointer) }
+                x: 0, y: y, width: w, height: rows, bands: Array(1...bands), from: rgba, pixelSpace: 4, lineSpace: w * 4
+            )
+            if !inMemory { try out.writeMask(x: 0, y: y, width: w, height: rows, from: mask) }
             y += rows
             guard progress(Double(y) / Double(h) * (plan.format == .cog ? 0.8 : 0.95)) else {
                 throw ExtractError(499, "cancelled")
             }
-            ahead.wait()
-            if nopipe, y < h { try prepare(y, 1 - k) }
-            if let e = failure.withLock({ $0 }) { throw e }
-            k = 1 - k
         }
         switch plan.format {
         case .gtiff:

@@ -113,7 +113,9 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
             publishedGeneration = generation
         }
         let tms = pyramid.manifest.tileMatrixSet
-        for up in Set([min(4, max(0, tile.z - pyramid.manifest.minZoom)), 0]).sorted(by: >) {
+        let blockLevels = min(4, max(0, tile.z - pyramid.manifest.minZoom))
+        // The block first, then (when it is not the tile itself) the tile.
+        for up in stride(from: blockLevels, through: 0, by: -max(1, blockLevels)) {
             let block = tile.ancestor(levels: up)
             let key = PublishedKey(tileset: pyramid.tileset, grid: pyramid.grid, block: block)
             if let inside = published[key] {
@@ -144,16 +146,13 @@ final class TileFastLane: ChannelDuplexHandler, RemovableChannelHandler {
             let t = service.plainStoredTile(
                 tile, in: pyramids, strictLimits: route == .wmtsREST, published: isPublished)
         else { return nil }
-        // The headers in the router's order (TileResponse.answer, CORS, then Hummingbird's own).
+        // The headers in the router's order: the tile's own, the length (Hummingbird adds it from
+        // the body), CORS, then Hummingbird's date and server.
         let current = t.isCurrent(ifNoneMatch: request.headers.first(name: "if-none-match"))
         var headers = HTTPHeaders()
         headers.reserveCapacity(8)
-        headers.add(name: "ETag", value: t.etag)
-        headers.add(name: "Cache-Control", value: t.cacheControl)
-        if !current {
-            headers.add(name: "Content-Type", value: t.mimeType)
-            headers.add(name: "Content-Length", value: String(t.bytes.readableBytes))
-        }
+        t.headerFields(current: current) { headers.add(name: $0.canonicalName, value: $1) }
+        if !current { headers.add(name: "Content-Length", value: String(t.bytes.readableBytes)) }
         if request.headers.contains(name: "origin") { headers.add(name: "Access-Control-Allow-Origin", value: "*") }
         headers.add(name: "Date", value: date.now())
         headers.add(name: "Server", value: serverName)
@@ -241,16 +240,6 @@ enum FastRoute: String, Sendable, CaseIterable {
         }
     }
 
-    /// A decimal tile index of at most 9 digits, as `String.tileIndex` reads it.
-    private static func tileIndex(_ digits: Slice<UnsafeBufferPointer<UInt8>>) -> Int? {
-        guard !digits.isEmpty, digits.count <= 9 else { return nil }
-        var n = 0
-        for d in digits {
-            guard d >= UInt8(ascii: "0"), d <= UInt8(ascii: "9") else { return nil }
-            n = n * 10 + Int(d - UInt8(ascii: "0"))
-        }
-        return n
-    }
 }
 
 /// The series Hummingbird's `MetricsMiddleware` writes for a request, made once and shared, so

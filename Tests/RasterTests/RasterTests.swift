@@ -166,31 +166,47 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
 }
 
 @Suite struct ReprojectorTests {
+    /// An opaque square whose red grows by `step` per column and green by `step` per row.
+    static func gradient(side: Int, step: Int) -> [UInt8] {
+        var src = [UInt8](repeating: 255, count: side * side * 4)
+        for y in 0..<side {
+            for x in 0..<side {
+                src[(y * side + x) * 4] = UInt8(x * step)
+                src[(y * side + x) * 4 + 1] = UInt8(y * step)
+            }
+        }
+        return src
+    }
+
+    /// Resamples `source` into a new transparent RGBA image of `width`×`height`.
+    static func resample(
+        _ r: Reprojector, grid: (xs: [Double], ys: [Double], columns: Int, rows: Int), source: [UInt8],
+        sourceWidth: Int, sourceHeight: Int, width: Int, height: Int
+    ) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: width * height * 4)
+        source.withUnsafeBufferPointer { s in
+            out.withUnsafeMutableBufferPointer { o in
+                r.resample(
+                    grid: grid, offsetX: 0, offsetY: 0, source: s.baseAddress!, sourceWidth: sourceWidth,
+                    sourceHeight: sourceHeight, output: o.baseAddress!, width: width, height: height,
+                    outputStride: width * 4)
+            }
+        }
+        return out
+    }
+
     /// Without a CRS change, a half-resolution output samples every second source pixel
     /// centre: each output pixel is the mean of a 2×2 block along one axis pair.
     @Test func sameCRSResampleHitsExpectedSourcePixels() throws {
         let sw = 64
         let sh = 64
-        var src = [UInt8](repeating: 255, count: sw * sh * 4)
-        for y in 0..<sh {
-            for x in 0..<sw {
-                src[(y * sw + x) * 4] = UInt8(x * 4)
-                src[(y * sw + x) * 4 + 1] = UInt8(y * 4)
-            }
-        }
+        let src = Self.gradient(side: sw, step: 4)
         let source = GeoTransform(originX: 1000, originY: 2000, resolution: 1)
         // Output pixel size 1 m shifted by half a pixel: bilinear lands exactly between two columns.
         let output = GeoTransform(originX: 1010.5, originY: 1990, resolution: 1)
         let r = Reprojector(transform: nil, step: 8)
         let grid = try #require(r.sourceGrid(output: output, width: 16, height: 16, source: source))
-        var out = [UInt8](repeating: 0, count: 16 * 16 * 4)
-        src.withUnsafeBufferPointer { s in
-            out.withUnsafeMutableBufferPointer { o in
-                r.resample(
-                    grid: grid, offsetX: 0, offsetY: 0, source: s.baseAddress!, sourceWidth: sw, sourceHeight: sh,
-                    output: o.baseAddress!, width: 16, height: 16, outputStride: 64)
-            }
-        }
+        let out = Self.resample(r, grid: grid, source: src, sourceWidth: sw, sourceHeight: sh, width: 16, height: 16)
         for y in 0..<16 {
             for x in 0..<16 {
                 let i = (y * 16 + x) * 4
@@ -206,26 +222,13 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
     /// pixel, the last partial grid cell included, is the source pixel under it.
     @Test func partialGridCellsSampleTheRightPixels() throws {
         let sw = 40
-        var src = [UInt8](repeating: 255, count: sw * sw * 4)
-        for y in 0..<sw {
-            for x in 0..<sw {
-                src[(y * sw + x) * 4] = UInt8(x * 6)
-                src[(y * sw + x) * 4 + 1] = UInt8(y * 6)
-            }
-        }
+        let src = Self.gradient(side: sw, step: 6)
         let source = GeoTransform(originX: 0, originY: 40, resolution: 1)
         let output = GeoTransform(originX: 3, originY: 35, resolution: 1)
         let (w, h) = (29, 21)
         let r = Reprojector(transform: nil, step: 8)
         let grid = try #require(r.sourceGrid(output: output, width: w, height: h, source: source))
-        var out = [UInt8](repeating: 0, count: w * h * 4)
-        src.withUnsafeBufferPointer { s in
-            out.withUnsafeMutableBufferPointer { o in
-                r.resample(
-                    grid: grid, offsetX: 0, offsetY: 0, source: s.baseAddress!, sourceWidth: sw, sourceHeight: sw,
-                    output: o.baseAddress!, width: w, height: h, outputStride: w * 4)
-            }
-        }
+        let out = Self.resample(r, grid: grid, source: src, sourceWidth: sw, sourceHeight: sw, width: w, height: h)
         for y in 0..<h {
             for x in 0..<w {
                 #expect(Int(out[(y * w + x) * 4]) == (x + 3) * 6, "x \(x) y \(y)")
@@ -240,14 +243,7 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
         let output = GeoTransform(originX: 4, originY: 8, resolution: 1)
         let r = Reprojector(transform: nil, step: 4)
         let grid = try #require(r.sourceGrid(output: output, width: 8, height: 8, source: source))
-        var out = [UInt8](repeating: 0, count: 8 * 8 * 4)
-        src.withUnsafeBufferPointer { s in
-            out.withUnsafeMutableBufferPointer { o in
-                r.resample(
-                    grid: grid, offsetX: 0, offsetY: 0, source: s.baseAddress!, sourceWidth: 8, sourceHeight: 8,
-                    output: o.baseAddress!, width: 8, height: 8, outputStride: 32)
-            }
-        }
+        let out = Self.resample(r, grid: grid, source: src, sourceWidth: 8, sourceHeight: 8, width: 8, height: 8)
         for y in 0..<8 {
             #expect(out[(y * 8 + 2) * 4 + 3] == 255)
             // Beyond the source's right edge (plus the half-pixel clamp) nothing is written.
