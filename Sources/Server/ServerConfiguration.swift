@@ -21,6 +21,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var publicURL: String?
     /// In-memory cache of transcoded tiles (PNG, WebP, clipped), in bytes.
     public var tileCacheBytes: Int = ServerConfiguration.defaultTileCacheBytes
+    /// Stored tiles the fast lane keeps ready in memory, in bytes per event loop (0: none).
+    public var hotTileCacheBytes: Int = ServerConfiguration.defaultHotTileCacheBytes
     /// Shards kept mapped at once (each holds a file descriptor and a mapping).
     public var openShards: Int = 4096
     /// `Cache-Control` for tiles, per tileset id; `*` applies to the others.
@@ -56,6 +58,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080
     public static let defaultTileCacheBytes = 256 << 20
+    public static let defaultHotTileCacheBytes = 64 << 20
     public static let defaultCacheControl = "public, max-age=3600"
 
     enum CodingKeys: String, CodingKey {
@@ -63,6 +66,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case tmsDirectory = "tms_dir"
         case publicURL = "public_url"
         case tileCacheBytes = "tile_cache_bytes"
+        case hotTileCacheBytes = "hot_tile_cache_bytes"
         case openShards = "open_shards"
         case cacheControl = "cache_control"
         case emptyTile = "empty_tile"
@@ -89,6 +93,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         tmsDirectory = try c.decodeIfPresent(String.self, forKey: .tmsDirectory) ?? d.tmsDirectory
         publicURL = try c.decodeIfPresent(String.self, forKey: .publicURL)
         tileCacheBytes = try c.decodeIfPresent(Int.self, forKey: .tileCacheBytes) ?? d.tileCacheBytes
+        hotTileCacheBytes = try c.decodeIfPresent(Int.self, forKey: .hotTileCacheBytes) ?? d.hotTileCacheBytes
         openShards = try c.decodeIfPresent(Int.self, forKey: .openShards) ?? d.openShards
         cacheControl = try c.decodeIfPresent([String: String].self, forKey: .cacheControl) ?? d.cacheControl
         emptyTile = try c.decodeIfPresent(EmptyTile.self, forKey: .emptyTile) ?? d.emptyTile
@@ -134,6 +139,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         if let v = environment["DALLAGE_TMS_DIR"] { c.tmsDirectory = v }
         if let v = environment["DALLAGE_PUBLIC_URL"] { c.publicURL = v }
         if let v = environment["DALLAGE_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.tileCacheBytes = v }
+        if let v = environment["DALLAGE_HOT_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.hotTileCacheBytes = v }
         if let v = environment["DALLAGE_DB"] { c.database = v }
         if let v = environment["DALLAGE_ADMIN_TOKEN"], !v.isEmpty { c.adminTokens.append(v) }
         if let v = flags.host { c.host = v }

@@ -54,6 +54,8 @@ final class TileFastLane: ChannelDuplexHandler {
     private var pyramids: [String: [String: ServedPyramid]] = [:]
     private var pyramidsVersion = -1
     private var date = HTTPDate()
+    /// Ready responses of the tiles answered lately on this connection's event loop.
+    private let hot: HotTiles
     /// Publication decisions for gated pyramids, valid for `publishedGeneration`.
     private var published: [PublishedKey: Bool] = [:]
     private var publishedGeneration = -1
@@ -67,8 +69,9 @@ final class TileFastLane: ChannelDuplexHandler {
     /// The longest request head framed here; longer ones go to the parser and its limits.
     static let maxHead = 8192
 
-    init(service: TileService, serverName: String, logger: Logger) {
+    init(service: TileService, hot: HotTiles, serverName: String, logger: Logger) {
         self.service = service
+        self.hot = hot
         self.serverName = serverName
         self.logger = logger
         logRequests = logger.logLevel <= .info
@@ -198,30 +201,42 @@ final class TileFastLane: ChannelDuplexHandler {
         let version = service.catalog.version
         if version != pyramidsVersion { (pyramidsVersion, pyramids) = service.catalog.snapshot() }
         guard
-            let t = service.plainStoredTile(
+            let (pyramid, coordinate) = service.plainStoredTilePlace(
                 tile, in: pyramids, strictLimits: route == .wmtsREST, published: isPublished)
         else { return nil }
-        let ifNoneMatch = head.ifNoneMatch.map {
-            buffer.getString(at: buffer.readerIndex + $0.lowerBound, length: $0.count) ?? ""
+        let key = HotTiles.Key(pyramid: ObjectIdentifier(pyramid), tile: coordinate)
+        let ready: HotTiles.Entry
+        if let hit = hot.get(key, catalogVersion: pyramidsVersion) {
+            ready = hit
+            service.tilesServed.increment()
+        } else {
+            guard
+                let t = try? service.storedTile(
+                    pyramid, coordinate, encoding: tile.encoding,
+                    cacheControl: service.configuration.cacheControl(for: tile.tileset))
+            else { return nil }
+            ready = HotTiles.Entry(t, allocator: context.channel.allocator)
+            hot.put(key, ready, catalogVersion: pyramidsVersion)
         }
-        let current = t.isCurrent(ifNoneMatch: ifNoneMatch)
+        let current =
+            head.ifNoneMatch.map {
+                ready.response.isCurrent(
+                    ifNoneMatch: buffer.getString(at: buffer.readerIndex + $0.lowerBound, length: $0.count) ?? "")
+            } ?? false
         // The head as NIO writes the router's: the tile's own headers, the length (Hummingbird
         // adds it from the body), CORS, then Hummingbird's date and server.
-        var out = context.channel.allocator.buffer(capacity: 320)
-        out.writeStaticString(current ? "HTTP/1.1 304 Not Modified\r\n" : "HTTP/1.1 200 OK\r\n")
-        func field(_ name: String, _ value: String) {
-            out.writeString(name)
-            out.writeStaticString(": ")
-            out.writeString(value)
-            out.writeStaticString("\r\n")
+        var out = context.channel.allocator.buffer(capacity: ready.head.readableBytes + 128)
+        if current {
+            out.writeStaticString("HTTP/1.1 304 Not Modified\r\n")
+            ready.response.headerFields(current: true) { out.writeField($0.canonicalName, $1) }
+        } else {
+            out.writeImmutableBuffer(ready.head)
         }
-        t.headerFields(current: current) { field($0.canonicalName, $1) }
-        if !current { field("Content-Length", String(t.bytes.readableBytes)) }
-        if head.origin { field("Access-Control-Allow-Origin", "*") }
-        field("Date", date.now())
-        field("Server", serverName)
+        if head.origin { out.writeField("Access-Control-Allow-Origin", "*") }
+        out.writeField("Date", date.now())
+        out.writeField("Server", serverName)
         out.writeStaticString("\r\n")
-        let body = !current && head.method == .get ? t.bytes : nil
+        let body = !current && head.method == .get ? ready.response.bytes : nil
         if let body { Document.bytesSent.increment(by: Int64(body.readableBytes)) }
         let method: HTTPMethod = head.method == .get ? .GET : .HEAD
         if logRequests {
@@ -381,11 +396,11 @@ struct FastLaneHTTP1Channel: HTTPChannelHandler {
     typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
 
     let responder: HTTPChannelHandler.Responder
-    let fastLane: @Sendable () -> TileFastLane
+    let fastLane: @Sendable (any EventLoop) -> TileFastLane
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            let lane = fastLane()
+            let lane = fastLane(channel.eventLoop)
             try channel.pipeline.syncOperations.addHandler(lane)
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                 withPipeliningAssistance: false, withErrorHandling: false, withOutboundHeaderValidation: false)
@@ -404,7 +419,7 @@ struct FastLaneHTTP1Channel: HTTPChannelHandler {
 
 extension HTTPServerBuilder {
     /// HTTP/1 with the tile fast lane in front of the router.
-    static func http1(fastLane: @escaping @Sendable () -> TileFastLane) -> HTTPServerBuilder {
+    static func http1(fastLane: @escaping @Sendable (any EventLoop) -> TileFastLane) -> HTTPServerBuilder {
         .init { responder in FastLaneHTTP1Channel(responder: responder, fastLane: fastLane) }
     }
 }

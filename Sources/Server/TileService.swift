@@ -221,16 +221,25 @@ public final class TileService: Sendable {
         return out
     }
 
-    /// The tile when it is a plain stored one that anybody may see — a grid id as it is, inside
-    /// the data's limits, the pyramid's own encoding, and for a gated pyramid a tile `published`
-    /// says is wholly inside the published area — else nil, and the caller takes the general path
-    /// (which also gives every error its proper answer).
-    func plainStoredTile(
+    /// Where the tile is when it is a plain stored one that anybody may see — a grid id as it is,
+    /// inside the data's limits, the pyramid's own encoding, and for a gated pyramid a tile
+    /// `published` says is wholly inside the published area — else nil, and the caller takes the
+    /// general path (which also gives every error its proper answer).
+    func plainStoredTilePlace(
         _ r: TileRequest, in pyramids: [String: [String: ServedPyramid]], strictLimits: Bool,
         published: (ServedPyramid, TileCoordinate) -> Bool
-    ) -> TileResponse? {
+    ) -> (ServedPyramid, TileCoordinate)? {
         guard let pyramid = pyramids[r.tileset]?[r.grid] else { return nil }
-        let m = pyramid.manifest
+        let reader = pyramid.reader  // its manifest read in place, not copied: this runs per tile
+        return withExtendedLifetime(reader) { () -> (ServedPyramid, TileCoordinate)? in
+            plainPlace(r, pyramid, reader.manifest, strictLimits: strictLimits, published: published)
+        }
+    }
+
+    private func plainPlace(
+        _ r: TileRequest, _ pyramid: ServedPyramid, _ m: borrowing PyramidManifest, strictLimits: Bool,
+        published: (ServedPyramid, TileCoordinate) -> Bool
+    ) -> (ServedPyramid, TileCoordinate)? {
         guard r.encoding == (m.format == .jpeg ? .jpeg : .webp),
             r.z >= m.minZoom, r.z <= m.maxZoom, let matrix = m.tileMatrixSet.matrix(r.z),
             r.col >= 0, r.col < matrix.matrixWidth, r.row >= 0, r.row < matrix.matrixHeight
@@ -242,8 +251,7 @@ public final class TileService: Sendable {
         }
         let coordinate = TileCoordinate(z: r.z, col: r.col, row: r.row)
         if m.publish == "by-status", !published(pyramid, coordinate) { return nil }
-        return try? storedTile(
-            pyramid, coordinate, encoding: r.encoding, cacheControl: configuration.cacheControl(for: r.tileset))
+        return (pyramid, coordinate)
     }
 
     /// A tile crossing the published boundary: transparent outside (white in JPEG), cached per

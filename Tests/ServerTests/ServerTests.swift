@@ -515,23 +515,29 @@ struct ServerTests {
 struct ServerOperationsTests {
     @Test func configurationMergesFileEnvironmentAndFlags() throws {
         let path = NSTemporaryDirectory() + "dallage-\(UUID().uuidString).yaml"
-        try "port: 9000\nstore: /data/store\ncache_control:\n  pcrs: public, max-age=86400\n".write(
-            toFile: path, atomically: true, encoding: .utf8)
+        try "port: 9000\nstore: /data/store\nhot_tile_cache_bytes: 0\ncache_control:\n  pcrs: public, max-age=86400\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
         let file = try ServerConfiguration.load(path: path)
         #expect(file.port == 9000 && file.store == "/data/store" && file.host == "127.0.0.1")
+        #expect(file.hotTileCacheBytes == 0 && file.tileCacheBytes == ServerConfiguration.defaultTileCacheBytes)
         #expect(file.cacheControl(for: "pcrs") == "public, max-age=86400")
         #expect(file.cacheControl(for: "other") == ServerConfiguration.defaultCacheControl)
         let merged = file.merged(
-            environment: ["DALLAGE_PORT": "9100", "DALLAGE_STORE": "/env/store"], flags: .init(port: 9200))
-        #expect(merged.port == 9200 && merged.store == "/env/store")
+            environment: [
+                "DALLAGE_PORT": "9100", "DALLAGE_STORE": "/env/store", "DALLAGE_HOT_TILE_CACHE_BYTES": "4096",
+            ],
+            flags: .init(port: 9200))
+        #expect(merged.port == 9200 && merged.store == "/env/store" && merged.hotTileCacheBytes == 4096)
     }
 
-    @Test func rebuiltTilesGetANewETag() async throws {
+    @Test func rebuiltTilesGetNewBytesAndANewETag() async throws {
         let dir = try ServerFixture.copy()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let t = ServerFixture.innerTile
         let uri = "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg"
         try await ServerFixture.app(store: dir + "/store").test(.live) { client in
+            // Asked twice: the second answer comes from the fast lane's ready copy.
+            _ = try await client.execute(uri: uri, method: .get) { $0.status }
             let before = try await client.execute(uri: uri, method: .get) { $0.headers[.eTag] }
             // Re-tile the same area at another quality: same URLs, other bytes.
             var options = TileOptions(store: dir + "/store", tmsDirectory: ServerFixture.root + "/config/tms")
@@ -547,8 +553,11 @@ struct ServerOperationsTests {
             )
             .run()
             try await Task.sleep(for: .milliseconds(800))
+            let rebuilt = try PyramidReader(directory: dir + "/store/pcrs/2154_5cm").tileData(t)
             let after = try await client.execute(uri: uri, method: .get) { r in
                 #expect(r.status == .ok)
+                // The new bytes, not a copy kept from before the rebuild.
+                #expect(Array(buffer: r.body) == rebuilt)
                 return r.headers[.eTag]
             }
             #expect(before != nil && after != nil && before != after)

@@ -1,0 +1,99 @@
+import GeoGrid
+import Metrics
+import NIOCore
+import Synchronization
+
+/// Stored tiles the fast lane answered lately on one event loop, kept as ready responses: the
+/// bytes copied out of the shard once, the response head up to `Content-Length` written once. A
+/// hit writes the same buffers again — no shard lookup, no copy, no header formatting. Used only
+/// on its event loop (no lock), bounded in bytes (oldest out first), emptied when the catalog
+/// changes so a rebuilt pyramid is never answered from an old copy.
+final class HotTiles {
+    struct Key: Hashable {
+        /// The served pyramid (the catalog keeps it alive as long as its version holds).
+        var pyramid: ObjectIdentifier
+        var tile: TileCoordinate
+    }
+
+    final class Entry {
+        let response: TileResponse
+        /// `HTTP/1.1 200 OK`, the tile's own headers and its `Content-Length`, CRLF-terminated.
+        let head: ByteBuffer
+        let cost: Int
+
+        init(_ response: TileResponse, allocator: ByteBufferAllocator) {
+            self.response = response
+            var head = allocator.buffer(capacity: 192)
+            head.writeStaticString("HTTP/1.1 200 OK\r\n")
+            response.headerFields(current: false) { head.writeField($0.canonicalName, $1) }
+            head.writeField("Content-Length", String(response.bytes.readableBytes))
+            self.head = head
+            cost = response.bytes.readableBytes + head.readableBytes + 160
+        }
+    }
+
+    let capacity: Int
+    private var entries: [Key: Entry] = [:]
+    private var order = CircularBuffer<Key>()
+    private var bytes = 0
+    private var catalogVersion = -1
+
+    static let hits = Counter(label: "dallage_hot_tile_hits_total")
+    static let misses = Counter(label: "dallage_hot_tile_misses_total")
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// The ready response for a tile, nil when it is not kept; everything kept is dropped first
+    /// when the catalog's version has moved.
+    func get(_ key: Key, catalogVersion version: Int) -> Entry? {
+        guard capacity > 0 else { return nil }
+        if version != catalogVersion {
+            entries.removeAll()
+            order.removeAll()
+            bytes = 0
+            catalogVersion = version
+        }
+        let entry = entries[key]
+        (entry == nil ? Self.misses : Self.hits).increment()
+        return entry
+    }
+
+    /// Keeps a tile's ready response, made from the catalog at `catalogVersion`.
+    func put(_ key: Key, _ entry: Entry, catalogVersion version: Int) {
+        guard version == catalogVersion, entry.cost <= capacity, entries.updateValue(entry, forKey: key) == nil
+        else { return }
+        order.append(key)
+        bytes += entry.cost
+        while bytes > capacity, let oldest = order.popFirst() {
+            if let gone = entries.removeValue(forKey: oldest) { bytes -= gone.cost }
+        }
+    }
+}
+
+/// One ``HotTiles`` per event loop, made on its loop at the first connection there.
+final class HotTilesByLoop: Sendable {
+    private let capacity: Int
+    private let caches = Mutex<[ObjectIdentifier: NIOLoopBound<HotTiles>]>([:])
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// The cache of `loop`; call it on that loop.
+    func cache(on loop: any EventLoop) -> HotTiles {
+        caches.withLock { caches in
+            if let bound = caches[ObjectIdentifier(loop)] { return bound.value }
+            let cache = HotTiles(capacity: capacity)
+            caches[ObjectIdentifier(loop)] = NIOLoopBound(cache, eventLoop: loop)
+            return cache
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// `name: value` and CRLF, as an HTTP/1 head holds a field.
+    mutating func writeField(_ name: String, _ value: String) {
+        writeString(name)
+        writeStaticString(": ")
+        writeString(value)
+        writeStaticString("\r\n")
+    }
+}
