@@ -48,6 +48,9 @@ final class TileFastLane: ChannelDuplexHandler {
     /// the server buffer answers without bound.
     private var paused = false
     private var readPutOff = false
+    /// Whether bytes went on to the parser since the last read completed: when none did, the
+    /// handlers after this one have nothing to hear about (the completion is not passed on).
+    private var handedOn = false
     /// Requests handed to the router whose response has not ended yet (``RouterResponses``).
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
@@ -88,6 +91,13 @@ final class TileFastLane: ChannelDuplexHandler {
         if !paused { process(context: context) }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if handedOn || passThrough {
+            handedOn = false
+            context.fireChannelReadComplete()
+        }
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if paused, context.channel.isWritable {
             paused = false
@@ -118,7 +128,7 @@ final class TileFastLane: ChannelDuplexHandler {
             if bodyToForward > 0 {
                 let n = min(bodyToForward, buffer.readableBytes)
                 bodyToForward -= n
-                context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: n)!))
+                handOn(context, buffer.readSlice(length: n)!)
                 continue
             }
             let framing = buffer.withUnsafeReadableBytes { RequestHead.frame($0) }
@@ -128,7 +138,7 @@ final class TileFastLane: ChannelDuplexHandler {
                 fallthrough
             case .unframed:
                 passThrough = true
-                context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: buffer.readableBytes)!))
+                handOn(context, buffer.readSlice(length: buffer.readableBytes)!)
             case .request(let head):
                 if withRouter == 0, !context.channel.isWritable {
                     paused = true
@@ -142,7 +152,7 @@ final class TileFastLane: ChannelDuplexHandler {
                     continue
                 }
                 withRouter += 1
-                context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: head.length)!))
+                handOn(context, buffer.readSlice(length: head.length)!)
                 bodyToForward = head.contentLength
                 if !head.keepAlive { passThrough = true }
                 continue
@@ -151,10 +161,15 @@ final class TileFastLane: ChannelDuplexHandler {
         }
         if passThrough, let rest = held, rest.readableBytes > 0 {
             held = nil
-            context.fireChannelRead(wrapInboundOut(rest))
+            handOn(context, rest)
         }
         if held?.readableBytes == 0 { held = nil }
         if answered { context.flush() }
+    }
+
+    private func handOn(_ context: ChannelHandlerContext, _ bytes: ByteBuffer) {
+        handedOn = true
+        context.fireChannelRead(wrapInboundOut(bytes))
     }
 
     /// Whether a tile of a gated pyramid lies wholly inside the published area. Decisions are
@@ -437,39 +452,52 @@ enum FastRoute: String, Sendable, CaseIterable {
         return path.withUTF8 { parse($0) }
     }
 
-    /// The same on the bytes of a request target.
+    /// The same on the bytes of a request target (no allocation but the names).
     static func parse<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> (FastRoute, TileRequest)? {
-        guard bytes.count < 256, bytes.first == UInt8(ascii: "/"),
+        let slash = UInt8(ascii: "/")
+        guard bytes.count < 256, bytes.first == slash,
             !bytes.contains(where: { $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") })
         else { return nil }
-        let parts = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-        func text(_ i: Int) -> Substring { Substring(decoding: parts[i], as: UTF8.self) }
-        func equals(_ i: Int, _ word: StaticString) -> Bool {
-            parts[i].elementsEqual(UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount))
+        return withUnsafeTemporaryAllocation(of: Bytes.Index.self, capacity: 9) {
+            slashes -> (FastRoute, TileRequest)? in
+            var count = 0
+            for i in bytes.indices where bytes[i] == slash {
+                guard count < slashes.count else { return nil }
+                slashes[count] = i
+                count += 1
+            }
+            /// The segment after the `k`-th slash.
+            func part(_ k: Int) -> Bytes.SubSequence {
+                bytes[bytes.index(after: slashes[k])..<(k + 1 < count ? slashes[k + 1] : bytes.endIndex)]
+            }
+            func equals(_ k: Int, _ word: StaticString) -> Bool {
+                part(k).elementsEqual(UnsafeBufferPointer(start: word.utf8Start, count: word.utf8CodeUnitCount))
+            }
+            let route: FastRoute
+            let names: (tileset: Int, grid: Int, z: Int, first: Int)
+            if count == 6, equals(0, "tiles") {
+                (route, names) = (.xyz, (1, 2, 3, 4))
+            } else if count == 8, equals(0, "wmts"), equals(1, "1.0.0"), equals(3, "normal") {
+                (route, names) = (.wmtsREST, (2, 4, 5, 6))
+            } else {
+                return nil
+            }
+            let file = part(count - 1)
+            guard !part(names.tileset).isEmpty, !part(names.grid).isEmpty,
+                let dot = file.lastIndex(of: UInt8(ascii: ".")),
+                let encoding = TileEncoding(
+                    extension: Substring(decoding: file[file.index(after: dot)...], as: UTF8.self)),
+                let z = tileIndex(part(names.z)), let a = tileIndex(part(names.first)),
+                let b = tileIndex(file[..<dot])
+            else { return nil }
+            // XYZ is z/x/y (column first), WMTS REST z/row/col.
+            let (col, row) = route == .xyz ? (a, b) : (b, a)
+            let tile = TileRequest(
+                tileset: String(decoding: part(names.tileset), as: UTF8.self),
+                grid: String(decoding: part(names.grid), as: UTF8.self), z: z, col: col, row: row,
+                encoding: encoding)
+            return (route, tile)
         }
-        let route: FastRoute
-        let names: (tileset: Int, grid: Int, z: Int, first: Int)
-        if parts.count == 7, equals(1, "tiles") {
-            (route, names) = (.xyz, (2, 3, 4, 5))
-        } else if parts.count == 9, equals(1, "wmts"), equals(2, "1.0.0"), equals(4, "normal") {
-            (route, names) = (.wmtsREST, (3, 5, 6, 7))
-        } else {
-            return nil
-        }
-        let file = parts[parts.count - 1]
-        guard !parts[names.tileset].isEmpty, !parts[names.grid].isEmpty,
-            let dot = file.lastIndex(of: UInt8(ascii: ".")),
-            let encoding = TileEncoding(
-                extension: Substring(decoding: file[file.index(after: dot)...], as: UTF8.self)),
-            let z = tileIndex(parts[names.z]), let a = tileIndex(parts[names.first]),
-            let b = tileIndex(file[..<dot])
-        else { return nil }
-        // XYZ is z/x/y (column first), WMTS REST z/row/col.
-        let (col, row) = route == .xyz ? (a, b) : (b, a)
-        let tile = TileRequest(
-            tileset: String(text(names.tileset)), grid: String(text(names.grid)), z: z, col: col, row: row,
-            encoding: encoding)
-        return (route, tile)
     }
 
 }
