@@ -51,6 +51,11 @@ final class TileFastLane: ChannelDuplexHandler {
     /// Whether bytes went on to the parser since the last read completed: when none did, the
     /// handlers after this one have nothing to hear about (the completion is not passed on).
     private var handedOn = false
+    /// How far the incomplete head at the start of `held` has been searched for its end.
+    private var scanned = 0
+    /// End of input or a graceful shutdown, held back until this lane's answers are written:
+    /// on hearing either, Hummingbird closes the connection, which would drop them.
+    private var heldEvents: [Any] = []
     /// Requests handed to the router whose response has not ended yet (``RouterResponses``).
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
@@ -102,12 +107,50 @@ final class TileFastLane: ChannelDuplexHandler {
         if paused, context.channel.isWritable {
             paused = false
             process(context: context)
+            // Requests handed on here reach Hummingbird with the completion of a read.
+            if handedOn {
+                handedOn = false
+                context.fireChannelReadComplete()
+            }
             if !paused, readPutOff {
                 readPutOff = false
                 context.read()
             }
+            releaseHeldEvents(context: context)
         }
         context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        let quiesce = event is ChannelShouldQuiesceEvent
+        guard quiesce || event as? ChannelEvent == .inputClosed else {
+            return context.fireUserInboundEventTriggered(event)
+        }
+        // Shutting down: new requests go to the router, which answers them or closes.
+        if quiesce { passThrough = true }
+        heldEvents.append(event)
+        releaseHeldEvents(context: context)
+    }
+
+    /// Passes on the held events once nothing is left to answer: what remains in `held` then
+    /// goes to the parser, and the events follow the answers already written.
+    private func releaseHeldEvents(context: ChannelHandlerContext) {
+        guard !heldEvents.isEmpty, !paused || passThrough else { return }
+        if let rest = held, rest.readableBytes > 0 {
+            held = nil
+            handOn(context, rest)
+        }
+        if handedOn {
+            handedOn = false
+            context.fireChannelReadComplete()
+        }
+        let events = heldEvents
+        heldEvents = []
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            for event in events { context.fireUserInboundEventTriggered(event) }
+        }
     }
 
     func read(context: ChannelHandlerContext) {
@@ -122,7 +165,7 @@ final class TileFastLane: ChannelDuplexHandler {
     /// incomplete, or the socket is full.
     private func process(context: ChannelHandlerContext) {
         var answered = false
-        while var buffer = held, buffer.readableBytes > 0 {
+        while !passThrough, var buffer = held, buffer.readableBytes > 0 {
             held = nil  // unique while it is worked on
             defer { held = buffer }
             if bodyToForward > 0 {
@@ -131,15 +174,18 @@ final class TileFastLane: ChannelDuplexHandler {
                 handOn(context, buffer.readSlice(length: n)!)
                 continue
             }
-            let framing = buffer.withUnsafeReadableBytes { RequestHead.frame($0) }
+            let from = max(0, scanned - 3)
+            let framing = buffer.withUnsafeReadableBytes { RequestHead.frame($0, from: from) }
             switch framing {
             case .incomplete:
+                scanned = buffer.readableBytes
                 if buffer.readableBytes <= Self.maxHead { break }
                 fallthrough
             case .unframed:
                 passThrough = true
                 handOn(context, buffer.readSlice(length: buffer.readableBytes)!)
             case .request(let head):
+                scanned = 0
                 if withRouter == 0, !context.channel.isWritable {
                     paused = true
                     break
@@ -315,10 +361,13 @@ struct RequestHead: Equatable {
     /// The value range of the first `If-None-Match`.
     var ifNoneMatch: Range<Int>?
 
-    static func frame(_ p: UnsafeRawBufferPointer) -> Framing {
-        // The head ends at the first CRLF CRLF; every line feed must follow a carriage return.
+    /// Frames the head at the start of `p`, searching for its end from `from` (where an earlier
+    /// search of the same bytes stopped, less three).
+    static func frame(_ p: UnsafeRawBufferPointer, from: Int = 0) -> Framing {
+        // The head ends at the first CRLF CRLF; every line feed must follow a carriage return and
+        // every carriage return be followed by a line feed.
         var end = -1
-        var i = 0
+        var i = from
         while i < p.count {
             if p[i] == 10 {
                 guard i > 0, p[i - 1] == 13 else { return .unframed }
@@ -326,16 +375,21 @@ struct RequestHead: Equatable {
                     end = i + 1
                     break
                 }
+            } else if p[i] == 13, i + 1 < p.count, p[i + 1] != 10 {
+                return .unframed
             }
             i += 1
         }
         guard end > 0 else { return .incomplete }
+        guard end <= TileFastLane.maxHead else { return .unframed }
         // Request line: method SP target SP HTTP/1.x CRLF.
         guard let lineEnd = p[..<end].firstIndex(of: 13), let sp1 = p[..<lineEnd].firstIndex(of: 32),
             let sp2 = p[(sp1 + 1)..<lineEnd].firstIndex(of: 32), sp1 > 0, sp2 > sp1 + 1
         else { return .unframed }
         let method = p[..<sp1]
-        guard method.allSatisfy(isToken) else { return .unframed }
+        // CONNECT and the HTTP/2 preface end HTTP/1 framing for the parser: so they do here.
+        guard method.allSatisfy(isToken), !method.elementsEqual("CONNECT".utf8), !method.elementsEqual("PRI".utf8)
+        else { return .unframed }
         guard p[(sp1 + 1)..<sp2].allSatisfy({ $0 > 32 && $0 < 127 }) else { return .unframed }
         let version = p[(sp2 + 1)..<lineEnd]
         guard version.elementsEqual("HTTP/1.1".utf8) || version.elementsEqual("HTTP/1.0".utf8) else {
@@ -366,13 +420,17 @@ struct RequestHead: Equatable {
             }
             switch name.count {
             case 14 where named("content-length"):
-                guard !sawLength, !value.isEmpty, value.count <= 12, value.allSatisfy({ $0 >= 48 && $0 <= 57 })
+                // Digits, then spaces only (the parser refuses a tab there).
+                var digitsEnd = stop
+                while digitsEnd > from, p[digitsEnd - 1] == 32 { digitsEnd -= 1 }
+                let digits = p[from..<digitsEnd]
+                guard !sawLength, !digits.isEmpty, digits.count <= 12, digits.allSatisfy({ $0 >= 48 && $0 <= 57 })
                 else { return .unframed }
-                head.contentLength = value.reduce(0) { $0 * 10 + Int($1 - 48) }
+                head.contentLength = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
                 sawLength = true
             case 17 where named("transfer-encoding"), 7 where named("upgrade"):
                 return .unframed
-            case 10 where named("connection"):
+            case 10 where named("connection"), 16 where named("proxy-connection"):
                 let lower = String(decoding: value, as: UTF8.self).lowercased()
                 if lower.contains("upgrade") { return .unframed }
                 if lower.contains("close") { head.keepAlive = false }
