@@ -50,11 +50,11 @@ public func buildApplication(configuration: ServerConfiguration, logger: Logger)
     let extracts = ExtractService(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
     let serverName = "dallage"
-    let hot = HotTilesByLoop(capacity: configuration.hotTileCacheBytes)
+    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes)
     var app = Application(
         router: buildRouter(service: service, coverage: coverage, extracts: extracts),
         server: .http1(fastLane: { loop in
-            TileFastLane(service: service, hot: hot.cache(on: loop), serverName: serverName, logger: logger)
+            TileFastLane(service: service, loop: loops.state(on: loop), serverName: serverName, logger: logger)
         }),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         logger: logger)

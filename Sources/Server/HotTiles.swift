@@ -1,5 +1,4 @@
 import GeoGrid
-import Metrics
 import NIOCore
 import Synchronization
 
@@ -38,9 +37,6 @@ final class HotTiles {
     private var bytes = 0
     private var catalogVersion = -1
 
-    static let hits = Counter(label: "dallage_hot_tile_hits_total")
-    static let misses = Counter(label: "dallage_hot_tile_misses_total")
-
     init(capacity: Int) { self.capacity = capacity }
 
     /// The ready response for a tile, nil when it is not kept; everything kept is dropped first
@@ -53,9 +49,7 @@ final class HotTiles {
             bytes = 0
             catalogVersion = version
         }
-        let entry = entries[key]
-        (entry == nil ? Self.misses : Self.hits).increment()
-        return entry
+        return entries[key]
     }
 
     /// Keeps a tile's ready response, made from the catalog at `catalogVersion`.
@@ -70,20 +64,32 @@ final class HotTiles {
     }
 }
 
-/// One ``HotTiles`` per event loop, made on its loop at the first connection there.
-final class HotTilesByLoop: Sendable {
-    private let capacity: Int
-    private let caches = Mutex<[ObjectIdentifier: NIOLoopBound<HotTiles>]>([:])
+/// What the fast lane keeps per event loop: its ready tiles and its metrics tally. Used only on
+/// that loop, so neither needs a lock.
+final class FastLaneLoop {
+    let hot: HotTiles
+    let tally = FastLaneTally()
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(hotTileBytes: Int) { hot = HotTiles(capacity: hotTileBytes) }
+}
 
-    /// The cache of `loop`; call it on that loop.
-    func cache(on loop: any EventLoop) -> HotTiles {
-        caches.withLock { caches in
-            if let bound = caches[ObjectIdentifier(loop)] { return bound.value }
-            let cache = HotTiles(capacity: capacity)
-            caches[ObjectIdentifier(loop)] = NIOLoopBound(cache, eventLoop: loop)
-            return cache
+/// One ``FastLaneLoop`` per event loop, made on its loop at the first connection there; each
+/// hands its tally to the shared metrics every second.
+final class FastLaneLoops: Sendable {
+    private let hotTileBytes: Int
+    private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
+
+    init(hotTileBytes: Int) { self.hotTileBytes = hotTileBytes }
+
+    /// The state of `loop`; call it on that loop.
+    func state(on loop: any EventLoop) -> FastLaneLoop {
+        loops.withLock { loops in
+            if let bound = loops[ObjectIdentifier(loop)] { return bound.value }
+            let state = FastLaneLoop(hotTileBytes: hotTileBytes)
+            let bound = NIOLoopBound(state, eventLoop: loop)
+            loops[ObjectIdentifier(loop)] = bound
+            loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in bound.value.tally.flush() }
+            return state
         }
     }
 }

@@ -64,6 +64,8 @@ final class TileFastLane: ChannelDuplexHandler {
     private var date = HTTPDate()
     /// Ready responses of the tiles answered lately on this connection's event loop.
     private let hot: HotTiles
+    /// This event loop's count of what the fast lane did, for the shared metrics.
+    private let tally: FastLaneTally
     /// Publication decisions for gated pyramids, valid for `publishedGeneration`.
     private var published: [PublishedKey: Bool] = [:]
     private var publishedGeneration = -1
@@ -77,9 +79,10 @@ final class TileFastLane: ChannelDuplexHandler {
     /// The longest request head framed here; longer ones go to the parser and its limits.
     static let maxHead = 8192
 
-    init(service: TileService, hot: HotTiles, serverName: String, logger: Logger) {
+    init(service: TileService, loop: FastLaneLoop, serverName: String, logger: Logger) {
         self.service = service
-        self.hot = hot
+        hot = loop.hot
+        tally = loop.tally
         self.serverName = serverName
         self.logger = logger
         logRequests = logger.logLevel <= .info
@@ -269,8 +272,9 @@ final class TileFastLane: ChannelDuplexHandler {
         let ready: HotTiles.Entry
         if let hit = hot.get(key, catalogVersion: pyramidsVersion) {
             ready = hit
-            service.tilesServed.increment()
+            tally.hotHits += 1
         } else {
+            tally.hotMisses += 1
             guard
                 let t = try? service.storedTile(
                     pyramid, coordinate, encoding: tile.encoding,
@@ -298,7 +302,6 @@ final class TileFastLane: ChannelDuplexHandler {
         out.writeField("Server", serverName)
         out.writeStaticString("\r\n")
         let body = !current && head.method == .get ? ready.response.bytes : nil
-        if let body { Document.bytesSent.increment(by: Int64(body.readableBytes)) }
         let method: HTTPMethod = head.method == .get ? .GET : .HEAD
         if logRequests {
             logger.info(
@@ -311,8 +314,8 @@ final class TileFastLane: ChannelDuplexHandler {
                 ])
         }
         service.fastLaneAnswers.add(1, ordering: .relaxed)
-        FastLaneMetrics.shared.record(
-            route, method: method, status: current ? .notModified : .ok,
+        tally.add(
+            route, method: method, status: current ? .notModified : .ok, bytes: body?.readableBytes ?? 0,
             nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
         return (out, body)
     }
@@ -595,16 +598,61 @@ final class FastLaneMetrics: Sendable {
         }
     }
 
-    func record(
-        _ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus, nanoseconds: UInt64
-    ) {
-        guard let r = FastRoute.allCases.firstIndex(of: route), let m = Self.methods.firstIndex(of: method),
-            let s = Self.statuses.firstIndex(of: status)
-        else { return }
-        let one = series[(r * Self.methods.count + m) * Self.statuses.count + s]
-        answered.increment()
-        one.counter.increment()
-        one.timer.recordNanoseconds(Int64(nanoseconds))
+    /// The index of a request's series, nil for one the fast lane never answers.
+    static func series(_ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus) -> Int? {
+        guard let r = FastRoute.allCases.firstIndex(of: route), let m = methods.firstIndex(of: method),
+            let s = statuses.firstIndex(of: status)
+        else { return nil }
+        return (r * methods.count + m) * statuses.count + s
+    }
+
+    static var seriesCount: Int { FastRoute.allCases.count * methods.count * statuses.count }
+
+    /// Adds a loop's tally: request counts by series, then each request's duration.
+    func add(requests: [Int], durations: [(series: Int, nanoseconds: Int64)]) {
+        let total = requests.reduce(0, +)
+        guard total > 0 else { return }
+        answered.increment(by: Int64(total))
+        for (i, n) in requests.enumerated() where n > 0 { series[i].counter.increment(by: Int64(n)) }
+        for d in durations { series[d.series].timer.recordNanoseconds(d.nanoseconds) }
+    }
+}
+
+/// What the fast lane did on one event loop since the last flush: requests by series with their
+/// durations, bytes, tiles and hot-tile hits. Handed to the shared counters and histograms every
+/// 256 requests and every second (``FastLaneLoops``): taking the histograms' lock per request
+/// from both loops made them wait on each other, which showed in the 99th percentile.
+final class FastLaneTally {
+    private var requests = [Int](repeating: 0, count: FastLaneMetrics.seriesCount)
+    private var durations: [(series: Int, nanoseconds: Int64)] = []
+    private var bytes = 0
+    var hotHits = 0
+    var hotMisses = 0
+
+    static let hotTileHits = Counter(label: "dallage_hot_tile_hits_total")
+    static let hotTileMisses = Counter(label: "dallage_hot_tile_misses_total")
+    static let tilesServed = Counter(label: "dallage_tiles_served_total")
+
+    init() { durations.reserveCapacity(256) }
+
+    func add(_ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus, bytes: Int, nanoseconds: UInt64) {
+        guard let series = FastLaneMetrics.series(route, method: method, status: status) else { return }
+        requests[series] += 1
+        durations.append((series, Int64(nanoseconds)))
+        self.bytes += bytes
+        if durations.count >= 256 { flush() }
+    }
+
+    func flush() {
+        FastLaneMetrics.shared.add(requests: requests, durations: durations)
+        if bytes > 0 { Document.bytesSent.increment(by: Int64(bytes)) }
+        if hotHits > 0 { Self.hotTileHits.increment(by: Int64(hotHits)) }
+        if hotMisses > 0 { Self.hotTileMisses.increment(by: Int64(hotMisses)) }
+        // Misses were counted by the tile service as they were read from their shards.
+        if hotHits > 0 { Self.tilesServed.increment(by: Int64(hotHits)) }
+        for i in requests.indices { requests[i] = 0 }
+        durations.removeAll(keepingCapacity: true)
+        (bytes, hotHits, hotMisses) = (0, 0, 0)
     }
 }
 
