@@ -321,18 +321,37 @@ final class TileFastLane: ChannelDuplexHandler {
     }
 }
 
-/// Tells the fast lane when the router has finished a response, so it may answer again.
-final class RouterResponses: ChannelOutboundHandler {
+/// Sits between NIO's HTTP parser and Hummingbird: tells the fast lane when the router has
+/// finished a response, so it may answer again, and closes the connection after the response to
+/// a request that did not ask to keep it (HTTP/1.0 without `keep-alive`, `Connection: close`),
+/// which Hummingbird leaves open for HTTP/1.0 (the version does not reach it).
+final class RouterResponses: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let lane: TileFastLane
+    /// Whether each request with the router wants its connection kept, oldest first.
+    private var keepAlive = CircularBuffer<Bool>()
 
     init(lane: TileFastLane) { self.lane = lane }
 
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = unwrapInboundIn(data) { keepAlive.append(head.isKeepAlive) }
+        context.fireChannelRead(data)
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) { lane.withRouter = max(0, lane.withRouter - 1) }
-        context.write(data, promise: promise)
+        guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
+        lane.withRouter = max(0, lane.withRouter - 1)
+        guard keepAlive.popFirst() == false else { return context.write(data, promise: promise) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.write(data, promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            promise?.completeWith(result)
+            context.close(promise: nil)
+        }
     }
 }
 
