@@ -79,7 +79,11 @@ final class FastLaneLoops: Sendable {
     private let hotTileBytes: Int
     private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
 
-    init(hotTileBytes: Int) { self.hotTileBytes = hotTileBytes }
+    /// `hotTileBytes` in all, shared out between `loopCount` event loops (Hummingbird runs one
+    /// per core).
+    init(hotTileBytes: Int, loopCount: Int = System.coreCount) {
+        self.hotTileBytes = hotTileBytes / max(1, loopCount)
+    }
 
     /// The state of `loop`; call it on that loop.
     func state(on loop: any EventLoop) -> FastLaneLoop {

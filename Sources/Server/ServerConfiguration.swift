@@ -21,7 +21,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var publicURL: String?
     /// In-memory cache of transcoded tiles (PNG, WebP, clipped), in bytes.
     public var tileCacheBytes: Int = ServerConfiguration.defaultTileCacheBytes
-    /// Stored tiles the fast lane keeps ready in memory, in bytes per event loop (0: none).
+    /// Stored tiles the fast lane keeps ready in memory, in bytes in all (0: none); each event
+    /// loop keeps its share.
     public var hotTileCacheBytes: Int = ServerConfiguration.defaultHotTileCacheBytes
     /// Shards kept mapped at once (each holds a file descriptor and a mapping).
     public var openShards: Int = 4096
@@ -58,7 +59,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080
     public static let defaultTileCacheBytes = 256 << 20
-    public static let defaultHotTileCacheBytes = 64 << 20
+    public static let defaultHotTileCacheBytes = 128 << 20
     public static let defaultCacheControl = "public, max-age=3600"
 
     enum CodingKeys: String, CodingKey {
