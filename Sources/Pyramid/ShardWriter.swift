@@ -41,12 +41,15 @@ public struct ShardGeometry: Sendable, Hashable {
         rows = columns
     }
 
-    /// A single-level image of `columns` × `rows` tiles.
+    /// An image of `columns` × `rows` tiles, with `levelCount - 1` overviews (each half the one
+    /// above, its tile counts rounded up).
     public init(
-        originX: Double, originY: Double, resolution: Double, columns: Int, rows: Int, tileSize: Int = 256, epsg: Int
+        originX: Double, originY: Double, resolution: Double, columns: Int, rows: Int, levelCount: Int = 1,
+        tileSize: Int = 256, epsg: Int
     ) {
         self.init(
-            originX: originX, originY: originY, resolution: resolution, levelCount: 1, tileSize: tileSize, epsg: epsg)
+            originX: originX, originY: originY, resolution: resolution, levelCount: levelCount, tileSize: tileSize,
+            epsg: epsg)
         self.columns = columns
         self.rows = rows
     }
@@ -321,8 +324,9 @@ public final class ShardWriter: @unchecked Sendable {
         let ts = geometry.tileSize
         for o in 0..<geometry.levelCount {
             let n = geometry.tiles(overview: o)
-            let width = UInt32(n.across * ts)
-            let length = UInt32(n.down * ts)
+            // Each overview is exactly half the one above: its last tiles may be partly empty.
+            let width = UInt32(max(1, (geometry.columns * ts) >> o))
+            let length = UInt32(max(1, (geometry.rows * ts) >> o))
             var img = TIFFDirectory()
             img.set(TIFFTag.newSubfileType, .longs([o == 0 ? 0 : 1]))
             img.set(TIFFTag.imageWidth, .longs([width]))

@@ -9,17 +9,23 @@ import Synchronization
 /// inside the polygon are the stored JPEG streams and masks copied as they are — no decoding,
 /// no second JPEG generation — and only tiles the polygon's edge crosses are decoded, clipped and
 /// encoded again. The file is written like a pyramid shard (tiled JPEG YCbCr with a 1-bit mask).
+///
+/// A COG extract also gets overviews, down to 512 px a side at most, as GDAL's COG driver makes
+/// them: each is composed from the pyramid's own lower level — the extract's origin falls on a
+/// whole pixel there, so the stored pixels are moved, not resampled — clipped, and encoded once.
 struct TileAlignedExtract {
     let pyramid: PyramidReader
     let range: TileRange
     let bounds: BoundingBox
     let cellSize: Double
     let epsg: Int
+    /// Overviews below the full resolution (0 for a GeoTIFF extract).
+    let overviews: Int
 
     /// Nil when the plan does not fit the pyramid's grid (another CRS or pixel size, WebP tiles).
     init?(plan: ExtractPlan, pyramid: PyramidReader) {
         let m = pyramid.manifest
-        guard plan.format == .gtiff, m.format == .jpeg,
+        guard plan.format == .gtiff || plan.format == .cog, m.format == .jpeg,
             let target = try? SpatialReference(plan.crs), let grid = try? SpatialReference(m.tileMatrixSet.crs),
             target.isSame(as: grid), let epsg = grid.epsg,
             let z = (m.minZoom...m.maxZoom).first(where: { z in
@@ -36,6 +42,23 @@ struct TileAlignedExtract {
         bounds = m.tileMatrixSet.bounds(of: range)
         cellSize = cell
         self.epsg = epsg
+        var overviews = 0
+        if plan.format == .cog {
+            // Halve while the image is over 2 tiles a side and the pyramid has the level above,
+            // on the same origin at twice the pixel size (then every origin is a whole pixel there).
+            let origin = m.tileMatrixSet.matrix(z)?.pointOfOrigin
+            while overviews < min(8, z - m.minZoom),
+                (range.colCount + (1 << overviews) - 1) >> overviews > 2
+                    || (range.rowCount + (1 << overviews) - 1) >> overviews > 2,
+                let above = m.tileMatrixSet.matrix(z - overviews - 1), above.pointOfOrigin == origin,
+                abs(above.cellSize - cell * Double(2 << overviews)) <= cell * 1e-9
+            {
+                overviews += 1
+            }
+            // Without them a COG extract is left to GDAL's COG driver.
+            guard overviews > 0 || max(range.colCount, range.rowCount) <= 2 else { return nil }
+        }
+        self.overviews = overviews
     }
 
     /// Writes the GeoTIFF to `path`. `progress` gets the fraction done and returns false to cancel.
@@ -46,7 +69,7 @@ struct TileAlignedExtract {
             path: path,
             geometry: ShardGeometry(
                 originX: bounds.minX, originY: bounds.maxY, resolution: cellSize, columns: range.colCount,
-                rows: range.rowCount, tileSize: size, epsg: epsg),
+                rows: range.rowCount, levelCount: overviews + 1, tileSize: size, epsg: epsg),
             format: .jpeg)
         let polygon = try Geometry.fromWKT(polygonWKT)
         let prepared = PreparedGeometry(polygon)
@@ -129,6 +152,113 @@ struct TileAlignedExtract {
         guard progress(Double(inside.count + done.load(ordering: .relaxed)) / total * 0.9) else {
             throw ExtractError(499, "cancelled")
         }
+        for k in stride(from: 1, through: overviews, by: 1) {
+            try writeOverview(k, to: writer, polygonWKT: polygonWKT)
+            guard progress(0.9 + 0.1 * Double(k) / Double(overviews)) else { throw ExtractError(499, "cancelled") }
+        }
         guard try writer.finish() != nil else { throw ExtractError(422, "no pyramid pixel falls in the polygon") }
+    }
+
+    /// Overview `k`, a row of its tiles at a time: the pyramid's tiles at level `z - k` under the
+    /// row decoded into a strip, each overview tile cut from it at its whole-pixel offset, clipped
+    /// to the polygon, and encoded, on every core.
+    private func writeOverview(_ k: Int, to writer: ShardWriter, polygonWKT: String) throws {
+        let size = pyramid.manifest.tileSize
+        let level = range.z - k
+        let resolution = cellSize * Double(1 << k)
+        let (across, down) = ShardGeometry(
+            originX: 0, originY: 0, resolution: 1, columns: range.colCount, rows: range.rowCount, epsg: epsg
+        ).tiles(overview: k)
+        // The extract's origin at `level`, in pixels from the grid's origin.
+        let (ox, oy) = ((range.minCol * size) >> k, (range.minRow * size) >> k)
+        let (c0, c1) = (ox / size, (ox + across * size - 1) / size)
+        let stripWidth = (c1 - c0 + 1) * size
+        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
+        let quality = pyramid.manifest.quality
+        var strip = [UInt8](repeating: 0, count: stripWidth * 2 * size * 4)
+        for r in 0..<down {
+            let y = oy + r * size
+            let (r0, r1) = (y / size, (y + size - 1) / size)
+            // Decode the (one or two) rows of pyramid tiles under this row of overview tiles.
+            let sources = (r0...r1).flatMap { row in (c0...c1).map { TileCoordinate(z: level, col: $0, row: row) } }
+            let failure = Mutex<Error?>(nil)
+            try strip.withUnsafeMutableBufferPointer { out in
+                for i in out.indices { out[i] = 0 }
+                let target = UnsafeSendablePointer(out.baseAddress!)
+                DispatchQueue.concurrentPerform(iterations: sources.count) { i in
+                    let t = sources[i]
+                    do {
+                        guard let rgba = try pyramid.decodeTile(t) else { return }
+                        let (x0, y0) = ((t.col - c0) * size, (t.row - r0) * size)
+                        for line in 0..<size {
+                            rgba.withUnsafeBufferPointer { p in
+                                (target.pointer + ((y0 + line) * stripWidth + x0) * 4).update(
+                                    from: p.baseAddress! + line * size * 4, count: size * 4)
+                            }
+                        }
+                    } catch {
+                        failure.withLock { $0 = $0 ?? error }
+                    }
+                }
+                if let e = failure.withLock({ $0 }) { throw e }
+                let source = UnsafeSendablePointer(out.baseAddress!)
+                DispatchQueue.concurrentPerform(iterations: min(workers, across)) { w in
+                    do {
+                        let codec = try JPEGCodec()
+                        let clip = try Geometry.fromWKT(polygonWKT)
+                        var tile = [UInt8](repeating: 0, count: size * size * 4)
+                        var inPolygon = [UInt8](repeating: 0, count: size * size)
+                        var bits = [UInt8](repeating: 0, count: size * size / 8)
+                        for c in stride(from: w, to: across, by: workers) {
+                            let (sx, sy) = (ox + c * size - c0 * size, y - r0 * size)
+                            tile.withUnsafeMutableBufferPointer { p in
+                                for line in 0..<size {
+                                    (p.baseAddress! + line * size * 4).update(
+                                        from: source.pointer + ((sy + line) * stripWidth + sx) * 4, count: size * 4)
+                                }
+                            }
+                            try inPolygon.withUnsafeMutableBufferPointer {
+                                try clip.rasterize(
+                                    into: $0.baseAddress!, width: size, height: size,
+                                    transform: GeoTransform(
+                                        originX: bounds.minX + Double(c * size) * resolution,
+                                        originY: bounds.maxY - Double(r * size) * resolution, resolution: resolution))
+                            }
+                            var any = false
+                            for i in 0..<(size * size) {
+                                if inPolygon[i] == 0 || tile[i * 4 + 3] == 0 {
+                                    tile[i * 4] = 0
+                                    tile[i * 4 + 1] = 0
+                                    tile[i * 4 + 2] = 0
+                                    tile[i * 4 + 3] = 0
+                                } else {
+                                    any = true
+                                }
+                            }
+                            guard any else { continue }
+                            let mask = try tile.withUnsafeBufferPointer { p in
+                                try bits.withUnsafeMutableBufferPointer { b in
+                                    ShardWriter.packMask(
+                                        p.baseAddress!, stride: size * 4, size: size, into: b.baseAddress!)
+                                    return try Deflate.compress(UnsafeRawBufferPointer(b))
+                                }
+                            }
+                            try tile.withUnsafeBufferPointer { p in
+                                try codec.encode(
+                                    rgbx: p.baseAddress!, width: size, height: size, stride: size * 4, quality: quality
+                                ) { jpeg in
+                                    try mask.withUnsafeBytes {
+                                        try writer.add(overview: k, col: c, row: r, tile: jpeg, mask: $0)
+                                    }
+                                }
+                            }
+                        }
+                    } catch {
+                        failure.withLock { $0 = $0 ?? error }
+                    }
+                }
+                if let e = failure.withLock({ $0 }) { throw e }
+            }
+        }
     }
 }

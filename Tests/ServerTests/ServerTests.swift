@@ -842,6 +842,64 @@ struct RenderAndExtractTests {
         }
     }
 
+    /// A COG extract in the pyramid's CRS and pixel size: full resolution copied from the pyramid,
+    /// overviews down to 512 px made from the pyramid's own lower levels, a valid COG.
+    @Test func cogExtractHasOverviewsFromThePyramid() async throws {
+        let pyramid = try PyramidReader(directory: store + "/pcrs/2154_5cm")
+        try await ServerFixture.app(store: store).test(.router) { client in
+            let body = #"{"tileset":"pcrs","geometry":\#(Self.triangle),"format":"cog"}"#
+            try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body)) { r in
+                #expect(r.status == .ok, "\(String(buffer: r.body))")
+                let path = NSTemporaryDirectory() + "extract-\(UUID().uuidString).tif"
+                try Data(buffer: r.body).write(to: URL(fileURLWithPath: path))
+                let (valid, report) = try ServerFixture.runBlocking(
+                    "/usr/bin/python3", ["-m", "osgeo_utils.samples.validate_cloud_optimized_geotiff", path])
+                #expect(valid == 0 && !report.contains("overviews"), "\(report)")
+                // 1024 × 1280 px (the same whole tiles as the GeoTIFF), then 512 × 640 and 256 × 320.
+                let (_, info) = try ServerFixture.runBlocking("/usr/bin/gdalinfo", [path])
+                #expect(info.contains("Size is 1024, 1280") && info.contains("Overviews: 512x640, 256x320"), "\(info)")
+                // The first overview is the pyramid's z21, moved by whole pixels: inside the triangle
+                // it differs from the stored pixels by one more JPEG generation only.
+                let overview = path + ".ovr1.tif"
+                let (copied, log) = try ServerFixture.runBlocking(
+                    "/usr/bin/gdal_translate", ["-q", "-ovr", "0", "-b", "1", "-b", "2", "-b", "3", path, overview])
+                #expect(copied == 0, "\(log)")
+                let ds = try Dataset.open(overview)
+                let gt = try #require(ds.geoTransform)
+                #expect(abs(gt.pixelWidth - 0.1) < 1e-9 && gt.originX == 704_000)
+                var rgb = [UInt8](repeating: 0, count: 100 * 100 * 3)
+                // Near the base of the triangle: 704020…704030 × 7059958…7059968.
+                let (x0, y0) = (Int((704_020 - gt.originX) / 0.1), Int((gt.originY - 7_059_968) / 0.1))
+                try rgb.withUnsafeMutableBufferPointer {
+                    try ds.read(
+                        x: x0, y: y0, width: 100, height: 100, bands: [1, 2, 3], into: $0.baseAddress!,
+                        bufferWidth: 100, bufferHeight: 100)
+                }
+                var sum = 0.0
+                var n = 0
+                for y in 0..<100 {
+                    for x in 0..<100 {
+                        let gx = gt.originX + (Double(x0 + x) + 0.5) * 0.1
+                        let gy = gt.originY - (Double(y0 + y) + 0.5) * 0.1
+                        let (col, row) = (Int(gx / 25.6), Int((12_000_000 - gy) / 25.6))
+                        guard let tile = try pyramid.decodeTile(TileCoordinate(z: 21, col: col, row: row)) else {
+                            continue
+                        }
+                        let px = Int((gx - Double(col) * 25.6) / 0.1)
+                        let py = Int(((12_000_000 - gy) - Double(row) * 25.6) / 0.1)
+                        for k in 0..<3 {
+                            let d = Double(tile[(py * 256 + px) * 4 + k]) - Double(rgb[(y * 100 + x) * 3 + k])
+                            sum += d * d
+                            n += 1
+                        }
+                    }
+                }
+                #expect(n == 100 * 100 * 3)
+                #expect(sum / Double(n) < 20, "mean squared difference \(sum / Double(n))")
+            }
+        }
+    }
+
     @Test func sourceDallesUnderAPolygonAreListedAndZipped() async throws {
         try await ServerFixture.app(store: store).test(.router) { client in
             let geometry =
