@@ -1,6 +1,7 @@
 import Foundation
 import GeoGrid
 import HTTPTypes
+import Hummingbird
 import HummingbirdCore
 import Logging
 import Metrics
@@ -25,8 +26,8 @@ import NIOHTTPTypesHTTP1
 /// pipelined responses keep their order.
 ///
 /// The answer — status, headers, bytes — is the router's for the same request (a test compares
-/// them); it is counted in the same metrics series and logged with the same method and path as the
-/// router's access log (without its request id).
+/// them); it is counted in the same metrics series and logged like the router's access log (request
+/// id from the same sequence, method, path).
 final class TileFastLane: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -307,6 +308,7 @@ final class TileFastLane: ChannelDuplexHandler {
             logger.info(
                 "Request",
                 metadata: [
+                    "hb.request.id": .stringConvertible(RequestID()),
                     "hb.request.path": .string(
                         buffer.getString(at: buffer.readerIndex + head.target.lowerBound, length: head.target.count)
                             ?? ""),
