@@ -47,7 +47,8 @@ struct TileAlignedExtract {
             // Halve while the image is over 2 tiles a side and the pyramid has the level above,
             // on the same origin at twice the pixel size (then every origin is a whole pixel there).
             let origin = m.tileMatrixSet.matrix(z)?.pointOfOrigin
-            while overviews < min(8, z - m.minZoom),
+            // At most as many halvings as keep a tile's origin on a whole pixel (8 for 256 px).
+            while overviews < min(m.tileSize.trailingZeroBitCount, z - m.minZoom),
                 (range.colCount + (1 << overviews) - 1) >> overviews > 2
                     || (range.rowCount + (1 << overviews) - 1) >> overviews > 2,
                 let above = m.tileMatrixSet.matrix(z - overviews - 1), above.pointOfOrigin == origin,
@@ -153,8 +154,9 @@ struct TileAlignedExtract {
             throw ExtractError(499, "cancelled")
         }
         for k in stride(from: 1, through: overviews, by: 1) {
-            try writeOverview(k, to: writer, polygonWKT: polygonWKT)
-            guard progress(0.9 + 0.1 * Double(k) / Double(overviews)) else { throw ExtractError(499, "cancelled") }
+            try writeOverview(k, to: writer, polygonWKT: polygonWKT) { part in
+                progress(0.9 + 0.1 * (Double(k - 1) + part) / Double(overviews))
+            }
         }
         guard try writer.finish() != nil else { throw ExtractError(422, "no pyramid pixel falls in the polygon") }
     }
@@ -162,7 +164,9 @@ struct TileAlignedExtract {
     /// Overview `k`, a row of its tiles at a time: the pyramid's tiles at level `z - k` under the
     /// row decoded into a strip, each overview tile cut from it at its whole-pixel offset, clipped
     /// to the polygon, and encoded, on every core.
-    private func writeOverview(_ k: Int, to writer: ShardWriter, polygonWKT: String) throws {
+    private func writeOverview(
+        _ k: Int, to writer: ShardWriter, polygonWKT: String, progress: (Double) -> Bool
+    ) throws {
         let size = pyramid.manifest.tileSize
         let level = range.z - k
         let resolution = cellSize * Double(1 << k)
@@ -182,8 +186,9 @@ struct TileAlignedExtract {
             // Decode the (one or two) rows of pyramid tiles under this row of overview tiles.
             let sources = (r0...r1).flatMap { row in (c0...c1).map { TileCoordinate(z: level, col: $0, row: row) } }
             let failure = Mutex<Error?>(nil)
+            guard progress(Double(r) / Double(down)) else { throw ExtractError(499, "cancelled") }
             try strip.withUnsafeMutableBufferPointer { out in
-                for i in out.indices { out[i] = 0 }
+                out.update(repeating: 0)
                 let target = UnsafeSendablePointer(out.baseAddress!)
                 DispatchQueue.concurrentPerform(iterations: sources.count) { i in
                     let t = sources[i]
