@@ -102,47 +102,14 @@ struct TileAlignedExtract {
         let edges = crossing
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             do {
-                let codec = try JPEGCodec()
-                let clip = try Geometry.fromWKT(polygonWKT)
-                var inPolygon = [UInt8](repeating: 0, count: size * size)
-                var bits = [UInt8](repeating: 0, count: size * size / 8)
+                var clipper = try TileClipper(polygonWKT: polygonWKT, size: size, quality: quality)
                 for t in stride(from: w, to: edges.count, by: workers).map({ edges[$0] }) {
                     guard var rgba = try pyramid.decodeTile(t) else { continue }
                     let box = tms.bounds(of: t)
-                    try inPolygon.withUnsafeMutableBufferPointer {
-                        try clip.rasterize(
-                            into: $0.baseAddress!, width: size, height: size,
-                            transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: cellSize))
-                    }
-                    var any = false
-                    for i in 0..<(size * size) {
-                        if inPolygon[i] == 0 || rgba[i * 4 + 3] == 0 {
-                            // Outside is not delivered: black under a cleared mask bit.
-                            rgba[i * 4] = 0
-                            rgba[i * 4 + 1] = 0
-                            rgba[i * 4 + 2] = 0
-                            rgba[i * 4 + 3] = 0
-                        } else {
-                            any = true
-                        }
-                    }
-                    guard any else { continue }
-                    let mask = try rgba.withUnsafeBufferPointer { p in
-                        try bits.withUnsafeMutableBufferPointer { b in
-                            ShardWriter.packMask(p.baseAddress!, stride: size * 4, size: size, into: b.baseAddress!)
-                            return try Deflate.compress(UnsafeRawBufferPointer(b))
-                        }
-                    }
-                    try rgba.withUnsafeBufferPointer { p in
-                        try codec.encode(
-                            rgbx: p.baseAddress!, width: size, height: size, stride: size * 4, quality: quality
-                        ) { jpeg in
-                            try mask.withUnsafeBytes {
-                                try writer.add(
-                                    overview: 0, col: t.col - firstCol, row: t.row - firstRow, tile: jpeg, mask: $0)
-                            }
-                        }
-                    }
+                    let kept = try clipper.add(
+                        &rgba, transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: cellSize),
+                        to: writer, overview: 0, col: t.col - firstCol, row: t.row - firstRow)
+                    guard kept else { continue }
                     done.add(1, ordering: .relaxed)
                 }
             } catch {
@@ -209,11 +176,8 @@ struct TileAlignedExtract {
                 let source = UnsafeSendablePointer(out.baseAddress!)
                 DispatchQueue.concurrentPerform(iterations: min(workers, across)) { w in
                     do {
-                        let codec = try JPEGCodec()
-                        let clip = try Geometry.fromWKT(polygonWKT)
+                        var clipper = try TileClipper(polygonWKT: polygonWKT, size: size, quality: quality)
                         var tile = [UInt8](repeating: 0, count: size * size * 4)
-                        var inPolygon = [UInt8](repeating: 0, count: size * size)
-                        var bits = [UInt8](repeating: 0, count: size * size / 8)
                         for c in stride(from: w, to: across, by: workers) {
                             let (sx, sy) = (ox + c * size - c0 * size, y - r0 * size)
                             tile.withUnsafeMutableBufferPointer { p in
@@ -222,41 +186,10 @@ struct TileAlignedExtract {
                                         from: source.pointer + ((sy + line) * stripWidth + sx) * 4, count: size * 4)
                                 }
                             }
-                            try inPolygon.withUnsafeMutableBufferPointer {
-                                try clip.rasterize(
-                                    into: $0.baseAddress!, width: size, height: size,
-                                    transform: GeoTransform(
-                                        originX: bounds.minX + Double(c * size) * resolution,
-                                        originY: bounds.maxY - Double(r * size) * resolution, resolution: resolution))
-                            }
-                            var any = false
-                            for i in 0..<(size * size) {
-                                if inPolygon[i] == 0 || tile[i * 4 + 3] == 0 {
-                                    tile[i * 4] = 0
-                                    tile[i * 4 + 1] = 0
-                                    tile[i * 4 + 2] = 0
-                                    tile[i * 4 + 3] = 0
-                                } else {
-                                    any = true
-                                }
-                            }
-                            guard any else { continue }
-                            let mask = try tile.withUnsafeBufferPointer { p in
-                                try bits.withUnsafeMutableBufferPointer { b in
-                                    ShardWriter.packMask(
-                                        p.baseAddress!, stride: size * 4, size: size, into: b.baseAddress!)
-                                    return try Deflate.compress(UnsafeRawBufferPointer(b))
-                                }
-                            }
-                            try tile.withUnsafeBufferPointer { p in
-                                try codec.encode(
-                                    rgbx: p.baseAddress!, width: size, height: size, stride: size * 4, quality: quality
-                                ) { jpeg in
-                                    try mask.withUnsafeBytes {
-                                        try writer.add(overview: k, col: c, row: r, tile: jpeg, mask: $0)
-                                    }
-                                }
-                            }
+                            let transform = GeoTransform(
+                                originX: bounds.minX + Double(c * size) * resolution,
+                                originY: bounds.maxY - Double(r * size) * resolution, resolution: resolution)
+                            _ = try clipper.add(&tile, transform: transform, to: writer, overview: k, col: c, row: r)
                         }
                     } catch {
                         failure.withLock { $0 = $0 ?? error }
@@ -265,5 +198,64 @@ struct TileAlignedExtract {
                 if let e = failure.withLock({ $0 }) { throw e }
             }
         }
+    }
+}
+
+/// Clips a decoded tile to the polygon and adds it to the writer: outside pixels are not
+/// delivered (black under a cleared mask bit), the rest encoded once. One per worker: it holds a
+/// codec, its own copy of the polygon and its buffers.
+private struct TileClipper {
+    let codec: JPEGCodec
+    let clip: Geometry
+    let size: Int
+    let quality: Int
+    private var inPolygon: [UInt8]
+    private var bits: [UInt8]
+
+    init(polygonWKT: String, size: Int, quality: Int) throws {
+        codec = try JPEGCodec()
+        clip = try Geometry.fromWKT(polygonWKT)
+        self.size = size
+        self.quality = quality
+        inPolygon = [UInt8](repeating: 0, count: size * size)
+        bits = [UInt8](repeating: 0, count: size * size / 8)
+    }
+
+    /// Adds `rgba` (alpha 0 where there is no data) clipped to the polygon at `transform`; false,
+    /// and nothing added, when no pixel is left.
+    mutating func add(
+        _ rgba: inout [UInt8], transform: GeoTransform, to writer: ShardWriter, overview: Int, col: Int, row: Int
+    ) throws -> Bool {
+        let size = size
+        try inPolygon.withUnsafeMutableBufferPointer {
+            try clip.rasterize(into: $0.baseAddress!, width: size, height: size, transform: transform)
+        }
+        var any = false
+        for i in 0..<(size * size) {
+            if inPolygon[i] == 0 || rgba[i * 4 + 3] == 0 {
+                rgba[i * 4] = 0
+                rgba[i * 4 + 1] = 0
+                rgba[i * 4 + 2] = 0
+                rgba[i * 4 + 3] = 0
+            } else {
+                any = true
+            }
+        }
+        guard any else { return false }
+        let mask = try rgba.withUnsafeBufferPointer { p in
+            try bits.withUnsafeMutableBufferPointer { b in
+                ShardWriter.packMask(p.baseAddress!, stride: size * 4, size: size, into: b.baseAddress!)
+                return try Deflate.compress(UnsafeRawBufferPointer(b))
+            }
+        }
+        try rgba.withUnsafeBufferPointer { p in
+            try codec.encode(rgbx: p.baseAddress!, width: size, height: size, stride: size * 4, quality: quality) {
+                jpeg in
+                try mask.withUnsafeBytes {
+                    try writer.add(overview: overview, col: col, row: row, tile: jpeg, mask: $0)
+                }
+            }
+        }
+        return true
     }
 }
