@@ -10,6 +10,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, token, project, out = sys.argv[1:5]
@@ -58,7 +59,9 @@ try:
     Select(driver.find_element(By.ID, "step-statut")).select_by_value("disponible")
     driver.execute_script("document.getElementById('step-date').value = '2024-06-01';")
     driver.find_element(By.ID, "step-add").click()
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "card-statut").text == "Publié")
+    # The card is drawn again when the status changes: an element found just before is stale.
+    WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.ID, "card-statut").text == "Publié")
     report["after"] = driver.find_element(By.ID, "card-statut").text
     report["colour"] = driver.execute_script(
         "let c = null; dallage.state.coverage.eachLayer(l => { if (l.feature.properties.id === %s) c = l.options.color; });"
