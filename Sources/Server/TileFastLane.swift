@@ -20,10 +20,11 @@ import NIOHTTPTypesHTTP1
 /// Hummingbird: other routes, query strings, percent-escapes, methods other than GET and HEAD,
 /// bodies, `Authorization` (administrators see gated tilesets), `Expect`, tiles of gated tilesets
 /// not wholly inside the published area, other encodings, absent tiles and every error. Anything it
-/// cannot frame with certainty — HTTP/1.0, `Connection: close` or `Upgrade`, `Transfer-Encoding`,
-/// bare line feeds, odd bytes in a header, a head over 8 kB — sends the rest of the connection to
-/// the parser untouched. While a request is with the router, later requests follow it there so
-/// pipelined responses keep their order.
+/// cannot frame with certainty — HTTP/1.0, `Connection` or `Proxy-Connection: close`, `Upgrade`,
+/// `CONNECT`, `Transfer-Encoding`, a bare CR or LF, odd bytes in a header, a head over 8 kB — sends
+/// the rest of the connection to the parser untouched. While a request is with the router, later
+/// requests follow it there so pipelined responses keep their order; while the socket is full it
+/// stops reading; end of input and graceful shutdown wait until its answers are written.
 ///
 /// The answer — status, headers, bytes — is the router's for the same request (a test compares
 /// them); it is counted in the same metrics series and logged like the router's access log (request
