@@ -602,7 +602,7 @@ struct ServerOperationsTests {
         }
     }
 
-    @Test func sigtermStopsTheServerCleanly() throws {
+    @Test func sigtermStopsTheServerCleanlyWithoutCuttingAnswers() throws {
         let binary = ServerFixture.root + "/.build/debug/dallage"
         try #require(FileManager.default.isExecutableFile(atPath: binary))
         let port = 18_000 + Int.random(in: 0..<1000)
@@ -621,9 +621,45 @@ struct ServerOperationsTests {
             up = (try? ServerFixture.runBlocking("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"]).0) == 0
         }
         #expect(up)
+        // A client pipelines 300 tiles and reads late, so the fast lane is waiting for its socket
+        // when SIGTERM comes: every answer that arrives is whole, then the connection closes.
+        let t = ServerFixture.innerTile
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = [
+            "-c",
+            #"""
+            import socket, sys, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", int(sys.argv[1]))); s.settimeout(30)
+            s.sendall((b"GET " + sys.argv[2].encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n") * 300)
+            time.sleep(1.5)
+            data, answers = b"", []
+            while True:
+                chunk = s.recv(65536)
+                if not chunk: break
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, rest = data.split(b"\r\n\r\n", 1)
+                    size = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) < size: break
+                    answers.append((int(head.split(b" ")[1]), size)); data = rest[size:]
+            print(len(answers), len(set(answers)), answers[0][0] if answers else 0, len(data))
+            """#,
+            String(port), "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
+        ]
+        let output = Pipe()
+        client.standardOutput = output
+        try client.run()
+        usleep(700_000)
         kill(p.processIdentifier, SIGTERM)
         p.waitUntilExit()
         #expect(p.terminationReason == .exit && p.terminationStatus == 0)
+        client.waitUntilExit()
+        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let fields = report.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        // Some answers (all 200, all alike), no partial one left when the connection closed.
+        #expect(fields.count == 4 && fields[0] > 0 && fields[1] == 1 && fields[2] == 200 && fields[3] == 0, "\(report)")
     }
 }
 
