@@ -50,7 +50,7 @@ public func buildApplication(configuration: ServerConfiguration, logger: Logger)
     let extracts = ExtractService(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
     let serverName = "dallage"
-    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes)
+    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
     var app = Application(
         router: buildRouter(service: service, coverage: coverage, extracts: extracts),
         server: .http1(fastLane: { loop in

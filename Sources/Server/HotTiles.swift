@@ -1,4 +1,5 @@
 import GeoGrid
+import Metrics
 import NIOCore
 import Synchronization
 
@@ -68,28 +69,33 @@ final class HotTiles {
 /// that loop, so neither needs a lock.
 final class FastLaneLoop {
     let hot: HotTiles
-    let tally = FastLaneTally()
+    let tally: FastLaneTally
 
-    init(hotTileBytes: Int) { hot = HotTiles(capacity: hotTileBytes) }
+    init(hotTileBytes: Int, tilesServed: Counter) {
+        hot = HotTiles(capacity: hotTileBytes)
+        tally = FastLaneTally(tilesServed: tilesServed)
+    }
 }
 
 /// One ``FastLaneLoop`` per event loop, made on its loop at the first connection there; each
 /// hands its tally to the shared metrics every second.
 final class FastLaneLoops: Sendable {
     private let hotTileBytes: Int
+    private let tilesServed: Counter
     private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
 
     /// `hotTileBytes` in all, shared out between `loopCount` event loops (Hummingbird runs one
     /// per core).
-    init(hotTileBytes: Int, loopCount: Int = System.coreCount) {
+    init(hotTileBytes: Int, tilesServed: Counter, loopCount: Int = System.coreCount) {
         self.hotTileBytes = hotTileBytes / max(1, loopCount)
+        self.tilesServed = tilesServed
     }
 
     /// The state of `loop`; call it on that loop.
     func state(on loop: any EventLoop) -> FastLaneLoop {
         loops.withLock { loops in
             if let bound = loops[ObjectIdentifier(loop)] { return bound.value }
-            let state = FastLaneLoop(hotTileBytes: hotTileBytes)
+            let state = FastLaneLoop(hotTileBytes: hotTileBytes, tilesServed: tilesServed)
             let bound = NIOLoopBound(state, eventLoop: loop)
             loops[ObjectIdentifier(loop)] = bound
             loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in bound.value.tally.flush() }

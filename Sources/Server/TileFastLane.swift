@@ -621,7 +621,7 @@ final class FastLaneMetrics: Sendable {
     }
 
     /// The index of a request's series, nil for one the fast lane never answers.
-    static func series(_ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus) -> Int? {
+    static func seriesIndex(_ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus) -> Int? {
         guard let r = FastRoute.allCases.firstIndex(of: route), let m = methods.firstIndex(of: method),
             let s = statuses.firstIndex(of: status)
         else { return nil }
@@ -653,12 +653,17 @@ final class FastLaneTally {
 
     static let hotTileHits = Counter(label: "dallage_hot_tile_hits_total")
     static let hotTileMisses = Counter(label: "dallage_hot_tile_misses_total")
-    static let tilesServed = Counter(label: "dallage_tiles_served_total")
 
-    init() { durations.reserveCapacity(256) }
+    /// The tile service's count of tiles served, to which hot-tile hits are added.
+    private let tilesServed: Counter
+
+    init(tilesServed: Counter) {
+        self.tilesServed = tilesServed
+        durations.reserveCapacity(256)
+    }
 
     func add(_ route: FastRoute, method: HTTPMethod, status: HTTPResponseStatus, bytes: Int, nanoseconds: UInt64) {
-        guard let series = FastLaneMetrics.series(route, method: method, status: status) else { return }
+        guard let series = FastLaneMetrics.seriesIndex(route, method: method, status: status) else { return }
         requests[series] += 1
         durations.append((series, Int64(nanoseconds)))
         self.bytes += bytes
@@ -671,7 +676,7 @@ final class FastLaneTally {
         if hotHits > 0 { Self.hotTileHits.increment(by: Int64(hotHits)) }
         if hotMisses > 0 { Self.hotTileMisses.increment(by: Int64(hotMisses)) }
         // Misses were counted by the tile service as they were read from their shards.
-        if hotHits > 0 { Self.tilesServed.increment(by: Int64(hotHits)) }
+        if hotHits > 0 { tilesServed.increment(by: Int64(hotHits)) }
         for i in requests.indices { requests[i] = 0 }
         durations.removeAll(keepingCapacity: true)
         (bytes, hotHits, hotMisses) = (0, 0, 0)

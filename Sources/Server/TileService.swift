@@ -230,16 +230,7 @@ public final class TileService: Sendable {
         published: (ServedPyramid, TileCoordinate) -> Bool
     ) -> (ServedPyramid, TileCoordinate)? {
         guard let pyramid = pyramids[r.tileset]?[r.grid] else { return nil }
-        let reader = pyramid.reader  // its manifest read in place, not copied: this runs per tile
-        return withExtendedLifetime(reader) { () -> (ServedPyramid, TileCoordinate)? in
-            plainPlace(r, pyramid, reader.manifest, strictLimits: strictLimits, published: published)
-        }
-    }
-
-    private func plainPlace(
-        _ r: TileRequest, _ pyramid: ServedPyramid, _ m: borrowing PyramidManifest, strictLimits: Bool,
-        published: (ServedPyramid, TileCoordinate) -> Bool
-    ) -> (ServedPyramid, TileCoordinate)? {
+        let m = pyramid.manifest
         guard r.encoding == (m.format == .jpeg ? .jpeg : .webp),
             r.z >= m.minZoom, r.z <= m.maxZoom, let matrix = m.tileMatrixSet.matrix(r.z),
             r.col >= 0, r.col < matrix.matrixWidth, r.row >= 0, r.row < matrix.matrixHeight
