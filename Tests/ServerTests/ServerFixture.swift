@@ -70,6 +70,33 @@ enum ServerFixture {
         }
     }
 
+    /// Squared differences between `rgb` — `size` × `size` pixels of `cell` m in Lambert-93 from
+    /// the top-left corner (`minX`, `maxY`) — and the 2154_5cm pyramid's pixels at level `z`:
+    /// their sum and the number of values compared (pixels the pyramid lacks are skipped).
+    static func differenceFromPyramid(
+        _ rgb: [UInt8], size: Int, minX: Double, maxY: Double, z: Int, cell: Double, pyramid: PyramidReader
+    ) throws -> (sum: Double, count: Int) {
+        let span = 256 * cell
+        var sum = 0.0
+        var n = 0
+        for y in 0..<size {
+            for x in 0..<size {
+                let gx = minX + (Double(x) + 0.5) * cell
+                let gy = maxY - (Double(y) + 0.5) * cell
+                let (col, row) = (Int(gx / span), Int((12_000_000 - gy) / span))
+                guard let tile = try pyramid.decodeTile(TileCoordinate(z: z, col: col, row: row)) else { continue }
+                let px = Int((gx - Double(col) * span) / cell)
+                let py = Int(((12_000_000 - gy) - Double(row) * span) / cell)
+                for k in 0..<3 {
+                    let d = Double(tile[(py * 256 + px) * 4 + k]) - Double(rgb[(y * size + x) * 3 + k])
+                    sum += d * d
+                    n += 1
+                }
+            }
+        }
+        return (sum, n)
+    }
+
     /// A z22 tile of the 2154_5cm pyramid that is wholly inside the data.
     static let innerTile = TileCoordinate(z: 22, col: 55_000, row: 385_938)
     /// A z22 tile cut by the top edge of the data (half transparent).

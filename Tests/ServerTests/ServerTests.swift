@@ -837,11 +837,12 @@ struct RenderAndExtractTests {
                 #expect(ds.width == 1024 && ds.height == 1280)
                 // The envelope's window: 100 px right and 228 px down.
                 let (ox, oy) = (100, 228)
-                var rgb = [UInt8](repeating: 0, count: 800 * 800 * 3)
+                // Near the base centre: 704022.5…704027.5 × 7059960…7059965.
+                var rgb = [UInt8](repeating: 0, count: 100 * 100 * 3)
                 try rgb.withUnsafeMutableBufferPointer {
                     try ds.read(
-                        x: ox, y: oy, width: 800, height: 800, bands: [1, 2, 3], into: $0.baseAddress!,
-                        bufferWidth: 800, bufferHeight: 800)
+                        x: ox + 350, y: oy + 600, width: 100, height: 100, bands: [1, 2, 3], into: $0.baseAddress!,
+                        bufferWidth: 100, bufferHeight: 100)
                 }
                 let width = ds.width
                 try ds.close()
@@ -852,26 +853,8 @@ struct RenderAndExtractTests {
                 #expect(mask[(oy + 700) * width + ox + 400] == 255)
                 // Inside, the pixels are the pyramid's z22 pixels: tiles wholly inside are the
                 // stored JPEG streams, so these pixels are identical.
-                var sum = 0.0
-                var n = 0
-                for y in 600..<700 {
-                    for x in 350..<450 {
-                        let gx = 704_005 + (Double(x) + 0.5) * 0.05
-                        let gy = 7_059_995 - (Double(y) + 0.5) * 0.05
-                        let col = Int(gx / 12.8)
-                        let row = Int((12_000_000 - gy) / 12.8)
-                        guard let tile = try pyramid.decodeTile(TileCoordinate(z: 22, col: col, row: row)) else {
-                            continue
-                        }
-                        let px = Int((gx - Double(col) * 12.8) / 0.05)
-                        let py = Int(((12_000_000 - gy) - Double(row) * 12.8) / 0.05)
-                        for k in 0..<3 {
-                            let d = Double(tile[(py * 256 + px) * 4 + k]) - Double(rgb[(y * 800 + x) * 3 + k])
-                            sum += d * d
-                            n += 1
-                        }
-                    }
-                }
+                let (sum, n) = try ServerFixture.differenceFromPyramid(
+                    rgb, size: 100, minX: 704_022.5, maxY: 7_059_965, z: 22, cell: 0.05, pyramid: pyramid)
                 #expect(n == 100 * 100 * 3)
                 #expect(sum == 0, "mean squared difference \(sum / Double(n))")
             }
@@ -911,25 +894,9 @@ struct RenderAndExtractTests {
                         x: x0, y: y0, width: 100, height: 100, bands: [1, 2, 3], into: $0.baseAddress!,
                         bufferWidth: 100, bufferHeight: 100)
                 }
-                var sum = 0.0
-                var n = 0
-                for y in 0..<100 {
-                    for x in 0..<100 {
-                        let gx = gt.originX + (Double(x0 + x) + 0.5) * 0.1
-                        let gy = gt.originY - (Double(y0 + y) + 0.5) * 0.1
-                        let (col, row) = (Int(gx / 25.6), Int((12_000_000 - gy) / 25.6))
-                        guard let tile = try pyramid.decodeTile(TileCoordinate(z: 21, col: col, row: row)) else {
-                            continue
-                        }
-                        let px = Int((gx - Double(col) * 25.6) / 0.1)
-                        let py = Int(((12_000_000 - gy) - Double(row) * 25.6) / 0.1)
-                        for k in 0..<3 {
-                            let d = Double(tile[(py * 256 + px) * 4 + k]) - Double(rgb[(y * 100 + x) * 3 + k])
-                            sum += d * d
-                            n += 1
-                        }
-                    }
-                }
+                let (sum, n) = try ServerFixture.differenceFromPyramid(
+                    rgb, size: 100, minX: gt.originX + Double(x0) * 0.1, maxY: gt.originY - Double(y0) * 0.1, z: 21,
+                    cell: 0.1, pyramid: pyramid)
                 #expect(n == 100 * 100 * 3)
                 #expect(sum / Double(n) < 20, "mean squared difference \(sum / Double(n))")
             }
