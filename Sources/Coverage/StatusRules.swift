@@ -12,6 +12,8 @@ public struct CoverageError: Error, CustomStringConvertible, Sendable, Equatable
         case conflict
         case unauthorized
         case forbidden
+        /// The database cannot take writes now (deleted, replaced or read-only): 503 with the reason.
+        case unavailable
     }
 
     public var kind: Kind

@@ -1,3 +1,4 @@
+import Coverage
 import Foundation
 import Hummingbird
 
@@ -19,6 +20,14 @@ public struct ServiceError: Error, Sendable {
         case validationFailed = "ValidationFailed"
         case payloadTooLarge = "TooLarge"
         case tooManyRequests = "TooManyRequests"
+        case methodNotAllowed = "MethodNotAllowed"
+        /// A request head or body that did not arrive in time (408).
+        case requestTimeout = "RequestTimeout"
+        /// The server cannot take the request now: database gone or read-only, too many
+        /// connections (503, with a reason).
+        case unavailable = "Unavailable"
+        /// No space left to write the result (507).
+        case insufficientStorage = "InsufficientStorage"
     }
 
     /// How the client asked, so the error answers in the same language.
@@ -58,7 +67,28 @@ public struct ServiceError: Error, Sendable {
         case .validationFailed: .unprocessableContent
         case .payloadTooLarge: .contentTooLarge
         case .tooManyRequests: .tooManyRequests
+        case .methodNotAllowed: .methodNotAllowed
+        case .requestTimeout: .requestTimeout
+        case .unavailable: .serviceUnavailable
+        case .insufficientStorage: .init(code: 507, reasonPhrase: "Insufficient Storage")
         }
+    }
+}
+
+extension ServiceError {
+    /// A coverage rule error answered as JSON, with the same status on every route group.
+    public init(_ e: CoverageError) {
+        let code: Code =
+            switch e.kind {
+            case .invalid: .validationFailed
+            case .malformed: .invalidParameterValue
+            case .notFound: .notFound
+            case .conflict: .conflict
+            case .unauthorized: .unauthorized
+            case .forbidden: .forbidden
+            case .unavailable: .unavailable
+            }
+        self.init(code, e.message, style: .json)
     }
 }
 
@@ -88,6 +118,7 @@ extension ServiceError: HTTPResponseError {
         }
         headers[.cacheControl] = "no-store"
         if code == .tooManyRequests { headers[.retryAfter] = "60" }
+        if code == .unavailable { headers[.retryAfter] = "5" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 }

@@ -188,16 +188,7 @@ struct CoverageController: Sendable {
         do {
             return try await body()
         } catch let e as CoverageError {
-            let code: ServiceError.Code =
-                switch e.kind {
-                case .invalid: .validationFailed
-                case .malformed: .invalidParameterValue
-                case .notFound: .notFound
-                case .conflict: .conflict
-                case .unauthorized: .unauthorized
-                case .forbidden: .forbidden
-                }
-            throw ServiceError(code, e.message, style: .json)
+            throw ServiceError(e)
         }
     }
 

@@ -160,7 +160,7 @@ struct ExtractsController: Sendable {
         } catch let e as ExtractError {
             throw Self.serviceError(e)
         } catch let e as CoverageError {
-            throw ServiceError(e.kind == .notFound ? .notFound : .validationFailed, e.message, style: .json)
+            throw ServiceError(e)
         } catch let e as ServiceError {
             throw e
         } catch {
