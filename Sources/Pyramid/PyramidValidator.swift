@@ -40,7 +40,9 @@ public enum PyramidValidator {
         let reader: ShardReader
         do { reader = try ShardReader(path: path) } catch { return ["\(error)"] }
         if reader.fileSize != shard.bytes { out.append("size \(reader.fileSize), expected \(shard.bytes)") }
-        let crc = String(format: "%08x", Deflate.crc32(reader.bytes))
+        let file: [UInt8]
+        do { file = try reader.readAll() } catch { return out + ["\(error)"] }
+        let crc = String(format: "%08x", file.withUnsafeBytes { Deflate.crc32($0) })
         if crc != shard.crc32 { out.append("checksum \(crc), expected \(shard.crc32)") }
         guard let band = manifest.shardScheme.band(containing: shard.z), band.top == shard.z else {
             return out + ["level \(shard.z) is not the top of a band"]
@@ -69,15 +71,17 @@ public enum PyramidValidator {
                 }
                 // Each stored tile must be a complete stream a client can use as it is.
                 if sampled < 64 {
-                    let bytes = UnsafeRawBufferPointer(rebasing: reader.bytes[Int(off)..<(Int(off) + count)])
+                    let bytes = file[Int(off)..<(Int(off) + count)]
                     if manifest.format == .jpeg,
-                        !(bytes.count > 4 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[count - 2] == 0xFF
-                            && bytes[count - 1] == 0xD9)
+                        !(bytes.count > 4 && bytes.prefix(2).elementsEqual([0xFF, 0xD8])
+                            && bytes.suffix(2).elementsEqual([0xFF, 0xD9]))
                     {
                         out.append("level \(o) tile \(i) is not a complete JPEG stream")
                         break
                     }
-                    if manifest.format == .webp, !(bytes.count > 12 && bytes[0] == 0x52 && bytes[8] == 0x57) {
+                    if manifest.format == .webp,
+                        !(bytes.count > 12 && bytes.first == 0x52 && bytes[bytes.startIndex + 8] == 0x57)
+                    {
                         out.append("level \(o) tile \(i) is not a WebP stream")
                         break
                     }

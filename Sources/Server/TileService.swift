@@ -64,8 +64,8 @@ public struct TileResponse: Sendable {
     public var cacheControl: String
 }
 
-/// Answers tile requests from the catalog. The common case — a JPEG tile of a JPEG pyramid — is a
-/// slice of a mapped shard copied once into the response: no decode, no shared lock. Other
+/// Answers tile requests from the catalog. The common case — a JPEG tile of a JPEG pyramid — is
+/// one byte range of a shard read once into the response: no decode, no shared lock. Other
 /// encodings decode the stored tile with its mask and re-encode; results stay in a byte-bounded LRU.
 public final class TileService: Sendable {
     public let catalog: PyramidCatalog
@@ -201,7 +201,10 @@ public final class TileService: Sendable {
             tilesServed.increment()
             return response
         } catch let e as ShardError {
-            if !e.repeated { logger.error("unreadable shard, its tiles answer 500: \(e)") }
+            report(e)
+            if e.transient {
+                throw ServiceError(.unavailable, "the server cannot open more files now; try again", style: style)
+            }
             throw ServiceError(.noApplicableCode, "the shard holding this tile cannot be read", style: style)
         } catch {
             logger.error("tile \(r.tileset)/\(r.grid)/\(r.z)/\(r.col)/\(r.row): \(error)")
@@ -209,17 +212,34 @@ public final class TileService: Sendable {
         }
     }
 
-    /// The hot path: the stored stream as it is, copied once from the mapped shard.
+    /// Logs a shard failure once per shard (the reader marks the later ones `repeated`), whichever
+    /// path met it first.
+    func report(_ e: ShardError) {
+        if e.transient {
+            logger.warning("cannot open a shard now: \(e)")
+        } else if !e.repeated {
+            logger.error("unreadable shard, its tiles answer 500 until it changes on disk: \(e)")
+        }
+    }
+
+    /// The hot path: the stored stream as it is, read once from the shard into the response.
     func storedTile(
         _ pyramid: ServedPyramid, _ coordinate: TileCoordinate, encoding: TileEncoding, cacheControl: String
     ) throws -> TileResponse? {
-        let out = try pyramid.reader.withStoredTile(coordinate) { bytes, etag -> TileResponse in
-            TileResponse(
-                bytes: ByteBuffer(bytes: bytes), mimeType: encoding.mimeType, etag: etag, cacheControl: cacheControl)
+        let read = try pyramid.reader.readStoredTile(coordinate) { count, fill -> ByteBuffer in
+            var buffer = Self.allocator.buffer(capacity: count)
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { p in
+                try fill(UnsafeMutableRawBufferPointer(rebasing: p[..<count]))
+                return count
+            }
+            return buffer
         }
-        if out != nil { tilesServed.increment() }
-        return out
+        guard let read else { return nil }
+        tilesServed.increment()
+        return TileResponse(bytes: read.bytes, mimeType: encoding.mimeType, etag: read.etag, cacheControl: cacheControl)
     }
+
+    static let allocator = ByteBufferAllocator()
 
     /// Where the tile is when it is a plain stored one that anybody may see — a grid id as it is,
     /// inside the data's limits, the pyramid's own encoding, and for a gated pyramid a tile

@@ -286,17 +286,22 @@ final class PyramidLevelReader: LeafReader {
             let path = (directory as NSString).appendingPathComponent(ShardScheme.path(of: t))
             let reader = try ShardReader(path: path)
             let last = reader.images.count - 1
-            guard let bytes = try reader.tile(overview: last, col: 0, row: 0) else { continue }
+            guard let stored = try reader.tile(overview: last, col: 0, row: 0) else { continue }
             let dst = big.pixels + (t.row - fine.minRow) * 256 * big.stride + (t.col - fine.minCol) * 256 * 4
-            switch format {
-            case .jpeg:
-                try codec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
-                if let mask = try reader.maskTile(overview: last, col: 0, row: 0) {
-                    try Deflate.decompress(mask, into: UnsafeMutableRawBufferPointer(start: maskBits, count: 8192))
-                    PixelOps.applyMask(maskBits, to: dst, stride: big.stride, size: 256)
+            try stored.withUnsafeBytes { bytes in
+                switch format {
+                case .jpeg:
+                    try codec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
+                    if let mask = try reader.maskTile(overview: last, col: 0, row: 0) {
+                        try mask.withUnsafeBytes {
+                            try Deflate.decompress(
+                                $0, into: UnsafeMutableRawBufferPointer(start: maskBits, count: 8192))
+                        }
+                        PixelOps.applyMask(maskBits, to: dst, stride: big.stride, size: 256)
+                    }
+                case .webp:
+                    try WebPCodec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
                 }
-            case .webp:
-                try WebPCodec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
             }
             any = true
         }

@@ -56,12 +56,12 @@ struct ShardWriterTests {
         #expect(reader.images.map(\.width) == [1024, 512, 256])
         #expect(reader.masks.count == 3)
         #expect(reader.fileSize == summary.bytes)
-        #expect(Deflate.crc32(reader.bytes) == summary.crc32)
+        #expect(try reader.readAll().withUnsafeBytes { Deflate.crc32($0) } == summary.crc32)
         #expect(try reader.tile(overview: 0, col: 3, row: 3) == nil)
         let tile = try #require(try reader.tile(overview: 0, col: 1, row: 2))
         // A stored tile is a complete JPEG stream, decodable on its own.
         #expect(tile[0] == 0xFF && tile[1] == 0xD8 && tile[tile.count - 1] == 0xD9)
-        #expect(try JPEGCodec().dimensions(of: tile) == (256, 256))
+        #expect(try tile.withUnsafeBytes { try JPEGCodec().dimensions(of: $0) } == (256, 256))
 
         // GDAL reads it as an ordinary georeferenced image with overviews and a mask.
         let ds = try Dataset.open(path)
@@ -116,5 +116,28 @@ struct ShardWriterTests {
         #expect(throws: ShardError.self) { _ = try reader.tile(overview: 0, col: 3, row: 2) }
         truncate(path, 100)
         #expect(throws: ShardError.self) { _ = try ShardReader(path: path) }
+    }
+
+    /// A shard cut short after it was opened (a disk repair, a careless copy over it): the tiles
+    /// it lost throw — a mapping would have killed the process with SIGBUS — and the tiles still
+    /// there read back the same bytes; grown back in place, it reads whole again.
+    @Test func shardTruncatedAfterOpeningThrowsAndRecovers() throws {
+        let dir = NSTemporaryDirectory() + "dallage-shard-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (path, summary) = try Self.makeShard(in: dir, partial: false)
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        let reader = try ShardReader(path: path)
+        // The full-resolution tiles by where their bytes lie: the first stays, the last is cut off.
+        let tiles = try (0..<16).compactMap { i in
+            try reader.tileRange(overview: 0, col: i % 4, row: i / 4).map { (i % 4, i / 4, $0) }
+        }.sorted { $0.2.offset < $1.2.offset }
+        let (first, last) = (try #require(tiles.first), try #require(tiles.last))
+        let before = try #require(try reader.tile(overview: 0, col: last.0, row: last.1))
+        #expect(truncate(path, off_t(last.2.offset)) == 0)
+        #expect(throws: ShardError.self) { _ = try reader.tile(overview: 0, col: last.0, row: last.1) }
+        #expect(try reader.tile(overview: 0, col: first.0, row: first.1)?.count == first.2.count)
+        try original.write(to: URL(fileURLWithPath: path))
+        #expect(try reader.tile(overview: 0, col: last.0, row: last.1) == before)
+        #expect(original.count == summary.bytes)
     }
 }
