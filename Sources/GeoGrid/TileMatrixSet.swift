@@ -127,10 +127,11 @@ public struct TileMatrixSet: Sendable, Hashable, Codable {
     public func tiles(covering box: BoundingBox, z: Int) -> TileRange? {
         let m = tileMatrices[z]
         let eps = 1e-9 * max(1, m.cellSize)
-        let c0 = Int(((box.minX - m.originX) / m.tileSpanX + eps).rounded(.down))
-        let c1 = Int(((box.maxX - m.originX) / m.tileSpanX - eps).rounded(.up)) - 1
-        let r0 = Int(((m.originY - box.maxY) / m.tileSpanY + eps).rounded(.down))
-        let r1 = Int(((m.originY - box.minY) / m.tileSpanY - eps).rounded(.up)) - 1
+        // Bounded conversions: a box from a request may reach ±1e30 (or be NaN).
+        let c0 = Int(bounded: (box.minX - m.originX) / m.tileSpanX + eps, .down)
+        let c1 = Int(bounded: (box.maxX - m.originX) / m.tileSpanX - eps, .up) - 1
+        let r0 = Int(bounded: (m.originY - box.maxY) / m.tileSpanY + eps, .down)
+        let r1 = Int(bounded: (m.originY - box.minY) / m.tileSpanY - eps, .up) - 1
         let range = TileRange(
             z: z, minCol: max(0, c0), minRow: max(0, r0),
             maxCol: min(m.matrixWidth - 1, c1), maxRow: min(m.matrixHeight - 1, r1))

@@ -20,7 +20,9 @@ public final class Reprojector {
         self.nearest = nearest
     }
 
-    /// The source-pixel position of output pixel centres on the coarse grid; nil when PROJ fails.
+    /// The source-pixel position of output pixel centres on the coarse grid; nil when PROJ fails
+    /// for every point. Points PROJ cannot transform (beyond a projection's domain: the far side
+    /// of a conic, the poles of Mercator) are NaN, and `resample` leaves their cells transparent.
     public func sourceGrid(
         output: GeoTransform, width: Int, height: Int, source: GeoTransform
     ) -> (xs: [Double], ys: [Double], columns: Int, rows: Int)? {
@@ -40,7 +42,11 @@ public final class Reprojector {
         }
         if let transform {
             let ok = transform.transform(x: &xs, y: &ys)
-            guard !ok.contains(false) else { return nil }
+            guard ok.contains(true) else { return nil }
+            for i in ok.indices where !ok[i] {
+                xs[i] = .nan
+                ys[i] = .nan
+            }
         }
         for i in xs.indices {
             xs[i] = (xs[i] - source.originX) / source.pixelWidth
@@ -78,6 +84,13 @@ public final class Reprojector {
                         let ly0 = gy[i00] + (gy[i01] - gy[i00]) * ty - Double(offsetY) - 0.5
                         let lx1 = gx[i10] + (gx[i11] - gx[i10]) * ty - Double(offsetX) - 0.5
                         let ly1 = gy[i10] + (gy[i11] - gy[i10]) * ty - Double(offsetY) - 0.5
+                        // A cell with a corner PROJ could not place, or placed absurdly far (the
+                        // fixed-point stepping below needs |position| < 2^40), stays transparent.
+                        let far = 1e9
+                        guard abs(lx0) < far, abs(ly0) < far, abs(lx1) < far, abs(ly1) < far else {
+                            x = end
+                            continue
+                        }
                         let dx = (lx1 - lx0) / Double(step)
                         let dy = (ly1 - ly0) / Double(step)
                         let first = Double(x - gcol * step)

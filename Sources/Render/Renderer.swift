@@ -130,7 +130,7 @@ extension Renderer {
         let dx = (window.bounds.minX - origin.minX) / cellSize
         let dy = (origin.maxY - window.bounds.maxY) / cellSize
         guard abs(dx - dx.rounded()) < 1e-6, abs(dy - dy.rounded()) < 1e-6 else { return nil }
-        return (Int(dx.rounded()), Int(dy.rounded()))
+        return (Int(bounded: dx, .toNearestOrAwayFromZero), Int(bounded: dy, .toNearestOrAwayFromZero))
     }
 
     /// Decodes each tile of `range` straight into the part of `output` it covers.

@@ -99,19 +99,19 @@ extension ServiceError: HTTPResponseError {
         switch style {
         case .ows:
             headers[.contentType] = "application/xml; charset=utf-8"
-            let locatorAttribute = locator.map { " locator=\"\(XML.escape($0))\"" } ?? ""
+            let locatorAttribute = locator.map { " locator=\"\(XML.escape(Echo.shortened($0, to: 64)))\"" } ?? ""
             body = """
                 <?xml version="1.0" encoding="UTF-8"?>
                 <ExceptionReport xmlns="http://www.opengis.net/ows/1.1" version="1.1.0" xml:lang="en">
                   <Exception exceptionCode="\(code.rawValue)"\(locatorAttribute)>
-                    <ExceptionText>\(XML.escape(message))</ExceptionText>
+                    <ExceptionText>\(XML.escape(Echo.shortened(message)))</ExceptionText>
                   </Exception>
                 </ExceptionReport>
 
                 """
         case .json:
             headers[.contentType] = "application/json"
-            var object: [String: String] = ["error": code.rawValue, "detail": message]
+            var object: [String: String] = ["error": code.rawValue, "detail": Echo.shortened(message)]
             if let locator { object["parameter"] = locator }
             let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
             body = String(decoding: data, as: UTF8.self)
@@ -119,25 +119,42 @@ extension ServiceError: HTTPResponseError {
         headers[.cacheControl] = "no-store"
         if code == .tooManyRequests { headers[.retryAfter] = "60" }
         if code == .unavailable { headers[.retryAfter] = "5" }
+        if code == .methodNotAllowed { headers[.allow] = "GET, HEAD, OPTIONS" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
     }
 }
 
 /// XML text helpers.
 enum XML {
+    /// `s` as XML character data or attribute text. Characters XML 1.0 cannot carry at all (C0
+    /// controls other than tab, line feed and carriage return; U+FFFE, U+FFFF) become U+FFFD, so
+    /// a document echoing a request's bytes always parses.
     static func escape(_ s: String) -> String {
         var out = ""
-        out.reserveCapacity(s.count)
-        for c in s {
+        out.reserveCapacity(s.utf8.count)
+        for c in s.unicodeScalars {
             switch c {
             case "&": out += "&amp;"
             case "<": out += "&lt;"
             case ">": out += "&gt;"
             case "\"": out += "&quot;"
             case "'": out += "&apos;"
-            default: out.append(c)
+            case "\t", "\n", "\r": out.unicodeScalars.append(c)
+            case _ where c.value < 0x20 || c.value == 0xFFFE || c.value == 0xFFFF: out += "\u{FFFD}"
+            default: out.unicodeScalars.append(c)
             }
         }
         return out
+    }
+}
+
+/// Request text quoted back in an error message, kept short: an error names what was wrong, it
+/// does not return a 70 kB parameter whole.
+enum Echo {
+    /// The longest message an error carries, in characters; longer ones end with "…".
+    static let maxMessage = 512
+
+    static func shortened(_ s: String, to limit: Int = maxMessage) -> String {
+        s.count <= limit ? s : String(s.prefix(limit - 1)) + "…"
     }
 }

@@ -55,7 +55,10 @@ extension TileResponse {
 /// A decimal tile index of 1 to 9 ASCII digits; nil for anything else (signs, spaces, other
 /// digits, overflowing numbers). One reader for route parameters and the fast lane's bytes.
 func tileIndex<Digits: Collection<UInt8>>(_ digits: Digits) -> Int? {
-    guard !digits.isEmpty, digits.count <= 9 else { return nil }
+    // One URL per tile: no sign, no leading zero (but "0" itself), at most nine digits.
+    guard !digits.isEmpty, digits.count <= 9, digits.count == 1 || digits.first != UInt8(ascii: "0") else {
+        return nil
+    }
     var n = 0
     for d in digits {
         guard d >= UInt8(ascii: "0"), d <= UInt8(ascii: "9") else { return nil }

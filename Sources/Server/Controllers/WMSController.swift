@@ -28,11 +28,11 @@ struct WMSController: Sendable {
         var status: HTTPResponse.Status { code == "NoApplicableCode" ? .internalServerError : .badRequest }
 
         func response(from request: Request, context: some RequestContext) throws -> Response {
-            let loc = locator.map { " locator=\"\(XML.escape($0))\"" } ?? ""
+            let loc = locator.map { " locator=\"\(XML.escape(Echo.shortened($0, to: 64)))\"" } ?? ""
             let body = """
                 <?xml version="1.0" encoding="UTF-8"?>
                 <ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">
-                  <ServiceException code="\(code)"\(loc)>\(XML.escape(message))</ServiceException>
+                  <ServiceException code="\(code)"\(loc)>\(XML.escape(Echo.shortened(message)))</ServiceException>
                 </ServiceExceptionReport>
 
                 """
@@ -77,7 +77,15 @@ struct WMSController: Sendable {
             return v
         }
         let version = p["version"] ?? "1.3.0"
-        let layers = try required("layers").split(separator: ",").map(String.init)
+        let layerList = try required("layers")
+        let maxLayers = service.configuration.wmsMaxLayers
+        // Counted before splitting: a list of 3000 names is refused without building it.
+        guard layerList.utf8.count(where: { $0 == UInt8(ascii: ",") }) < maxLayers else {
+            throw WMSError(
+                code: "InvalidParameterValue", message: "LAYERS may name at most \(maxLayers) layers (LayerLimit)",
+                locator: "layers")
+        }
+        let layers = layerList.split(separator: ",").map(String.init)
         let crsName = (p["crs"] ?? p["srs"] ?? "").uppercased()
         guard !crsName.isEmpty else {
             throw WMSError(code: "MissingParameterValue", message: "CRS is required", locator: "crs")
@@ -123,6 +131,7 @@ struct WMSController: Sendable {
             throw WMSError(
                 code: "InvalidParameterValue", message: "BBOX must have min < max on both axes", locator: "bbox")
         }
+        try Self.checkDomain(box, crs: crsName)
         let styles = (p["styles"] ?? "").split(separator: ",", omittingEmptySubsequences: false)
         for s in styles where !(s.isEmpty || s == "default" || s == "normal") {
             throw WMSError(
@@ -142,8 +151,18 @@ struct WMSController: Sendable {
             let pyramid =
                 pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
                 ?? pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids[0]
+            let renderer: Renderer
             do {
-                let renderer = try Renderer(pyramid: pyramid.reader, crs: crs)
+                renderer = try Renderer(pyramid: pyramid.reader, crs: crs)
+                _ = try renderer.gridBounds(of: window)
+            } catch {
+                throw WMSError(
+                    code: "InvalidParameterValue",
+                    message:
+                        "BBOX cannot be drawn from layer '\(layer)' (its grid is in \(pyramid.manifest.tileMatrixSet.crs)): \(error)",
+                    locator: "bbox")
+            }
+            do {
                 let drawn = try layerPixels.withUnsafeMutableBufferPointer {
                     try renderer.render(window, into: $0.baseAddress!)
                 }
@@ -164,6 +183,19 @@ struct WMSController: Sendable {
         h[.cacheControl] =
             admin ? "private, no-store" : service.configuration.cacheControl(for: layers.joined(separator: ","))
         return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// Refuses a BBOX the CRS cannot carry: beyond ±180° / ±90° in degrees, or beyond 10⁸ m (a
+    /// thousand times France) in a projected CRS, where projections return infinities or nothing.
+    static func checkDomain(_ box: BoundingBox, crs: String) throws {
+        let geographic = crs == "EPSG:4326" || crs == "CRS:84"
+        let (limitX, limitY) = geographic ? (180.0, 90.0) : (1e8, 1e8)
+        guard box.minX >= -limitX, box.maxX <= limitX, box.minY >= -limitY, box.maxY <= limitY else {
+            let range = geographic ? "longitudes -180…180 and latitudes -90…90" : "±1e8 m"
+            throw WMSError(
+                code: "InvalidParameterValue", message: "BBOX lies outside what \(crs) can carry (\(range))",
+                locator: "bbox")
+        }
     }
 
     /// Makes everything outside the published perimeters transparent.
@@ -248,6 +280,7 @@ struct WMSController: Sendable {
                 <Name>WMS</Name>
                 <Title>Dallage</Title>
                 <OnlineResource xlink:type="simple" xlink:href="\(url)"/>
+                <LayerLimit>\(service.configuration.wmsMaxLayers)</LayerLimit>
                 <MaxWidth>\(max)</MaxWidth>
                 <MaxHeight>\(max)</MaxHeight>
               </Service>
