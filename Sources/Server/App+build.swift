@@ -22,7 +22,7 @@ public func buildRouter(
     router.add(
         middleware: CORSMiddleware(
             allowOrigin: .all, allowHeaders: [.accept, .authorization, .contentType, .ifNoneMatch],
-            allowMethods: [.get, .head, .post, .delete, .options], exposedHeaders: ["ETag"]))
+            allowMethods: [.get, .head, .post, .put, .patch, .delete, .options], exposedHeaders: ["ETag"]))
     router.add(middleware: HeadMiddleware())
     OperationsController(service: service, registry: registry).addRoutes(to: router)
     WMTSController(service: service, baseURL: baseURL).addRoutes(to: router)
@@ -30,6 +30,14 @@ public func buildRouter(
     OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
     WMSController(service: service, baseURL: baseURL).addRoutes(to: router)
     WebController(service: service).addRoutes(to: router)
+    router.readOnly(
+        [
+            "/tiles/:tileset/:tms/:z/:x/:file", "/tiles/:tileset/:tms/tilejson.json",
+            "/ogc/collections/:c/map/tiles/:tms/:z/:row/:col",
+        ], style: .json)
+    router.readOnly(
+        ["/wmts", "/wmts/1.0.0/WMTSCapabilities.xml", "/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file", "/wms"],
+        style: .ows)
     if let coverage {
         CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog).addRoutes(to: router)
     }
@@ -51,11 +59,13 @@ public func buildApplication(configuration: ServerConfiguration, logger: Logger)
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
     let serverName = "dallage"
     let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
+    let limits = ConnectionLimits(configuration)
     var app = Application(
         router: buildRouter(service: service, coverage: coverage, extracts: extracts),
-        server: .http1(fastLane: { loop in
-            TileFastLane(service: service, loop: loops.state(on: loop), serverName: serverName, logger: logger)
-        }),
+        server: .http1(limits: limits) { loop in
+            TileFastLane(
+                service: service, loop: loops.state(on: loop), limits: limits, serverName: serverName, logger: logger)
+        },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         logger: logger)
     app.addServices(

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Metrics
 import Raster
+import Synchronization
 
 /// Drops the body of HEAD responses, keeping their length (routes answer HEAD as GET).
 struct HeadMiddleware<Context: RequestContext>: RouterMiddleware {
@@ -58,10 +59,68 @@ extension Router {
     }
 }
 
+extension Router {
+    /// Answers the write methods on read-only routes with 405 and `Allow`, instead of a 404 that
+    /// would say the resource does not exist.
+    func readOnly(_ paths: [RouterPath], style: ServiceError.Style) {
+        for path in paths {
+            for method in [HTTPRequest.Method.post, .put, .patch, .delete] {
+                on(path, method: method) { request, _ -> Response in
+                    throw ServiceError(
+                        .methodNotAllowed, "\(request.method) is not allowed here: tiles and maps are read-only",
+                        style: style)
+                }
+            }
+        }
+    }
+}
+
 /// Runs blocking work (rendering, writing an extract) on a Dispatch thread, so the cooperative
-/// threads that serve tiles are never held by it.
+/// threads that serve tiles are never held by it. At most ``OffloadSlots/shared``'s count run at
+/// once; the others wait their turn without holding a thread, so a burst of large WMS maps cannot
+/// start a thread — and a 64 MB canvas — per request.
 func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { c in
+    await OffloadSlots.shared.acquire()
+    defer { OffloadSlots.shared.release() }
+    return try await withCheckedThrowingContinuation { c in
         DispatchQueue.global(qos: .userInitiated).async { c.resume(with: Result { try body() }) }
+    }
+}
+
+/// A counting semaphore for ``offload``: twice the cores.
+final class OffloadSlots: Sendable {
+    static let shared = OffloadSlots(count: max(2, 2 * ProcessInfo.processInfo.activeProcessorCount))
+
+    private struct State {
+        var free: Int
+        var waiting: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state: Mutex<State>
+
+    init(count: Int) { state = Mutex(State(free: count)) }
+
+    func acquire() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.free > 0 {
+                    s.free -= 1
+                    return true
+                }
+                s.waiting.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiting.isEmpty {
+                s.free += 1
+                return nil
+            }
+            return s.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }

@@ -40,6 +40,15 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var leafletPath = "/usr/share/javascript/leaflet"
     /// Largest WMS GetMap image side, in pixels.
     public var wmsMaxSize = 4096
+    /// Most layers one WMS GetMap may draw (`LayerLimit` in the capabilities).
+    public var wmsMaxLayers = ServerConfiguration.defaultWMSMaxLayers
+    /// Connections open at once; beyond, a new connection is answered 503 and closed. Nil: from
+    /// the process's file limit (half of it, at most 10,000).
+    public var maxConnections: Int?
+    /// Seconds a connection may stay open with no request under way.
+    public var idleTimeoutSeconds: Double = ServerConfiguration.defaultIdleTimeoutSeconds
+    /// Seconds from a request's first byte to the end of its head (slow clients get 408).
+    public var headerTimeoutSeconds: Double = ServerConfiguration.defaultHeaderTimeoutSeconds
     /// Where queued extracts are written; by default `.extracts` in the store.
     public var extractsDirectory: String?
     /// Seconds a finished extract stays downloadable.
@@ -61,6 +70,9 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultTileCacheBytes = 256 << 20
     public static let defaultHotTileCacheBytes = 128 << 20
     public static let defaultCacheControl = "public, max-age=3600"
+    public static let defaultWMSMaxLayers = 16
+    public static let defaultIdleTimeoutSeconds = 60.0
+    public static let defaultHeaderTimeoutSeconds = 10.0
 
     enum CodingKeys: String, CodingKey {
         case host, port, store
@@ -75,6 +87,10 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case database
         case adminTokens = "admin_tokens"
         case wmsMaxSize = "wms_max_size"
+        case wmsMaxLayers = "wms_max_layers"
+        case maxConnections = "max_connections"
+        case idleTimeoutSeconds = "idle_timeout_seconds"
+        case headerTimeoutSeconds = "header_timeout_seconds"
         case leafletPath = "leaflet_path"
         case extractsDirectory = "extracts_dir"
         case extractTTLSeconds = "extract_ttl_seconds"
@@ -102,6 +118,11 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         database = try c.decodeIfPresent(String.self, forKey: .database)
         adminTokens = try c.decodeIfPresent([String].self, forKey: .adminTokens) ?? []
         wmsMaxSize = try c.decodeIfPresent(Int.self, forKey: .wmsMaxSize) ?? d.wmsMaxSize
+        wmsMaxLayers = try c.decodeIfPresent(Int.self, forKey: .wmsMaxLayers) ?? d.wmsMaxLayers
+        maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections)
+        idleTimeoutSeconds = try c.decodeIfPresent(Double.self, forKey: .idleTimeoutSeconds) ?? d.idleTimeoutSeconds
+        headerTimeoutSeconds =
+            try c.decodeIfPresent(Double.self, forKey: .headerTimeoutSeconds) ?? d.headerTimeoutSeconds
         leafletPath = try c.decodeIfPresent(String.self, forKey: .leafletPath) ?? d.leafletPath
         extractsDirectory = try c.decodeIfPresent(String.self, forKey: .extractsDirectory)
         extractTTLSeconds = try c.decodeIfPresent(Double.self, forKey: .extractTTLSeconds) ?? d.extractTTLSeconds

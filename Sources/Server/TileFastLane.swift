@@ -9,6 +9,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import Pyramid
 
 /// Answers the commonest request — a stored tile by its XYZ or WMTS REST URL — on the connection's
 /// event loop, on the bytes as they arrive: no HTTP parser, no `HTTPRequest`, no task, no router,
@@ -81,8 +82,20 @@ final class TileFastLane: ChannelDuplexHandler {
     /// The longest request head framed here; longer ones go to the parser and its limits.
     static let maxHead = 8192
 
-    init(service: TileService, loop: FastLaneLoop, serverName: String, logger: Logger) {
+    /// Idle and header-read timeouts (``ConnectionLimits``), kept here because this handler sees
+    /// every byte of the connection, whoever answers it.
+    private let limits: ConnectionLimits
+    /// When the first byte of a request whose head is not complete yet arrived.
+    private var headStarted: NIODeadline?
+    /// The last time the client sent bytes or this lane answered.
+    private var lastActivity = NIODeadline.now()
+    /// Set by ``RouterResponses`` between a request head the parser read and its end.
+    fileprivate var parserInRequest = false
+    private var timer: Scheduled<Void>?
+
+    init(service: TileService, loop: FastLaneLoop, limits: ConnectionLimits, serverName: String, logger: Logger) {
         self.service = service
+        self.limits = limits
         hot = loop.hot
         tally = loop.tally
         self.serverName = serverName
@@ -90,9 +103,24 @@ final class TileFastLane: ChannelDuplexHandler {
         logRequests = logger.logLevel <= .info
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        scheduleCheck(context, at: .now() + min(limits.idleTimeout, limits.headerTimeout))
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        if passThrough { return context.fireChannelRead(data) }
+        lastActivity = .now()
+        if passThrough {
+            // The parser frames from here on: a request begins with bytes read while it is not
+            // inside one (``RouterResponses`` clears this at the head).
+            if !parserInRequest, headStarted == nil { headStarted = lastActivity }
+            return context.fireChannelRead(data)
+        }
         if held == nil || held!.readableBytes == 0 {
             held = bytes
         } else {
@@ -184,6 +212,7 @@ final class TileFastLane: ChannelDuplexHandler {
             switch framing {
             case .incomplete:
                 scanned = buffer.readableBytes
+                if headStarted == nil { headStarted = lastActivity }
                 if buffer.readableBytes <= Self.maxHead { break }
                 fallthrough
             case .unframed:
@@ -191,6 +220,7 @@ final class TileFastLane: ChannelDuplexHandler {
                 handOn(context, buffer.readSlice(length: buffer.readableBytes)!)
             case .request(let head):
                 scanned = 0
+                headStarted = nil
                 if withRouter == 0, !context.channel.isWritable {
                     paused = true
                     break
@@ -216,6 +246,56 @@ final class TileFastLane: ChannelDuplexHandler {
         }
         if held?.readableBytes == 0 { held = nil }
         if answered { context.flush() }
+    }
+
+    /// Closes the connection when a request head has taken longer than the header timeout (with
+    /// a 408 when nothing else is being answered), or when nothing has been under way for the idle
+    /// timeout; else looks again at the next deadline.
+    private func check(_ context: ChannelHandlerContext) {
+        timer = nil
+        let now = NIODeadline.now()
+        let busy = withRouter > 0 || parserInRequest
+        if let started = headStarted, now >= started + limits.headerTimeout {
+            if !busy {
+                let response = ConnectionLimits.response(
+                    "408 Request Timeout", detail: "the request head did not arrive in time")
+                context.writeAndFlush(wrapOutboundOut(response)).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+            } else {
+                context.close(promise: nil)
+            }
+            return
+        }
+        if !busy, headStarted == nil, now >= lastActivity + limits.idleTimeout {
+            context.close(promise: nil)
+            return
+        }
+        var next = lastActivity + limits.idleTimeout
+        if let started = headStarted { next = min(next, started + limits.headerTimeout) }
+        scheduleCheck(context, at: busy && headStarted == nil ? now + limits.idleTimeout : next)
+    }
+
+    private func scheduleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        guard timer == nil else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: max(deadline, .now() + .milliseconds(10))) {
+            let (lane, context) = loopBound.value
+            lane.check(context)
+        }
+    }
+
+    /// Called by ``RouterResponses`` when the parser has read a request head.
+    fileprivate func parserReadHead() {
+        parserInRequest = true
+        headStarted = nil
+    }
+
+    /// Called by ``RouterResponses`` when the parser has read a request's end: in pass-through
+    /// mode the next request may already have begun in the same bytes, so its clock starts.
+    fileprivate func parserReadEnd() {
+        parserInRequest = false
+        if passThrough, headStarted == nil { headStarted = .now() }
     }
 
     private func handOn(_ context: ChannelHandlerContext, _ bytes: ByteBuffer) {
@@ -277,11 +357,17 @@ final class TileFastLane: ChannelDuplexHandler {
             tally.hotHits += 1
         } else {
             tally.hotMisses += 1
-            guard
-                let t = try? service.storedTile(
+            let stored: TileResponse?
+            do {
+                stored = try service.storedTile(
                     pyramid, coordinate, encoding: tile.encoding,
                     cacheControl: service.configuration.cacheControl(for: tile.tileset))
-            else { return nil }
+            } catch {
+                // The router answers it (500 or 503); the failure is logged here if it is new.
+                if let e = error as? ShardError { service.report(e) }
+                return nil
+            }
+            guard let t = stored else { return nil }
             ready = HotTiles.Entry(t, allocator: context.channel.allocator)
             hot.put(key, ready, catalogVersion: pyramidsVersion)
         }
@@ -341,7 +427,15 @@ final class RouterResponses: ChannelDuplexHandler {
     init(lane: TileFastLane) { self.lane = lane }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = unwrapInboundIn(data) { keepAlive.append(head.isKeepAlive) }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            keepAlive.append(head.isKeepAlive)
+            lane.parserReadHead()
+        case .end:
+            lane.parserReadEnd()
+        case .body:
+            break
+        }
         context.fireChannelRead(data)
     }
 
@@ -494,10 +588,18 @@ struct FastLaneHTTP1Channel: HTTPChannelHandler {
     typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
 
     let responder: HTTPChannelHandler.Responder
+    let limits: ConnectionLimits
     let fastLane: @Sendable (any EventLoop) -> TileFastLane
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            guard limits.enter() else {
+                logger.warning("refused a connection: \(limits.maxConnections) connections are open (max_connections)")
+                try channel.pipeline.syncOperations.addHandler(RefuseConnection())
+                return try NIOAsyncChannel(
+                    wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+            }
+            channel.closeFuture.whenComplete { _ in limits.leave() }
             let lane = fastLane(channel.eventLoop)
             try channel.pipeline.syncOperations.addHandler(lane)
             try channel.pipeline.syncOperations.configureHTTPServerPipeline(
@@ -517,8 +619,10 @@ struct FastLaneHTTP1Channel: HTTPChannelHandler {
 
 extension HTTPServerBuilder {
     /// HTTP/1 with the tile fast lane in front of the router.
-    static func http1(fastLane: @escaping @Sendable (any EventLoop) -> TileFastLane) -> HTTPServerBuilder {
-        .init { responder in FastLaneHTTP1Channel(responder: responder, fastLane: fastLane) }
+    static func http1(
+        limits: ConnectionLimits, fastLane: @escaping @Sendable (any EventLoop) -> TileFastLane
+    ) -> HTTPServerBuilder {
+        .init { responder in FastLaneHTTP1Channel(responder: responder, limits: limits, fastLane: fastLane) }
     }
 }
 
