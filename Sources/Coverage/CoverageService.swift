@@ -8,10 +8,12 @@ import Synchronization
 /// key of one project.
 public enum Principal: Sendable, Equatable {
     case reader
+    /// An administrator, named without any part of a secret: the token's place (1, 2…) in the
+    /// configured list, or `cli:<user>` for the command line.
     case admin(String)
     case editor(Int64)
 
-    /// How the history names them (never the secret).
+    /// How the history names them (never the secret, nor any part of its hash).
     public var actor: String {
         switch self {
         case .reader: "reader"
@@ -26,27 +28,63 @@ public enum Principal: Sendable, Equatable {
 /// Projects, territories, coverage and progress: the rules above a `CoverageStore`.
 public final class CoverageService: Sendable {
     public let store: any CoverageStore
-    /// SHA-256 (hex) of each administrator token.
-    let adminTokenHashes: Set<String>
+    /// SHA-256 (hex) of each administrator token, with its place (1, 2…) in the configured list.
+    let adminTokenHashes: [String: Int]
     /// The store of pyramids, for tiled footprints.
     public let pyramidStore: String?
+    /// The tilesets this server publishes, which a `disponible` project's deliverables must name.
+    let knownTilesets: @Sendable () -> Set<String>
     let today: @Sendable () -> String
     private let footprints = Mutex<[String: (Date, Geometry)]>([:])
 
+    /// `adminTokens` are secrets or `sha256:<hex>` hashes of secrets (configuration only).
+    /// `knownTilesets` answers the tilesets of this server; by default those found in
+    /// `pyramidStore`.
     public init(
         store: any CoverageStore, adminTokens: [String], pyramidStore: String?,
+        knownTilesets: (@Sendable () -> Set<String>)? = nil,
         today: @escaping @Sendable () -> String = { StatusRules.today() }
     ) {
         self.store = store
-        adminTokenHashes = Set(adminTokens.filter { !$0.isEmpty }.map(Self.hashToken))
+        var hashes: [String: Int] = [:]
+        for (i, t) in adminTokens.enumerated() where !t.isEmpty {
+            let hash = Self.hashConfiguredToken(t)
+            if hashes[hash] == nil { hashes[hash] = i + 1 }
+        }
+        adminTokenHashes = hashes
         self.pyramidStore = pyramidStore
+        self.knownTilesets = knownTilesets ?? { Self.tilesets(inStore: pyramidStore) }
         self.today = today
     }
 
-    /// A token as it is stored: hex SHA-256. A `sha256:<hex>` token is taken as already hashed.
+    /// A secret as it is stored: hex SHA-256. Requests are always hashed this way, so a stored
+    /// hash presented as a token is just a wrong token.
     public static func hashToken(_ token: String) -> String {
+        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// An administrator token from the configuration: a `sha256:<hex>` entry is already hashed
+    /// (so the file need not hold the secret), anything else is the secret itself.
+    public static func hashConfiguredToken(_ token: String) -> String {
         if token.hasPrefix("sha256:") { return String(token.dropFirst(7)).lowercased() }
-        return SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        return hashToken(token)
+    }
+
+    /// The tilesets of a store of pyramids: folders holding at least one `<grid>/pyramid.json`.
+    public static func tilesets(inStore store: String?) -> Set<String> {
+        guard let store else { return [] }
+        let fm = FileManager.default
+        var out: Set<String> = []
+        for t in (try? fm.contentsOfDirectory(atPath: store)) ?? [] where !t.hasPrefix(".") {
+            let dir = (store as NSString).appendingPathComponent(t)
+            let grids = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
+            if grids.contains(where: {
+                fm.fileExists(atPath: (dir as NSString).appendingPathComponent("\($0)/\(PyramidManifest.fileName)"))
+            }) {
+                out.insert(t)
+            }
+        }
+        return out
     }
 
     /// A new random secret (editor keys).
@@ -66,7 +104,7 @@ public final class CoverageService: Sendable {
             throw CoverageError(.unauthorized, "use 'Authorization: Token <secret>'")
         }
         let hash = Self.hashToken(String(parts[1]).trimmingCharacters(in: .whitespaces))
-        if adminTokenHashes.contains(hash) { return .admin(String(hash.prefix(8))) }
+        if let n = adminTokenHashes[hash] { return .admin("\(n)") }
         if let p = try await store.project(editorKeyHash: hash) { return .editor(p) }
         throw CoverageError(.unauthorized, "unknown token")
     }
@@ -76,7 +114,7 @@ public final class CoverageService: Sendable {
         guard let authorization else { return false }
         let parts = authorization.split(separator: " ", maxSplits: 1)
         guard parts.count == 2 else { return false }
-        return adminTokenHashes.contains(Self.hashToken(String(parts[1]).trimmingCharacters(in: .whitespaces)))
+        return adminTokenHashes[Self.hashToken(String(parts[1]).trimmingCharacters(in: .whitespaces))] != nil
     }
 
     private func requireAdmin(_ who: Principal) throws(CoverageError) {
@@ -141,33 +179,93 @@ public final class CoverageService: Sendable {
 
     // MARK: - Projects
 
-    /// The perimeter (Lambert-93) of a project's fields, checked against the rules.
-    func perimeter(_ fields: ProjectFields) async throws -> Geometry {
-        let found = try await store.territories(references: fields.perimetres)
-        try StatusRules.validate(fields) { found[$0] != nil }
-        var parts = try fields.perimetres.compactMap { found[$0] }.map { try Geometry.fromWKT($0.wktL93) }
-        if let drawn = fields.geometrie {
-            var g: Geometry
-            do {
-                g = try Geometry.fromGeoJSON(drawn.text)
-            } catch {
-                throw CoverageError(.invalid, "geometrie is not a GeoJSON geometry")
-            }
-            guard g.isAreal else { throw CoverageError(.invalid, "geometrie must be a Polygon or MultiPolygon") }
-            g = try g.transformed(CoordinateTransform(from: SpatialReference.wgs84(), to: SpatialReference(epsg: 2154)))
-            if !g.isValid {
-                let reason = g.invalidityReason ?? "invalid"
-                g = try g.makeValid()
-                if g.isEmpty { throw CoverageError(.invalid, "geometrie is invalid and cannot be repaired: \(reason)") }
-            }
-            parts.append(g)
+    /// Where a drawn perimeter may lie (WGS84 degrees): Lambert-93's area of use, mainland France
+    /// and Corsica with their waters (EPSG:2154). Checked before any transform, so a world-wide or
+    /// 1e300 polygon is refused with its reason instead of failing in the projection.
+    public static let drawnArea = (minLon: -9.86, minLat: 41.15, maxLon: 10.38, maxLat: 51.56)
+
+    /// Checks that `drawn` is a GeoJSON Polygon or MultiPolygon whose every position is a finite
+    /// longitude, latitude pair inside `drawnArea`.
+    static func checkDrawn(_ drawn: JSONValue) throws(CoverageError) {
+        guard case .string(let type) = drawn["type"] ?? .null, type == "Polygon" || type == "MultiPolygon" else {
+            throw CoverageError(.invalid, "geometrie must be a GeoJSON Polygon or MultiPolygon")
         }
+        // Positions sit 3 (Polygon) or 4 (MultiPolygon) arrays deep.
+        func walk(_ v: JSONValue, depth: Int, path: String) throws(CoverageError) {
+            guard case .array(let items) = v else {
+                throw CoverageError(.invalid, "geometrie.coordinates\(path) must be an array")
+            }
+            if depth > 0 {
+                for (i, item) in items.enumerated() { try walk(item, depth: depth - 1, path: path + "[\(i)]") }
+                return
+            }
+            guard items.count >= 2, case .number(let lon) = items[0], case .number(let lat) = items[1] else {
+                throw CoverageError(.invalid, "geometrie.coordinates\(path) must be a [longitude, latitude] position")
+            }
+            let a = drawnArea
+            guard lon.isFinite, lat.isFinite, lon >= a.minLon, lon <= a.maxLon, lat >= a.minLat, lat <= a.maxLat
+            else {
+                throw CoverageError(
+                    .invalid,
+                    "geometrie.coordinates\(path) [\(lon), \(lat)] is outside Lambert-93's area of use "
+                        + "(longitude \(a.minLon)…\(a.maxLon), latitude \(a.minLat)…\(a.maxLat), WGS84 degrees)")
+            }
+        }
+        try walk(drawn["coordinates"] ?? .null, depth: type == "Polygon" ? 2 : 3, path: "")
+    }
+
+    /// A drawn perimeter (WGS84 GeoJSON) in Lambert-93, checked and repaired, as WKT: the costly
+    /// part of a perimeter, done before a write's transaction.
+    static func drawnPerimeterWKT(_ drawn: JSONValue) throws -> String {
+        try checkDrawn(drawn)
+        var g: Geometry
+        do {
+            g = try Geometry.fromGeoJSON(drawn.text)
+        } catch {
+            throw CoverageError(.invalid, "geometrie is not a GeoJSON geometry")
+        }
+        guard g.isAreal else { throw CoverageError(.invalid, "geometrie must be a Polygon or MultiPolygon") }
+        do {
+            g = try g.transformed(
+                CoordinateTransform(from: SpatialReference.wgs84(), to: SpatialReference(epsg: 2154)))
+        } catch {
+            throw CoverageError(.invalid, "geometrie cannot be projected to Lambert-93")
+        }
+        if !g.isValid {
+            let reason = g.invalidityReason ?? "invalid"
+            g = try g.makeValid()
+            if g.isEmpty { throw CoverageError(.invalid, "geometrie is invalid and cannot be repaired: \(reason)") }
+        }
+        return g.wkt
+    }
+
+    /// The perimeter (Lambert-93) of checked fields: the union of their territories and drawing.
+    static func perimeter(_ fields: ProjectFields, territories: [String: Territory], drawnWKT: String?) throws
+        -> Geometry
+    {
+        var parts = try fields.perimetres.compactMap { territories[$0] }.map { try Geometry.fromWKT($0.wktL93) }
+        if let drawnWKT { parts.append(try Geometry.fromWKT(drawnWKT)) }
         return try Geometry.union(parts)
+    }
+
+    /// Checks fields against the rules. Tilesets a project already named while it was
+    /// `disponible` stay allowed: one removed from the store since must not block its next status.
+    func validate(_ fields: ProjectFields, territories: [String: Territory], before: ProjectFields?)
+        throws(CoverageError)
+    {
+        let known = knownTilesets()
+        let named = Set(before.flatMap { b in b.etapes.contains { $0.statut == .disponible } ? b.tilesets : nil } ?? [])
+        try StatusRules.validate(
+            fields, territoryExists: { territories[$0] != nil },
+            tilesetExists: { known.contains($0) || named.contains($0) })
     }
 
     public func create(_ fields: ProjectFields, by who: Principal) async throws -> (Project, editorKey: String) {
         try requireAdmin(who)
-        let g = try await perimeter(fields)
+        let found = try await store.territories(references: fields.perimetres)
+        try validate(fields, territories: found, before: nil)
+        let drawnWKT = try fields.geometrie.map(Self.drawnPerimeterWKT)
+        let g = try Self.perimeter(fields, territories: found, drawnWKT: drawnWKT)
         let now = Self.timestamp()
         let key = Self.newSecret()
         let p = Project(id: 0, fields: fields, perimeterWKT: g.wkt, areaM2: g.area, createdAt: now, updatedAt: now)
@@ -182,48 +280,81 @@ public final class CoverageService: Sendable {
         return p
     }
 
+    /// Reads, changes and writes a project in one store transaction. `next` derives the new fields
+    /// from the stored ones; `drawn` is the request's own drawing, already projected (nil when the
+    /// request draws nothing). Nothing changed: nothing written, no history entry.
+    private func modify(
+        _ id: Int64, by who: Principal, action: String, drawn: (geometrie: JSONValue, wkt: String)?,
+        next: @escaping @Sendable (ProjectFields) throws -> ProjectFields
+    ) async throws -> Project {
+        try requireEditor(who, of: id)
+        return try await store.modifyProject(id: id) { [self] current, lookup in
+            let fields = try next(current.fields)
+            let changes = try Self.diff(current.fields, fields)
+            guard case .object(let changed) = changes, !changed.isEmpty else { return nil }
+            let territories = try lookup(fields.perimetres)
+            try validate(fields, territories: territories, before: current.fields)
+            var p = current
+            // A step or a renaming keeps the stored perimeter: only its sources change it.
+            if fields.perimetres != current.fields.perimetres || fields.geometrie != current.fields.geometrie {
+                let wkt = try fields.geometrie.map { g in
+                    if let drawn, drawn.geometrie == g { return drawn.wkt }
+                    return try Self.drawnPerimeterWKT(g)
+                }
+                let g = try Self.perimeter(fields, territories: territories, drawnWKT: wkt)
+                p.perimeterWKT = g.wkt
+                p.areaM2 = g.area
+            }
+            let now = Self.timestamp()
+            p.fields = fields
+            p.updatedAt = now
+            return (p, HistoryEntry(at: now, actor: who.actor, action: action, changes: changes))
+        }
+    }
+
     /// Replaces a project's fields.
     @discardableResult
     public func update(_ id: Int64, _ fields: ProjectFields, by who: Principal, action: String = "update")
         async throws -> Project
     {
         try requireEditor(who, of: id)
-        var p = try await project(id)
-        let changes = try Self.diff(p.fields, fields)
-        let g = try await perimeter(fields)
-        let now = Self.timestamp()
-        p.fields = fields
-        p.perimeterWKT = g.wkt
-        p.areaM2 = g.area
-        p.updatedAt = now
-        try await store.updateProject(
-            p, history: HistoryEntry(at: now, actor: who.actor, action: action, changes: changes))
-        return p
+        let drawn = try fields.geometrie.map { ($0, try Self.drawnPerimeterWKT($0)) }
+        return try await modify(id, by: who, action: action, drawn: drawn) { _ in fields }
     }
 
-    /// Changes only the fields present in `patch` (a JSON object of project fields).
+    /// Changes only the fields present in `patch` (a JSON object of project fields). A field
+    /// that is not a project field is refused, so a misspelt one is not silently dropped.
     public func patch(_ id: Int64, _ patch: [String: JSONValue], by who: Principal) async throws -> Project {
         try requireEditor(who, of: id)
-        let p = try await project(id)
-        guard case .object(var merged) = try JSONValue.parse(try p.fields.jsonText()) else {
-            throw CoverageError(.malformed, "cannot read the project")
+        let unknown = patch.keys.filter { !ProjectFields.fieldNames.contains($0) }.sorted()
+        guard unknown.isEmpty else {
+            throw CoverageError(
+                .malformed,
+                "unknown field\(unknown.count == 1 ? "" : "s") \(unknown.map { "'\($0)'" }.joined(separator: ", ")): "
+                    + "a project has \(ProjectFields.fieldNames.sorted().joined(separator: ", "))")
         }
-        for (k, v) in patch { merged[k] = v }
-        let fields: ProjectFields
-        do {
-            fields = try JSONDecoder().decode(ProjectFields.self, from: Data(JSONValue.object(merged).text.utf8))
-        } catch {
-            throw CoverageError(.malformed, StatusRules.describe(error))
+        let drawn = try patch["geometrie"].flatMap { g in g == .null ? nil : (g, try Self.drawnPerimeterWKT(g)) }
+        return try await modify(id, by: who, action: "update", drawn: drawn) { stored in
+            guard case .object(var merged) = try JSONValue.parse(try stored.jsonText()) else {
+                throw CoverageError(.malformed, "cannot read the project")
+            }
+            for (k, v) in patch { merged[k] = v }
+            do {
+                return try JSONDecoder().decode(ProjectFields.self, from: Data(JSONValue.object(merged).text.utf8))
+            } catch {
+                throw CoverageError(.malformed, StatusRules.describe(error))
+            }
         }
-        return try await update(id, fields, by: who)
     }
 
-    /// Adds a status step (the web page's and the CLI's `set-status`).
+    /// Adds a status step (the web page's and the CLI's `set-status`) to the steps as stored at
+    /// the moment of the write.
     public func addStep(_ id: Int64, _ step: Etape, by who: Principal) async throws -> Project {
-        try requireEditor(who, of: id)
-        var fields = try await project(id).fields
-        fields.etapes.append(step)
-        return try await update(id, fields, by: who, action: "status")
+        try await modify(id, by: who, action: "status", drawn: nil) { stored in
+            var fields = stored
+            fields.etapes.append(step)
+            return fields
+        }
     }
 
     public func delete(_ id: Int64, by who: Principal) async throws {

@@ -13,7 +13,11 @@ public protocol CoverageStore: Sendable {
     func territories(references: [String]) async throws -> [String: Territory]
 
     func insertProject(_ project: Project, editorKeyHash: String, history: HistoryEntry) async throws -> Project
-    func updateProject(_ project: Project, history: HistoryEntry) async throws
+    /// Reads a live project, lets `change` compute its next state and writes that state with its
+    /// history entry, all in one transaction: concurrent writers never build on a stale read, and
+    /// the history matches what is stored. `change` answers nil when nothing changes (nothing is
+    /// written; the project is answered as it is).
+    func modifyProject(id: Int64, _ change: @escaping ProjectChange) async throws -> Project
     func deleteProject(id: Int64, at: String, history: HistoryEntry) async throws
     /// A project that is not deleted.
     func project(id: Int64) async throws -> Project?
@@ -28,18 +32,69 @@ public protocol CoverageStore: Sendable {
     func revision() async throws -> Int64
 }
 
+/// How a write changes a project inside the store's transaction: from the stored project and a
+/// lookup of territories by `level:code` (read in the same transaction), the next project and its
+/// history entry, or nil when nothing changes.
+public typealias ProjectChange =
+    @Sendable (_ current: Project, _ territories: ([String]) throws -> [String: Territory]) throws
+    -> (Project, HistoryEntry)?
+
 /// The embedded store: SQLite through GRDB, in WAL mode so readers never wait for a writer.
 public final class SQLiteCoverageStore: CoverageStore {
     let db: DatabasePool
+    /// True when the database could only be opened read-only: every write answers `.unavailable`.
+    public let isReadOnly: Bool
 
-    /// Opens (creating it when absent) the database at `path` and migrates it.
-    public init(path: String) throws {
+    /// Opens (creating it when absent) the database at `path` and migrates it. A database that
+    /// cannot be written (read-only file or mount) is opened read-only when it needs no migration:
+    /// reads work, writes are refused as `.unavailable`. `readonly` opens it so on purpose.
+    public init(path: String, readonly: Bool = false) throws {
         let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        if !readonly, !dir.isEmpty {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
         var config = Configuration()
         config.busyMode = .timeout(10)
-        db = try DatabasePool(path: path, configuration: config)
-        try Self.migrator.migrate(db)
+        if readonly {
+            db = try Self.openReadOnly(path: path, config)
+            isReadOnly = true
+        } else {
+            do {
+                let pool = try DatabasePool(path: path, configuration: config)
+                try Self.migrator.migrate(pool)
+                db = pool
+                isReadOnly = false
+            } catch let e as DatabaseError where e.resultCode == .SQLITE_READONLY {
+                db = try Self.openReadOnly(path: path, config)
+                isReadOnly = true
+            }
+        }
+        // Checked at every commit, extract jobs included: a write into a file that is no longer
+        // the one at `path` would be acknowledged and lost at the next start.
+        db.add(transactionObserver: try DatabaseFileGuard(path: path), extent: .databaseLifetime)
+    }
+
+    private static func openReadOnly(path: String, _ base: Configuration) throws -> DatabasePool {
+        var config = base
+        config.readonly = true
+        let pool = try DatabasePool(path: path, configuration: config)
+        guard try pool.read({ try migrator.hasCompletedMigrations($0) }) else {
+            throw CoverageError(.unavailable, "the coverage database is read-only and needs a migration")
+        }
+        return pool
+    }
+
+    /// Runs a write transaction; SQLite's "read-only database" becomes `.unavailable` with the
+    /// reason, so the API answers 503 instead of a bare 500.
+    func write<T: Sendable>(_ updates: @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await db.write(updates)
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_READONLY {
+            throw CoverageError(
+                .unavailable,
+                "the coverage database is read-only: changes are refused until it is writable again (SQLite: \(e.message ?? "read-only"))"
+            )
+        }
     }
 
     static var migrator: DatabaseMigrator {
@@ -87,7 +142,7 @@ public final class SQLiteCoverageStore: CoverageStore {
     }
 
     public func upsertTerritories(_ territories: [Territory]) async throws -> (inserted: Int, updated: Int) {
-        try await db.write { db in
+        try await write { db in
             var inserted = 0
             for t in territories {
                 let exists =
@@ -135,19 +190,21 @@ public final class SQLiteCoverageStore: CoverageStore {
     }
 
     public func territories(references: [String]) async throws -> [String: Territory] {
-        try await db.read { db in
-            var out: [String: Territory] = [:]
-            for ref in Set(references) {
-                let parts = ref.split(separator: ":", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { continue }
-                if let row = try Row.fetchOne(
-                    db, sql: "SELECT * FROM territory WHERE level = ? AND code = ?", arguments: [parts[0], parts[1]])
-                {
-                    out[ref] = Self.territory(row)
-                }
+        try await db.read { db in try Self.territories(references: references, in: db) }
+    }
+
+    static func territories(references: [String], in db: Database) throws -> [String: Territory] {
+        var out: [String: Territory] = [:]
+        for ref in Set(references) {
+            let parts = ref.split(separator: ":", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { continue }
+            if let row = try Row.fetchOne(
+                db, sql: "SELECT * FROM territory WHERE level = ? AND code = ?", arguments: [parts[0], parts[1]])
+            {
+                out[ref] = Self.territory(row)
             }
-            return out
         }
+        return out
     }
 
     static func territory(_ row: Row) -> Territory {
@@ -162,7 +219,7 @@ public final class SQLiteCoverageStore: CoverageStore {
     {
         let fields = try project.fields.jsonText()
         do {
-            return try await db.write { db in
+            return try await write { db in
                 try db.execute(
                     sql: """
                         INSERT INTO project(nom, fields, perimeter_wkt, area_m2, editor_key_hash, created_at, updated_at)
@@ -182,28 +239,35 @@ public final class SQLiteCoverageStore: CoverageStore {
         }
     }
 
-    public func updateProject(_ project: Project, history: HistoryEntry) async throws {
-        let fields = try project.fields.jsonText()
-        do {
-            try await db.write { db in
+    public func modifyProject(id: Int64, _ change: @escaping ProjectChange) async throws -> Project {
+        try await write { db in
+            guard
+                let current = try Row.fetchOne(
+                    db, sql: "SELECT * FROM project WHERE id = ? AND deleted_at IS NULL", arguments: [id]
+                ).map(Self.project)
+            else { throw CoverageError(.notFound, "no project \(id)") }
+            let lookup = { (references: [String]) in try Self.territories(references: references, in: db) }
+            guard let (project, history) = try change(current, lookup) else { return current }
+            do {
                 try db.execute(
                     sql: """
                         UPDATE project SET nom = ?, fields = ?, perimeter_wkt = ?, area_m2 = ?, updated_at = ?
-                        WHERE id = ? AND deleted_at IS NULL
+                        WHERE id = ?
                         """,
                     arguments: [
-                        project.fields.nom, fields, project.perimeterWKT, project.areaM2, project.updatedAt, project.id,
+                        project.fields.nom, try project.fields.jsonText(), project.perimeterWKT, project.areaM2,
+                        project.updatedAt, id,
                     ])
-                guard db.changesCount == 1 else { throw CoverageError(.notFound, "no project \(project.id)") }
-                try Self.record(history, project: project.id, in: db)
+            } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+                throw CoverageError(.conflict, "a project named '\(project.fields.nom)' already exists")
             }
-        } catch let e as DatabaseError where e.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
-            throw CoverageError(.conflict, "a project named '\(project.fields.nom)' already exists")
+            try Self.record(history, project: id, in: db)
+            return project
         }
     }
 
     public func deleteProject(id: Int64, at: String, history: HistoryEntry) async throws {
-        try await db.write { db in
+        try await write { db in
             try db.execute(
                 sql: "UPDATE project SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
                 arguments: [at, at, id])
@@ -241,7 +305,7 @@ public final class SQLiteCoverageStore: CoverageStore {
     }
 
     public func setEditorKeyHash(project id: Int64, hash: String, history: HistoryEntry) async throws {
-        try await db.write { db in
+        try await write { db in
             try db.execute(
                 sql: "UPDATE project SET editor_key_hash = ? WHERE id = ? AND deleted_at IS NULL",
                 arguments: [hash, id])
@@ -278,4 +342,48 @@ public final class SQLiteCoverageStore: CoverageStore {
             id: row["id"], fields: fields, perimeterWKT: row["perimeter_wkt"], areaM2: row["area_m2"],
             createdAt: row["created_at"], updatedAt: row["updated_at"], deletedAt: row["deleted_at"])
     }
+}
+
+/// Refuses every commit once the file at the database's path is no longer the one opened at
+/// start (deleted, with or without its `-wal`, or replaced): SQLite would keep writing into the
+/// unlinked file and the write would be acknowledged, then lost at the next start. Reads go on
+/// from the open handle.
+final class DatabaseFileGuard: TransactionObserver, Sendable {
+    let path: String
+    let device: UInt64
+    let inode: UInt64
+
+    init(path: String) throws {
+        self.path = path
+        guard let id = Self.identity(path) else {
+            throw CoverageError(.unavailable, "the coverage database file is missing after opening it")
+        }
+        (device, inode) = id
+    }
+
+    static func identity(_ path: String) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    func databaseWillCommit() throws {
+        guard let (d, i) = Self.identity(path) else {
+            throw CoverageError(
+                .unavailable,
+                "the coverage database file was deleted while the server runs: changes are refused (they would be lost); restore it or restart the server"
+            )
+        }
+        guard d == device, i == inode else {
+            throw CoverageError(
+                .unavailable,
+                "the coverage database file was replaced while the server runs: changes are refused (they would go to the old file); restart the server to use the new one"
+            )
+        }
+    }
+
+    func observes(eventsOfKind eventKind: DatabaseEventKind) -> Bool { false }
+    func databaseDidChange(with event: DatabaseEvent) {}
+    func databaseDidCommit(_ db: Database) {}
+    func databaseDidRollback(_ db: Database) {}
 }

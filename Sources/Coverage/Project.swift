@@ -117,6 +117,13 @@ public struct ProjectFields: Codable, Sendable, Equatable {
     public var livrables: [Livrable]
     public var subventions: [JSONValue]
 
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case nom, nature, regime, perimetres, geometrie, etapes, acteurs, livrables, subventions
+    }
+
+    /// The names of the fields a client may write (a PATCH naming anything else is refused).
+    public static let fieldNames: Set<String> = Set(CodingKeys.allCases.map(\.rawValue))
+
     public init(
         nom: String, nature: Nature = .raster, regime: Regime = .production, perimetres: [String] = [],
         geometrie: JSONValue? = nil, etapes: [Etape] = [], acteurs: [Acteur] = [], livrables: [Livrable] = [],

@@ -62,8 +62,12 @@ public enum StatusRules {
         return f.string(from: d) == s
     }
 
-    /// Checks a project's fields; `territoryExists` answers for `level:code` references.
-    public static func validate(_ p: ProjectFields, territoryExists: (String) -> Bool) throws(CoverageError) {
+    /// Checks a project's fields; `territoryExists` answers for `level:code` references and
+    /// `tilesetExists` for the tilesets a `disponible` project's deliverables name (a deliverable
+    /// published in a tileset this server does not have publishes nothing).
+    public static func validate(
+        _ p: ProjectFields, territoryExists: (String) -> Bool, tilesetExists: (String) -> Bool = { _ in true }
+    ) throws(CoverageError) {
         if p.nom.trimmingCharacters(in: .whitespaces).isEmpty {
             throw CoverageError(.invalid, "nom must not be empty")
         }
@@ -84,6 +88,15 @@ public enum StatusRules {
                 .invalid,
                 "a project cannot be 'disponible' without a deliverable to publish (a livrable with a tileset or a diffusion url)"
             )
+        }
+        if p.etapes.contains(where: { $0.statut == .disponible }) {
+            for (i, l) in p.livrables.enumerated() {
+                guard let t = l.tileset, !t.isEmpty, !tilesetExists(t) else { continue }
+                throw CoverageError(
+                    .invalid,
+                    "a 'disponible' project publishes its deliverables: livrables[\(i)].tileset '\(t)' is not a tileset of this server"
+                )
+            }
         }
         if p.perimetres.isEmpty && p.geometrie == nil {
             throw CoverageError(.invalid, "a project needs a perimeter: perimetres (territory codes) or geometrie")

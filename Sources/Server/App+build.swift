@@ -39,7 +39,8 @@ public func buildRouter(
         ["/wmts", "/wmts/1.0.0/WMTSCapabilities.xml", "/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file", "/wms"],
         style: .ows)
     if let coverage {
-        CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog).addRoutes(to: router)
+        CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog, logger: service.logger)
+            .addRoutes(to: router)
     }
     if let extracts { ExtractsController(extracts: extracts, service: service).addRoutes(to: router) }
     return router
@@ -52,7 +53,8 @@ public func buildApplication(configuration: ServerConfiguration, logger: Logger)
     let catalog = PyramidCatalog(store: configuration.store, openShards: configuration.openShards, logger: logger)
     let database = try SQLiteCoverageStore(path: configuration.databasePath)
     let coverage = CoverageService(
-        store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store)
+        store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store,
+        knownTilesets: { Set(catalog.tilesets) })
     let gate = PublicationGate(coverage: coverage, logger: logger)
     let service = TileService(catalog: catalog, configuration: configuration, gate: gate, logger: logger)
     let extracts = ExtractService(

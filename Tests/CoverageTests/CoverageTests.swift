@@ -13,7 +13,7 @@ private func square(_ code: String, _ name: String, x: Double, y: Double, side: 
 
 /// A coverage service on a fresh database with three communes of département 59 (each 1 km²,
 /// the last two adjacent) and one of 62, imported from a Lambert-93 GeoJSON file.
-private func makeService(today: String = "2025-06-01") async throws -> (CoverageService, String) {
+func makeService(today: String = "2025-06-01") async throws -> (CoverageService, String) {
     let dir = NSTemporaryDirectory() + "dallage-coverage-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let features = [
@@ -28,14 +28,14 @@ private func makeService(today: String = "2025-06-01") async throws -> (Coverage
     """.write(toFile: file, atomically: true, encoding: .utf8)
     let service = CoverageService(
         store: try SQLiteCoverageStore(path: dir + "/db.sqlite"), adminTokens: ["admin-secret"], pyramidStore: dir,
-        today: { today })
+        knownTilesets: { ["pcrs"] }, today: { today })
     let (inserted, updated, skipped) = try await service.importTerritories(
         path: file, level: .commune, codeField: "insee", nameField: "nom")
     #expect(inserted == 4 && updated == 0 && skipped.isEmpty)
     return (service, dir)
 }
 
-private let admin = Principal.admin("test")
+let admin = Principal.admin("test")
 
 @Suite struct StatusRuleTests {
     static let steps = [
@@ -104,6 +104,14 @@ private let admin = Principal.admin("test")
         #expect(check(published)?.contains("without a deliverable") == true)
         published.livrables = [Livrable(nom: "Ortho 5 cm", tileset: "pcrs")]
         #expect(check(published) == nil)
+        // A deliverable in a tileset this server does not have publishes nothing.
+        published.livrables = [Livrable(nom: "Ortho 5 cm", tileset: "nope")]
+        do {
+            try StatusRules.validate(published, territoryExists: known, tilesetExists: { $0 == "pcrs" })
+            Issue.record("accepted a 'disponible' project publishing in an unknown tileset")
+        } catch {
+            #expect(error.message.contains("livrables[0].tileset 'nope' is not a tileset of this server"))
+        }
         var nowhere = ok
         nowhere.perimetres = []
         #expect(check(nowhere)?.contains("needs a perimeter") == true)

@@ -1,6 +1,7 @@
 import Coverage
 import Foundation
 import Hummingbird
+import Logging
 
 /// The coverage API under `/api`: territories, projects (CRUD, steps, history, editor keys),
 /// the coverage map, statistics and CSV exports. Reads are open; writes need a token.
@@ -8,6 +9,7 @@ struct CoverageController: Sendable {
     let coverage: CoverageService
     let gate: PublicationGate?
     let catalog: PyramidCatalog
+    let logger: Logger
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.getOrHead("/api/territories") { request, _ in try await territories(request) }
@@ -183,12 +185,21 @@ struct CoverageController: Sendable {
         await gate?.refresh(tilesets: catalog.gatedTilesets, force: true)
     }
 
-    /// Maps rule errors to JSON error answers.
+    /// Maps rule errors to JSON error answers. A refused write because the database cannot take
+    /// it is logged for the operator; anything unforeseen is logged and answered as a JSON 500,
+    /// never an empty body.
     func run(_ body: () async throws -> Response) async throws -> Response {
         do {
             return try await body()
         } catch let e as CoverageError {
+            if e.kind == .unavailable { logger.error("coverage write refused", metadata: ["reason": "\(e.message)"]) }
             throw ServiceError(e)
+        } catch let e as any HTTPResponseError {
+            throw e
+        } catch {
+            logger.error("coverage request failed", metadata: ["error": "\(error)"])
+            throw ServiceError(.noApplicableCode, "internal error: the coverage request could not be completed")
+                .json()
         }
     }
 

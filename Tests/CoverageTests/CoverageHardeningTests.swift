@@ -1,0 +1,172 @@
+import Foundation
+import Raster
+import Testing
+
+@testable import Coverage
+
+/// A WGS84 GeoJSON polygon from `[lon, lat]` corners (closed here).
+private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
+    let ring = (corners + [corners[0]]).map { JSONValue.array([.number($0.0), .number($0.1)]) }
+    return .object(["type": .string("Polygon"), "coordinates": .array([.array(ring)])])
+}
+
+/// Issue 11: lost updates, a database that cannot take writes, hashes as secrets, actor names,
+/// perimeters out of Lambert-93's area, deliverables in unknown tilesets, empty PATCHes.
+@Suite struct CoverageHardeningTests {
+    /// 20 steps added at once: all stored, and the history chains each step count to the next.
+    @Test func concurrentStepsAreAllStoredWithAChainedHistory() async throws {
+        let (service, _) = try await makeService()
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<20 {
+                group.addTask {
+                    _ = try await service.addStep(p.id, Etape(statut: .prodEnCours, dateDebut: "2025-01-01"), by: admin)
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await service.project(p.id).fields.etapes.count == 20)
+        let counts = try await service.history(p.id).dropFirst().map { h -> [Int] in
+            guard case .array(let from) = h.changes["etapes"]?["from"] ?? .array([]),
+                case .array(let to) = h.changes["etapes"]?["to"] ?? .null
+            else { return [] }
+            return [from.count, to.count]
+        }
+        #expect(counts == (0..<20).map { [$0, $0 + 1] })
+    }
+
+    @Test func aStoredHashIsNotASecret() async throws {
+        let (service, _) = try await makeService()
+        let (p, key) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        for secret in ["admin-secret", key] {
+            let hash = CoverageService.hashToken(secret)
+            await #expect(throws: CoverageError.self) {
+                _ = try await service.authenticate(authorization: "Token sha256:\(hash)")
+            }
+            #expect(!service.isAdmin(authorization: "Token sha256:\(hash)"))
+        }
+        #expect(try await service.authenticate(authorization: "Token admin-secret") == .admin("1"))
+        #expect(try await service.authenticate(authorization: "Token \(key)") == .editor(p.id))
+        #expect(service.isAdmin(authorization: "Token admin-secret"))
+        // The configuration may hold the hash instead of the secret: the secret still works.
+        let hashed = CoverageService(
+            store: service.store, adminTokens: ["other", "sha256:\(CoverageService.hashToken("admin-secret"))"],
+            pyramidStore: nil)
+        #expect(try await hashed.authenticate(authorization: "Token admin-secret") == .admin("2"))
+    }
+
+    @Test func historyNamesAdministratorsWithoutAnyPartOfTheirTokenHash() async throws {
+        let (service, _) = try await makeService()
+        let who = try await service.authenticate(authorization: "Token admin-secret")
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: who)
+        _ = try await service.addStep(p.id, Etape(statut: .investigation, dateDebut: "2025-01-01"), by: who)
+        let history = try await service.history(p.id)
+        #expect(history.map(\.actor) == ["admin:1", "admin:1"])
+        let text = try JSONEncoder().encode(history)
+        let hash = Array(CoverageService.hashToken("admin-secret"))
+        for i in 0...(hash.count - 8) {
+            #expect(!String(decoding: text, as: UTF8.self).contains(String(hash[i..<i + 8])))
+        }
+    }
+
+    @Test(arguments: [
+        ([(-180.0, -90.0), (180, -90), (180, 90), (-180, 90)], "outside Lambert-93's area of use"),
+        ([(1e300, 1e300), (1e300 + 1e290, 1e300), (1e300, -1e300)], "outside Lambert-93's area of use"),
+        ([(3.0, 50.0), (3.01, 50.0)], "geometrie"),
+    ])
+    func drawnPerimetersOutsideFranceAreRefusedWithAReason(corners: [(Double, Double)], reason: String)
+        async throws
+    {
+        let (service, _) = try await makeService()
+        var fields = ProjectFields(nom: "World")
+        fields.geometrie = try polygon(corners)
+        do {
+            _ = try await service.create(fields, by: admin)
+            Issue.record("accepted \(corners)")
+        } catch let e as CoverageError {
+            #expect(e.kind == .invalid)
+            #expect(e.message.contains(reason), "\(e.message)")
+        }
+        #expect(try await service.projects().isEmpty)
+    }
+
+    @Test func aDisponibleProjectMustPublishInAKnownTileset() async throws {
+        let (service, _) = try await makeService()
+        let step = Etape(statut: .disponible, dateDebut: "2025-01-01")
+        let nope = [Livrable(nom: "ortho", tileset: "nope")]
+        await #expect(throws: CoverageError.self) {
+            _ = try await service.create(
+                ProjectFields(nom: "A", perimetres: ["commune:59350"], etapes: [step], livrables: nope), by: admin)
+        }
+        // Naming it before publication is allowed (planned); publishing is not.
+        let (p, _) = try await service.create(
+            ProjectFields(nom: "B", perimetres: ["commune:59350"], livrables: nope), by: admin)
+        do {
+            _ = try await service.addStep(p.id, step, by: admin)
+            Issue.record("published in an unknown tileset")
+        } catch let e as CoverageError {
+            #expect(e.kind == .invalid && e.message.contains("'nope'"), "\(e.message)")
+        }
+        let (q, _) = try await service.create(
+            ProjectFields(
+                nom: "C", perimetres: ["commune:59350"], etapes: [step],
+                livrables: [Livrable(nom: "ortho", tileset: "pcrs")]), by: admin)
+        #expect(q.statut(on: "2025-06-01") == .disponible)
+    }
+
+    @Test func aPatchOfUnknownFieldsIsRefusedAndANoOpWritesNoHistory() async throws {
+        let (service, _) = try await makeService()
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        do {
+            _ = try await service.patch(p.id, ["colour": .string("red"), "statut": .string("x")], by: admin)
+            Issue.record("accepted unknown fields")
+        } catch let e as CoverageError {
+            #expect(e.kind == .malformed && e.message.contains("'colour', 'statut'"), "\(e.message)")
+        }
+        _ = try await service.patch(p.id, ["nom": .string("P")], by: admin)
+        _ = try await service.update(p.id, try await service.project(p.id).fields, by: admin)
+        #expect(try await service.history(p.id).map(\.action) == ["create"])
+        _ = try await service.patch(p.id, ["nom": .string("Q")], by: admin)
+        #expect(try await service.history(p.id).map(\.action) == ["create", "update"])
+    }
+
+    /// Deleted (with -wal and -shm) or replaced under the store: writes refused, reads go on.
+    @Test(arguments: ["delete", "replace"])
+    func writesToADatabaseFileNoLongerThereAreRefused(how: String) async throws {
+        let (service, dir) = try await makeService()
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        let path = dir + "/db.sqlite"
+        let fm = FileManager.default
+        if how == "delete" {
+            for suffix in ["", "-wal", "-shm"] { try? fm.removeItem(atPath: path + suffix) }
+        } else {
+            try fm.copyItem(atPath: path, toPath: path + ".new")
+            _ = rename(path + ".new", path)
+        }
+        do {
+            _ = try await service.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
+            Issue.record("a write to a \(how)d database was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains(how == "delete" ? "deleted" : "replaced"))
+        }
+        await #expect(throws: CoverageError.self) {
+            _ = try await service.create(ProjectFields(nom: "Q", perimetres: ["commune:59350"]), by: admin)
+        }
+        #expect(try await service.project(p.id).fields.nom == "P")
+    }
+
+    @Test func writesToAReadOnlyDatabaseAreRefusedAsUnavailable() async throws {
+        let (service, dir) = try await makeService()
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        let store = try SQLiteCoverageStore(path: dir + "/db.sqlite", readonly: true)
+        #expect(store.isReadOnly)
+        let readOnly = CoverageService(store: store, adminTokens: ["admin-secret"], pyramidStore: nil)
+        do {
+            _ = try await readOnly.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
+            Issue.record("a write to a read-only database was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains("read-only"), "\(e.message)")
+        }
+        #expect(try await readOnly.project(p.id).fields.etapes.isEmpty)
+    }
+}
