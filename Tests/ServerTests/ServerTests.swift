@@ -730,14 +730,23 @@ struct PublicationTests {
                     $0.status
                 }
             }
+            /// Whether the fast lane answers the tile: asked until it does (a request that follows
+            /// a routed one at once may still go to the router, which answers it the same).
+            func fastLaneAnswers(_ col: Int) async throws -> Bool {
+                for _ in 0..<20 {
+                    let before = try await ServerFixture.fastLaneCount(client)
+                    #expect(try await status(col) == .ok)
+                    if try await ServerFixture.fastLaneCount(client) > before { return true }
+                }
+                return false
+            }
             // Inside: the stored bytes, untouched, from the fast lane.
             let stored = try #require(try ungated.tileData(TileCoordinate(z: 22, col: 55_000, row: row)))
-            let before = try await ServerFixture.fastLaneCount(client)
             try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55000/\(row).jpg", method: .get) { r in
                 #expect(r.status == .ok)
                 #expect(Array(buffer: r.body) == stored)
             }
-            #expect(try await ServerFixture.fastLaneCount(client) == before + 1)
+            #expect(try await fastLaneAnswers(55_000))
             // Crossing: clipped, transparent right of the boundary.
             try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/55001/\(row).png", method: .get) { r in
                 #expect(r.status == .ok)
@@ -761,7 +770,7 @@ struct PublicationTests {
                 body: ByteBuffer(string: #"{"statut":"disponible","date_debut":"2024-06-01"}"#)
             ) { #expect($0.status == .ok) }
             #expect(try await status(55_003) == .ok)
-            #expect(try await ServerFixture.fastLaneCount(client) == before + 2)
+            #expect(try await fastLaneAnswers(55_003))
             // Going back (obsolete) hides them again, clipped tiles included.
             try await client.execute(
                 uri: "/api/projects/\(idB)/etapes", method: .post, headers: admin,
