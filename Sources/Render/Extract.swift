@@ -182,13 +182,14 @@ public enum Extractor {
         var g = source.isSame(as: l93) ? geometry : try geometry.transformed(CoordinateTransform(from: source, to: l93))
         var repaired = false
         if !g.isValid {
-            let reason = g.invalidityReason ?? "invalid"
+            // Checked before the reason is asked for: that is another pass as costly as the test.
             guard g.pointCount <= limits.maxRepairVertices else {
                 throw ExtractError(
                     400,
-                    "the geometry is invalid (\(reason)) and has \(g.pointCount) vertices; only geometries of at most \(limits.maxRepairVertices) vertices are repaired here: fix it first (QGIS: Fix geometries)",
+                    "the geometry is invalid and has \(g.pointCount) vertices; only geometries of at most \(limits.maxRepairVertices) vertices are repaired here: fix it first (QGIS: Fix geometries)",
                     parameter: "geometry")
             }
+            let reason = g.invalidityReason ?? "invalid"
             let fixed = try g.makeValid()
             // Safe only when the repair keeps a real area (a bow-tie keeps both lobes).
             guard !fixed.isEmpty, fixed.area > 0 else {
