@@ -57,33 +57,3 @@ extension Dataset {
         return Dataset(handle: out, path: path)
     }
 }
-
-/// Zip archives written through GDAL's minizip (`CPLCreateZip`).
-public enum ZipArchive {
-    /// Writes `files` (name in the archive, path on disk) into a new zip at `path`.
-    public static func write(_ path: String, files: [(name: String, path: String)]) throws {
-        GDAL.initialize()
-        guard let zip = CPLCreateZip(path, nil) else { throw RasterError.gdal("cannot create \(path)") }
-        var failure: Error?
-        for f in files where failure == nil {
-            do {
-                let data = try Data(contentsOf: URL(fileURLWithPath: f.path))
-                guard CPLCreateFileInZip(zip, f.name, nil) == CE_None else { throw RasterError.gdal("zip \(f.name)") }
-                var offset = 0
-                while offset < data.count {
-                    let n = min(1 << 24, data.count - offset)
-                    let err = data.withUnsafeBytes { b in
-                        CPLWriteFileInZip(zip, b.baseAddress! + offset, Int32(n))
-                    }
-                    guard err == CE_None else { throw RasterError.gdal("zip \(f.name)") }
-                    offset += n
-                }
-                CPLCloseFileInZip(zip)
-            } catch {
-                failure = error
-            }
-        }
-        CPLCloseZip(zip)
-        if let failure { throw failure }
-    }
-}

@@ -41,9 +41,12 @@ public enum ExtractFormat: String, Codable, Sendable, CaseIterable {
 public struct ExtractError: Error, CustomStringConvertible, Sendable {
     public var status: Int
     public var message: String
-    public init(_ status: Int, _ message: String) {
+    /// The request parameter at fault, when there is one (`resolution`, `buffer_m`, `geometry`).
+    public var parameter: String?
+    public init(_ status: Int, _ message: String, parameter: String? = nil) {
         self.status = status
         self.message = message
+        self.parameter = parameter
     }
     public var description: String { message }
 }
@@ -60,6 +63,21 @@ public struct ExtractLimits: Sendable, Codable, Equatable {
     /// Largest polygon area, in km².
     public var maxAreaKm2 = 200.0
     public var maxVertices = 100_000
+    /// Most vertices of an invalid polygon that is repaired: GEOS' repair of a polygon that
+    /// crosses itself many times costs more than its vertices (a 7-times-winding star of 4000
+    /// vertices took seconds), and it cannot be interrupted. Above this the request is refused.
+    public var maxRepairVertices = ExtractLimits.defaultMaxRepairVertices
+    /// Finest and coarsest output pixel size, in metres (units of the output CRS).
+    public var minResolution = ExtractLimits.defaultMinResolution
+    public var maxResolution = ExtractLimits.defaultMaxResolution
+    /// Largest `buffer_m`, in metres.
+    public var maxBufferMetres = ExtractLimits.defaultMaxBufferMetres
+
+    public static let defaultMaxRepairVertices = 2_000
+    public static let defaultMinResolution = 0.01
+    public static let defaultMaxResolution = 1000.0
+    public static let defaultMaxBufferMetres = 10_000.0
+
     public init() {}
 
     enum CodingKeys: String, CodingKey {
@@ -68,6 +86,10 @@ public struct ExtractLimits: Sendable, Codable, Equatable {
         case maxInMemoryPixels = "max_in_memory_pixels"
         case maxAreaKm2 = "max_area_km2"
         case maxVertices = "max_vertices"
+        case maxRepairVertices = "max_repair_vertices"
+        case minResolution = "min_resolution"
+        case maxResolution = "max_resolution"
+        case maxBufferMetres = "max_buffer_m"
     }
 
     public init(from decoder: Decoder) throws {
@@ -78,6 +100,10 @@ public struct ExtractLimits: Sendable, Codable, Equatable {
         maxInMemoryPixels = try c.decodeIfPresent(Int.self, forKey: .maxInMemoryPixels) ?? d.maxInMemoryPixels
         maxAreaKm2 = try c.decodeIfPresent(Double.self, forKey: .maxAreaKm2) ?? d.maxAreaKm2
         maxVertices = try c.decodeIfPresent(Int.self, forKey: .maxVertices) ?? d.maxVertices
+        maxRepairVertices = try c.decodeIfPresent(Int.self, forKey: .maxRepairVertices) ?? d.maxRepairVertices
+        minResolution = try c.decodeIfPresent(Double.self, forKey: .minResolution) ?? d.minResolution
+        maxResolution = try c.decodeIfPresent(Double.self, forKey: .maxResolution) ?? d.maxResolution
+        maxBufferMetres = try c.decodeIfPresent(Double.self, forKey: .maxBufferMetres) ?? d.maxBufferMetres
     }
 }
 
@@ -131,8 +157,17 @@ public enum Extractor {
             throw ExtractError(
                 400, "the geometry has \(geometry.pointCount) vertices; at most \(limits.maxVertices) are accepted")
         }
-        guard bufferMetres >= 0, bufferMetres <= 10_000 else {
-            throw ExtractError(400, "buffer_m must be between 0 and 10000")
+        // Every number is checked before any use: NaN fails both comparisons.
+        guard bufferMetres >= 0, bufferMetres <= limits.maxBufferMetres else {
+            throw ExtractError(
+                400, "buffer_m must be between 0 and \(limits.maxBufferMetres) m", parameter: "buffer_m")
+        }
+        if let resolution {
+            guard resolution >= limits.minResolution, resolution <= limits.maxResolution else {
+                throw ExtractError(
+                    400, "resolution must be between \(limits.minResolution) and \(limits.maxResolution) m",
+                    parameter: "resolution")
+            }
         }
         let source: SpatialReference
         let target: SpatialReference
@@ -147,6 +182,13 @@ public enum Extractor {
         var g = source.isSame(as: l93) ? geometry : try geometry.transformed(CoordinateTransform(from: source, to: l93))
         var repaired = false
         if !g.isValid {
+            // Checked before the reason is asked for: that is another pass as costly as the test.
+            guard g.pointCount <= limits.maxRepairVertices else {
+                throw ExtractError(
+                    400,
+                    "the geometry is invalid and has \(g.pointCount) vertices; only geometries of at most \(limits.maxRepairVertices) vertices are repaired here: fix it first (QGIS: Fix geometries)",
+                    parameter: "geometry")
+            }
             let reason = g.invalidityReason ?? "invalid"
             let fixed = try g.makeValid()
             // Safe only when the repair keeps a real area (a bow-tie keeps both lobes).
@@ -173,19 +215,29 @@ public enum Extractor {
         }
         let out = target.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: l93, to: target))
         let res = resolution ?? nativeResolution
-        guard res > 0, res <= 1000 else { throw ExtractError(400, "resolution must be between 0 and 1000 m") }
+        guard res > 0, res <= limits.maxResolution else {
+            throw ExtractError(
+                400, "resolution must be between 0 and \(limits.maxResolution) m", parameter: "resolution")
+        }
         let e = out.envelope
         // Snap to multiples of the resolution, so extracts of one area line up.
         let minX = (e.minX / res).rounded(.down) * res
         let maxY = (e.maxY / res).rounded(.up) * res
-        let width = Int(((e.maxX - minX) / res).rounded(.up))
-        let height = Int(((maxY - e.minY) / res).rounded(.up))
-        let pixels = Double(width) * Double(height)
-        guard pixels <= Double(limits.maxPixels) else {
+        // Sizes stay in Double until they are known to fit (a tiny resolution or a CRS with huge
+        // coordinates makes them overflow any integer).
+        let columns = ((e.maxX - minX) / res).rounded(.up)
+        let rows = ((maxY - e.minY) / res).rounded(.up)
+        guard columns.isFinite, rows.isFinite, columns >= 1, rows >= 1,
+            columns * rows <= Double(limits.maxPixels)
+        else {
             throw ExtractError(
                 413,
-                "the output would be \(width)×\(height) px; the limit is \(limits.maxPixels) px (coarsen resolution)")
+                "the output would be \(Self.format(columns))×\(Self.format(rows)) px; the limit is \(limits.maxPixels) px (coarsen resolution)",
+                parameter: "resolution")
         }
+        let width = Int(columns)
+        let height = Int(rows)
+        let pixels = columns * rows
         if format.inMemory, pixels > Double(limits.maxInMemoryPixels) {
             throw ExtractError(
                 413,
@@ -202,6 +254,11 @@ public enum Extractor {
         return ExtractPlan(
             tileset: tileset, format: format, crs: crs, polygonWKT: out.wkt, window: window, resolution: res,
             repaired: repaired)
+    }
+
+    /// A pixel count for a message, whatever its size.
+    static func format(_ v: Double) -> String {
+        v.isFinite && abs(v) < 1e15 ? String(Int(v)) : String(format: "%.3g", v)
     }
 
     /// Renders a window with several renderers at once, each on a band of rows.

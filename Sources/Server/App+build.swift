@@ -8,7 +8,7 @@ import ServiceLifecycle
 /// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
 public func buildRouter(
     service: TileService, coverage: CoverageService? = nil, extracts: ExtractService? = nil
-) -> Router<BasicRequestContext> {
+) -> Router<DallageRequestContext> {
     let registry = DallageMetrics.registry
     let configured = service.configuration.publicURL
     let baseURL: @Sendable (Request) -> String = { request in
@@ -16,7 +16,7 @@ public func buildRouter(
         let host = request.head.authority ?? "localhost"
         return "http://\(host)"
     }
-    let router = Router()
+    let router = Router(context: DallageRequestContext.self)
     router.add(middleware: LogRequestsMiddleware(.info))
     router.add(middleware: MetricsMiddleware())
     router.add(

@@ -2,6 +2,7 @@ import Coverage
 import Foundation
 import GeoGrid
 import Logging
+import NIOCore
 import Pyramid
 import Raster
 import Render
@@ -49,6 +50,8 @@ public final class ExtractService: Sendable {
     let gate: PublicationGate?
     let configuration: ServerConfiguration
     let logger: Logger
+    /// Proxies whose `X-Forwarded-For` names the client.
+    let trustedProxies: AddressRanges
     /// Jobs asked to stop while running.
     private let cancelled = Mutex<Set<String>>([])
 
@@ -62,6 +65,17 @@ public final class ExtractService: Sendable {
         self.gate = gate
         self.configuration = configuration
         self.logger = logger
+        // The configuration file was checked when it was read; a bad list set in code trusts no one.
+        trustedProxies = (try? AddressRanges(configuration.trustedProxies)) ?? .none
+    }
+
+    /// Who asks: the holder of a valid administrator token or editor key, else the address the
+    /// request comes from (a made-up token counts as no token).
+    func client(authorization: String?, remote: SocketAddress?, forwardedFor: [String]) async -> String {
+        if let who = try? await coverage.authenticate(authorization: authorization), who != .reader {
+            return who.actor
+        }
+        return "addr:" + ClientIdentity.address(remote: remote, forwardedFor: forwardedFor, trusted: trustedProxies)
     }
 
     /// The pyramid extracts read: the Lambert-93 one when there is one.
@@ -120,12 +134,47 @@ public final class ExtractService: Sendable {
     public func isDirect(_ plan: ExtractPlan) -> Bool { plan.pixels <= configuration.extractLimits.directPixels }
 
     /// Writes a direct extract to a temporary file and returns its path (the caller deletes it).
-    public func writeNow(_ plan: ExtractPlan, from served: ServedPyramid) throws -> String {
+    /// `cancelled` is asked between strips of rows; when it answers true the writing stops.
+    public func writeNow(
+        _ plan: ExtractPlan, from served: ServedPyramid, cancelled: () -> Bool = { false }
+    ) throws -> String {
         let dir = configuration.extractsPath
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw storageFailure(error, writing: dir, bytes: plan.estimatedBytes) ?? unwritable(error, dir)
+        }
         let path = dir + "/direct-\(UUID().uuidString).\(plan.format.fileExtension)"
-        try Extractor.write(plan, pyramid: served.reader, to: path)
+        do {
+            try Extractor.write(plan, pyramid: served.reader, to: path) { _ in !cancelled() }
+        } catch let e as ExtractError {
+            throw e
+        } catch {
+            try? FileManager.default.removeItem(atPath: path)
+            if let refusal = storageFailure(error, writing: path, bytes: plan.estimatedBytes) { throw refusal }
+            throw error
+        }
         return path
+    }
+
+    /// The refusal for a failed write when the extracts folder is the cause (full, or not
+    /// writable), nil when it is not. The path goes to the log only: clients never see the
+    /// server's folders.
+    func storageFailure(_ error: any Error, writing path: String, bytes: Int) -> ExtractError? {
+        let dir = configuration.extractsPath
+        var st = statvfs()
+        guard statvfs(dir, &st) == 0, access(dir, W_OK) == 0 else { return unwritable(error, path) }
+        let free = Double(st.f_bavail) * Double(st.f_frsize)
+        // The estimate is rough (compression varies): count a margin of a quarter more.
+        guard free < Double(bytes) * 1.25 + Double(Self.freeSpaceMargin) else { return nil }
+        logger.error("no room to write the extract \(path) (\(Int(free) >> 20) MB free): \(error)")
+        return ExtractError(507, "the server has no room left to store this extract; try again later")
+    }
+
+    /// Bytes kept free beside an extract's estimate.
+    static let freeSpaceMargin = 64 << 20
+
+    private func unwritable(_ error: any Error, _ path: String) -> ExtractError {
+        logger.error("cannot write the extract \(path): \(error)")
+        return ExtractError(503, "the server cannot store extracts now; try again later")
     }
 
     /// Queues a job, within the client's bounds; throws 429 beyond them.
@@ -146,7 +195,7 @@ public final class ExtractService: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let job = ExtractJob(
-            id: UUID().uuidString.lowercased(), client: client,
+            id: Self.newJobID(), client: client,
             request: String(decoding: try encoder.encode(r), as: UTF8.self), estimatedBytes: plan.estimatedBytes,
             at: Self.now())
         try await jobs.insertJob(job)
@@ -164,6 +213,12 @@ public final class ExtractService: Sendable {
         job.updatedAt = Self.now()
         try await jobs.updateJob(job)
         return job
+    }
+
+    /// 128 random bits in hex: a job's id cannot be guessed from another's.
+    static func newJobID() -> String {
+        var g = SystemRandomNumberGenerator()
+        return (0..<2).map { _ in String(g.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
     }
 
     /// The file of a finished job.
@@ -213,8 +268,13 @@ public final class ExtractService: Sendable {
             let request = try JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8))
             let (plan, served) = try await plan(request, admin: false)
             let path = try resultPath(job)
-            try FileManager.default.createDirectory(
-                atPath: configuration.extractsPath, withIntermediateDirectories: true)
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: configuration.extractsPath, withIntermediateDirectories: true)
+            } catch {
+                throw storageFailure(error, writing: path, bytes: job.estimatedBytes)
+                    ?? unwritable(error, configuration.extractsPath)
+            }
             let id = job.id
             let store = jobs
             let progressJob = job
@@ -233,9 +293,17 @@ public final class ExtractService: Sendable {
         } catch let e as ExtractError where e.status == 499 {
             job.state = Task.isCancelled ? .queued : .cancelled
             if Task.isCancelled { job.message = "interrupted by a shutdown; will restart" }
-        } catch {
+        } catch let e as ExtractError {
             job.state = .failed
-            job.message = "\(error)"
+            job.message = e.message
+            logger.error("extract \(job.id) failed: \(e.message)")
+        } catch {
+            // The reason is logged whole; the job tells the client no server path.
+            job.state = .failed
+            let path = (try? resultPath(job)) ?? configuration.extractsPath
+            job.message =
+                storageFailure(error, writing: path, bytes: job.estimatedBytes)?.message
+                ?? "the extract failed on the server; try again later"
             logger.error("extract \(job.id) failed: \(error)")
         }
         cancelled.withLock { _ = $0.remove(job.id) }
@@ -312,5 +380,11 @@ struct ExtractRunner: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown { await extracts.runJobs() }
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to count: Int) -> String {
+        String(repeating: "0", count: max(0, count - self.count)) + self
     }
 }

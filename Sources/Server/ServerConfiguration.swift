@@ -57,6 +57,9 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var extractJobsPerClient = 2
     public var extractBytesPerClient = 20 << 30
     public var extractLimits = ExtractLimits()
+    /// Reverse proxies (addresses or networks such as `10.0.0.0/8`) whose `X-Forwarded-For` names
+    /// the client; from anyone else the header is ignored and the connection's address counts.
+    public var trustedProxies: [String] = []
 
     public var extractsPath: String {
         extractsDirectory ?? (store as NSString).appendingPathComponent(".extracts")
@@ -97,6 +100,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case extractJobsPerClient = "extract_jobs_per_client"
         case extractBytesPerClient = "extract_bytes_per_client"
         case extractLimits = "extract_limits"
+        case trustedProxies = "trusted_proxies"
     }
 
     public init() {}
@@ -130,6 +134,11 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         extractBytesPerClient =
             try c.decodeIfPresent(Int.self, forKey: .extractBytesPerClient) ?? d.extractBytesPerClient
         extractLimits = try c.decodeIfPresent(ExtractLimits.self, forKey: .extractLimits) ?? d.extractLimits
+        trustedProxies = try c.decodeIfPresent([String].self, forKey: .trustedProxies) ?? []
+        do { _ = try AddressRanges(trustedProxies) } catch {
+            throw DecodingError.dataCorruptedError(
+                forKey: .trustedProxies, in: c, debugDescription: "trusted_proxies: \(error)")
+        }
     }
 
     /// Reads a configuration file; a missing file is an error only when it was asked for.

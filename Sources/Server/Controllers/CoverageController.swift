@@ -11,7 +11,7 @@ struct CoverageController: Sendable {
     let catalog: PyramidCatalog
     let logger: Logger
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/api/territories") { request, _ in try await territories(request) }
         router.getOrHead("/api/projects") { request, _ in try await list(request) }
         router.post("/api/projects") { request, context in try await create(request, context: context) }
@@ -122,7 +122,7 @@ struct CoverageController: Sendable {
         }
     }
 
-    func create(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    func create(_ request: Request, context: DallageRequestContext) async throws -> Response {
         try await run {
             let who = try await coverage.authenticate(authorization: request.headers[.authorization])
             let fields = try await decode(ProjectFields.self, request, context: context)
@@ -155,14 +155,14 @@ struct CoverageController: Sendable {
         return f
     }
 
-    func id(_ context: BasicRequestContext) throws -> Int64 {
+    func id(_ context: DallageRequestContext) throws -> Int64 {
         guard let s = context.parameters.get("id"), s.count <= 18, let v = Int64(s), v > 0 else {
             throw CoverageError(.notFound, "no such project")
         }
         return v
     }
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: Request, context: BasicRequestContext) async throws -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, context: DallageRequestContext) async throws -> T {
         let body = try await request.body.collect(upTo: 16 << 20)
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer: body))

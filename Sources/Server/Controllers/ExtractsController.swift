@@ -1,8 +1,8 @@
 import Coverage
-import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import Raster
 import Render
 
@@ -11,7 +11,7 @@ struct ExtractsController: Sendable {
     let extracts: ExtractService
     let service: TileService
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.post("/api/extracts") { request, context in try await post(request, context: context) }
         router.getOrHead("/api/extracts/dalles") { request, context in try await dalles(request, context: context) }
         router.getOrHead("/api/extracts/:id") { request, context in
@@ -20,6 +20,11 @@ struct ExtractsController: Sendable {
         router.delete("/api/extracts/:id") { request, context in
             try await run {
                 let j = try await job(context, request: request)
+                let asker = await client(request, context)
+                guard j.client == asker || service.isAdmin(request.headers[.authorization]) else {
+                    throw ExtractError(
+                        403, "only the client that asked for this extract, or an administrator, may cancel it")
+                }
                 return json(status(try await extracts.cancel(j.id)), request)
             }
         }
@@ -34,23 +39,21 @@ struct ExtractsController: Sendable {
         }
     }
 
-    static let forwardedFor = HTTPField.Name("X-Forwarded-For")!
     static let repairedHeader = HTTPField.Name("X-Dallage-Repaired")!
 
-    /// Clients are told apart by their token, else the proxy's X-Forwarded-For, else as one.
-    static func client(_ request: Request) -> String {
-        if let auth = request.headers[.authorization] {
-            return "token:" + SHA256.hash(data: Data(auth.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
-        }
-        if let fwd = request.headers[Self.forwardedFor]?.split(separator: ",").first {
-            return "addr:" + fwd.trimmingCharacters(in: .whitespaces)
-        }
-        return "anonymous"
+    /// Who asks (see `ExtractService.client`): per-client limits and job ownership use it.
+    func client(_ request: Request, _ context: DallageRequestContext) async -> String {
+        await extracts.client(
+            authorization: request.headers[.authorization], remote: context.remoteAddress,
+            forwardedFor: request.headers[values: ClientIdentity.forwardedFor])
     }
 
-    func post(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    /// Largest body of an extract request (a detailed polygon in GeoJSON).
+    static let maxBodyBytes = 32 << 20
+
+    func post(_ request: Request, context: DallageRequestContext) async throws -> Response {
         try await run {
-            let body = try await request.body.collect(upTo: 32 << 20)
+            let body = try await request.body.collect(upTo: Self.maxBodyBytes)
             let r: ExtractRequest
             do { r = try JSONDecoder().decode(ExtractRequest.self, from: Data(buffer: body)) } catch {
                 throw ExtractError(400, StatusRules.describe(error))
@@ -58,12 +61,17 @@ struct ExtractsController: Sendable {
             let admin = service.isAdmin(request.headers[.authorization])
             let (plan, served) = try await extracts.plan(r, admin: admin)
             if extracts.isDirect(plan) {
-                let path = try await offload { [extracts] in try extracts.writeNow(plan, from: served) }
+                // Rendering stops between strips once the client has gone.
+                let path = try await context.watchingClient { gone in
+                    try await offload { [extracts] in
+                        try extracts.writeNow(plan, from: served) { gone.isRaised }
+                    }
+                }
                 var response = try sendAndDelete(path, name: "\(r.tileset)-extract")
                 if plan.repaired { response.headers[Self.repairedHeader] = "true" }
                 return response
             }
-            let job = try await extracts.enqueue(r, plan: plan, client: Self.client(request))
+            let job = try await extracts.enqueue(r, plan: plan, client: await client(request, context))
             var response = json(status(job), request)
             response.status = .accepted
             response.headers[.location] = "/api/extracts/\(job.id)"
@@ -71,7 +79,10 @@ struct ExtractsController: Sendable {
         }
     }
 
-    func job(_ context: BasicRequestContext, request: Request) async throws -> ExtractJob {
+    /// The job named in the path. Its id (128 random bits, told only to the client that asked)
+    /// is what lets one follow and download it, so the web map's plain download link works
+    /// without a header; cancelling also needs the client's identity.
+    func job(_ context: DallageRequestContext, request: Request) async throws -> ExtractJob {
         let id = context.parameters.get("id") ?? ""
         guard id.count <= 64, id.allSatisfy({ $0.isHexDigit || $0 == "-" }),
             let j = try await extracts.jobs.job(id: id)
@@ -93,7 +104,7 @@ struct ExtractsController: Sendable {
     }
 
     /// The source dalles under a polygon (or territory), as a list or a zip of the files.
-    func dalles(_ request: Request, context: BasicRequestContext) async throws -> Response {
+    func dalles(_ request: Request, context: DallageRequestContext) async throws -> Response {
         try await run {
             let q = request.uri.queryParameters
             guard let tileset = q["tileset"].map(String.init) else { throw ExtractError(400, "tileset is required") }
@@ -136,12 +147,29 @@ struct ExtractsController: Sendable {
                         "the dalles weigh \(total >> 20) MB; the limit is \(extracts.configuration.extractBytesPerClient >> 20) MB"
                     )
                 }
-                let dir = extracts.configuration.extractsPath
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                // Streamed from disk (it may be large); the runner deletes it after an hour.
-                let zip = dir + "/dalles-\(UUID().uuidString).zip"
-                try ZipArchive.write(zip, files: found.map { ($0.name, $0.path) })
-                return try await stream(zip, name: "\(tileset)-dalles", context: context)
+                for f in found where access(f.path, R_OK) != 0 {
+                    extracts.logger.error("dalle \(f.path) cannot be read")
+                    throw ExtractError(503, "the dalle \(f.name) cannot be read on the server now")
+                }
+                // Made while it is sent, nothing kept: a zip of stored (already compressed) files.
+                var h = HTTPFields()
+                h[.contentType] = "application/zip"
+                h[.contentDisposition] = "attachment; filename=\"\(tileset)-dalles.zip\""
+                h[.cacheControl] = "no-store"
+                let files = found.map { ZipArchive.Entry(name: $0.name, path: $0.path) }
+                let logger = extracts.logger
+                return Response(
+                    status: .ok, headers: h,
+                    body: ResponseBody { writer in
+                        do {
+                            try await ZipArchive.stream(files) { try await writer.write(ByteBuffer(bytes: $0)) }
+                        } catch {
+                            // Too late for a status: the client sees a cut archive.
+                            logger.error("zip of dalles of \(tileset) stopped: \(error)")
+                            throw error
+                        }
+                        try await writer.finish(nil)
+                    })
             }
             return json(
                 .object([
@@ -163,9 +191,15 @@ struct ExtractsController: Sendable {
             throw ServiceError(e)
         } catch let e as ServiceError {
             throw e
+        } catch let e as NIOTooManyBytesError {
+            throw ServiceError(
+                .payloadTooLarge,
+                "the request body exceeds \(e.maxBytes.map { $0 >> 20 } ?? Self.maxBodyBytes >> 20) MB",
+                style: .json)
         } catch {
+            // Errors from files and GDAL name server paths: the log has them, the client does not.
             extracts.logger.error("extract failed: \(error)")
-            throw ServiceError(.noApplicableCode, "the extract failed: \(error)", style: .json)
+            throw ServiceError(.noApplicableCode, "the extract failed on the server; try again later", style: .json)
         }
     }
 
@@ -178,10 +212,12 @@ struct ExtractsController: Sendable {
             case 413: .payloadTooLarge
             case 422: .validationFailed
             case 429: .tooManyRequests
+            case 503: .unavailable
+            case 507: .insufficientStorage
             case 500...: .noApplicableCode
             default: .invalidParameterValue
             }
-        return ServiceError(code, e.message, style: .json)
+        return ServiceError(code, locator: e.parameter, e.message, style: .json)
     }
 
     func json(_ v: JSONValue, _ request: Request) -> Response {
@@ -190,7 +226,7 @@ struct ExtractsController: Sendable {
     }
 
     /// A file streamed from disk in chunks (results may weigh gigabytes).
-    func stream(_ path: String, name: String, context: BasicRequestContext) async throws -> Response {
+    func stream(_ path: String, name: String, context: DallageRequestContext) async throws -> Response {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         var h = Self.attachment(path, name: name)
         h[.contentLength] = "\(size)"

@@ -20,7 +20,7 @@ struct OGCController: Sendable {
         "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
     ]
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/ogc") { request, _ in try landing(request) }
         router.getOrHead("/ogc/conformance") { request, _ in
             try Document.json(["conformsTo": Self.conformance], request: request)
@@ -180,7 +180,7 @@ struct OGCController: Sendable {
         return try Document.json(tilesetObject(request, p), request: request)
     }
 
-    func tile(_ request: Request, _ context: BasicRequestContext) throws -> Response {
+    func tile(_ request: Request, _ context: DallageRequestContext) throws -> Response {
         let f = request.uri.queryParameters["f"].map(String.init)
         let accept = request.headers[.accept] ?? ""
         let encoding: TileEncoding

@@ -8,7 +8,7 @@ struct OperationsController: Sendable {
     let service: TileService
     let registry: PrometheusCollectorRegistry
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/healthz") { request, _ in
             try Document.json(
                 [

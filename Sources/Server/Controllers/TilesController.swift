@@ -6,14 +6,14 @@ struct TilesController: Sendable {
     let service: TileService
     let baseURL: @Sendable (Request) -> String
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/tiles/:tileset/:tms/tilejson.json") { request, context in
             try tileJSON(request, context: context)
         }
         router.getOrHead("/tiles/:tileset/:tms/:z/:x/:file") { request, context in try tile(request, context: context) }
     }
 
-    func tile(_ request: Request, context: BasicRequestContext) throws -> Response {
+    func tile(_ request: Request, context: DallageRequestContext) throws -> Response {
         let file = context.parameters.get("file") ?? ""
         guard let dot = file.lastIndex(of: "."), let encoding = TileEncoding(extension: file[file.index(after: dot)...])
         else {
@@ -34,7 +34,7 @@ struct TilesController: Sendable {
         return try TileResponder(service: service).respond(t, request: request, style: .json, strictLimits: false)
     }
 
-    func tileJSON(_ request: Request, context: BasicRequestContext) throws -> Response {
+    func tileJSON(_ request: Request, context: DallageRequestContext) throws -> Response {
         let tileset = context.parameters.get("tileset") ?? ""
         let grid = context.parameters.get("tms") ?? ""
         let (pyramid, levels) = try service.resolve(

@@ -16,7 +16,7 @@ struct WMSController: Sendable {
         ["EPSG:2154"] + (3942...3950).map { "EPSG:\($0)" } + ["EPSG:3857", "EPSG:4326", "CRS:84"]
     static let formats = ["image/jpeg", "image/png", "image/webp"]
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/wms") { request, _ in try await offload { try handle(request) } }
     }
 

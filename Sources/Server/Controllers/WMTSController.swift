@@ -6,7 +6,7 @@ struct WMTSController: Sendable {
     let service: TileService
     let baseURL: @Sendable (Request) -> String
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/wmts") { request, _ in try kvp(request) }
         router.getOrHead("/wmts/1.0.0/WMTSCapabilities.xml") { request, _ in capabilities(request) }
         router.getOrHead("/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file") { request, context in
@@ -67,7 +67,7 @@ struct WMTSController: Sendable {
         }
     }
 
-    func rest(_ request: Request, context: BasicRequestContext) throws -> Response {
+    func rest(_ request: Request, context: DallageRequestContext) throws -> Response {
         let layer = context.parameters.get("layer") ?? ""
         let style = context.parameters.get("style") ?? ""
         let tms = context.parameters.get("tms") ?? ""

@@ -14,7 +14,7 @@ struct WebController: Sendable {
         return Array(data)
     }()
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/") { request, _ in
             Document.response(Self.page, contentType: "text/html; charset=utf-8", request: request)
         }
