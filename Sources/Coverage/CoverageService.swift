@@ -232,12 +232,23 @@ public final class CoverageService: Sendable {
             throw CoverageError(.invalid, "geometrie cannot be projected to Lambert-93")
         }
         if !g.isValid {
+            // GEOS' repair costs more than linear time in the self-intersections (a 20k-vertex
+            // star takes minutes) and cannot be interrupted: only small drawings are repaired.
+            guard g.pointCount <= Self.maxRepairVertices else {
+                throw CoverageError(
+                    .invalid,
+                    "geometrie is invalid and has \(g.pointCount) vertices; only drawings of at most \(Self.maxRepairVertices) vertices are repaired here: fix it first (QGIS: Fix geometries)"
+                )
+            }
             let reason = g.invalidityReason ?? "invalid"
             g = try g.makeValid()
             if g.isEmpty { throw CoverageError(.invalid, "geometrie is invalid and cannot be repaired: \(reason)") }
         }
         return g.wkt
     }
+
+    /// The largest invalid drawing repaired (as for extracts: `max_repair_vertices`' default).
+    public static let maxRepairVertices = 2000
 
     /// The perimeter (Lambert-93) of checked fields: the union of their territories and drawing.
     static func perimeter(_ fields: ProjectFields, territories: [String: Territory], drawnWKT: String?) throws

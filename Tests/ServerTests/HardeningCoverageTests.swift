@@ -276,6 +276,36 @@ import Testing
         }
     }
 
+    /// A drawn perimeter winding 7 times (a star of `n` vertices, WGS84, near Lille).
+    static func star(_ n: Int) -> String {
+        let points = (0...n).map { k -> String in
+            let a = 2 * Double.pi * Double(7 * (k % n)) / Double(n)
+            return String(format: "[%.7f,%.7f]", 3.06 + 0.001 * cos(a), 50.63 + 0.001 * sin(a))
+        }
+        return #"{"type":"Polygon","coordinates":[[\#(points.joined(separator: ","))]]}"#
+    }
+
+    /// Issue 11 item 7 for projects: an invalid drawing is repaired only below a vertex budget (the
+    /// repair's cost grows faster than its vertices and cannot be interrupted); above, 422 with
+    /// what to do. A small one is still repaired.
+    @Test func invalidPerimeterAboveTheRepairBudgetIsRefused() async throws {
+        let dir = try Self.emptyStore()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try await ServerFixture.app(store: dir + "/store") { $0.adminTokens = ["s3cret"] }.test(.router) { client in
+            try await client.execute(
+                uri: "/api/projects", method: .post, headers: Self.admin,
+                body: ByteBuffer(string: #"{"nom":"Star","geometrie":\#(Self.star(20_000))}"#)
+            ) { r in
+                #expect(r.status == .unprocessableContent)
+                #expect((Self.object(r.body)["detail"] as? String)?.contains("Fix geometries") == true)
+            }
+            try await client.execute(
+                uri: "/api/projects", method: .post, headers: Self.admin,
+                body: ByteBuffer(string: #"{"nom":"Small star","geometrie":\#(Self.star(101))}"#)
+            ) { r in #expect(r.status == .created, "\(String(buffer: r.body))") }
+        }
+    }
+
     /// `disponible` needs a deliverable this server publishes: a tileset it has, or a diffusion url.
     @Test func aProjectCannotBePublishedInAnUnknownTileset() async throws {
         let step = #""etapes":[{"statut":"disponible","date_debut":"2024-01-01"}]"#

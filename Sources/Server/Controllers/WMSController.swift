@@ -17,7 +17,9 @@ struct WMSController: Sendable {
     static let formats = ["image/jpeg", "image/png", "image/webp"]
 
     func addRoutes(to router: Router<DallageRequestContext>) {
-        router.getOrHead("/wms") { request, _ in try await offload { try handle(request) } }
+        router.getOrHead("/wms") { request, context in
+            try await context.watchingClient { gone in try await offload { try handle(request) { gone.isRaised } } }
+        }
     }
 
     /// A WMS exception (ServiceExceptionReport 1.3.0).
@@ -43,7 +45,8 @@ struct WMSController: Sendable {
         }
     }
 
-    func handle(_ request: Request) throws -> Response {
+    /// Answers one WMS request; `clientGone` says when to stop drawing a map nobody waits for.
+    func handle(_ request: Request, clientGone: () -> Bool = { false }) throws -> Response {
         var p: [String: String] = [:]
         for (k, v) in request.uri.queryParameters { p[k.lowercased()] = String(v) }
         if let s = p["service"], s.uppercased() != "WMS" {
@@ -59,7 +62,7 @@ struct WMSController: Sendable {
             let xml = capabilities(baseURL: baseURL(request))
             return Document.response(Array(xml.utf8), contentType: "text/xml; charset=utf-8", request: request)
         case "getmap":
-            return try getMap(p, admin: service.isAdmin(request.headers[.authorization]))
+            return try getMap(p, admin: service.isAdmin(request.headers[.authorization]), clientGone: clientGone)
         default:
             throw WMSError(
                 code: "OperationNotSupported", message: "REQUEST must be GetCapabilities or GetMap", locator: "request")
@@ -68,7 +71,7 @@ struct WMSController: Sendable {
 
     // MARK: - GetMap
 
-    func getMap(_ p: [String: String], admin: Bool) throws -> Response {
+    func getMap(_ p: [String: String], admin: Bool, clientGone: () -> Bool = { false }) throws -> Response {
         func required(_ name: String) throws -> String {
             guard let v = p[name], !v.isEmpty else {
                 throw WMSError(
@@ -144,6 +147,10 @@ struct WMSController: Sendable {
         var canvas = [UInt8](repeating: 0, count: width * height * 4)
         var layerPixels = [UInt8](repeating: 0, count: width * height * 4)
         for layer in layers {
+            // Each layer is a whole render: stop between them when the client has gone.
+            guard !clientGone() else {
+                throw WMSError(code: "NoApplicableCode", message: "the client closed the connection")
+            }
             let pyramids = service.catalog.pyramids(of: layer)
             guard !pyramids.isEmpty else {
                 throw WMSError(code: "LayerNotDefined", message: "unknown layer '\(layer)'", locator: "layers")

@@ -60,8 +60,10 @@ try:
     driver.execute_script("document.getElementById('step-date').value = '2024-06-01';")
     driver.find_element(By.ID, "step-add").click()
     # The card is drawn again when the status changes: an element found just before is stale.
+    # The history under it is fetched after the card: wait for both.
     WebDriverWait(driver, 20, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: d.find_element(By.ID, "card-statut").text == "Publié")
+        lambda d: d.find_element(By.ID, "card-statut").text == "Publié"
+        and "status" in d.find_element(By.ID, "history").text)
     report["after"] = driver.find_element(By.ID, "card-statut").text
     report["colour"] = driver.execute_script(
         "let c = null; dallage.state.coverage.eachLayer(l => { if (l.feature.properties.id === %s) c = l.options.color; });"
