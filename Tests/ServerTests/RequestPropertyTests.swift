@@ -23,6 +23,12 @@ struct RequestPropertyTests {
         Gen<Int>.int(in: 0...(items.count - 1)).map { items[$0] }
     }
 
+    /// Mostly one of `usual`, one time in four one of `odd`: a request with one odd value among
+    /// usual ones gets past the first checks to the code behind them.
+    static func mostly<T: Sendable>(_ usual: [T], else odd: [T]) -> Generator<T, some SendableSequenceType> {
+        zip(Gen<Int>.int(in: 0...3), one(of: usual), one(of: odd)).map { k, u, o in k == 0 ? o : u }
+    }
+
     /// Numbers a reader of untrusted text must survive, spelt as clients (and attackers) spell them.
     static let oddNumbers = [
         "0", "-0", "1", "-1", "0.5", "1e-300", "-1e-300", "NaN", "nan", "inf", "-inf", "Infinity", "+1", "1e3", "",
@@ -54,12 +60,12 @@ struct RequestPropertyTests {
     /// BBOX values: four coordinates, a box of a random size around the data, or garbage.
     static func bbox(huge: Bool) -> Generator<String, some SendableSequenceType> {
         zip(
-            Gen<Int>.int(in: 0...2), coordinate(huge: huge).array(of: 4), Gen<Double>.double(in: -3...7),
+            Gen<Int>.int(in: 0...3), coordinate(huge: huge).array(of: 4), Gen<Double>.double(in: -3...7),
             one(of: ["", ",,,", "1,2,3", "1,2,3,4,5", "a,b,c,d", " 1, 2, 3, 4"])
         ).map { kind, numbers, exponent, garbage in
             switch kind {
             case 0: return numbers.joined(separator: ",")
-            case 1:
+            case 1, 2:
                 let half = pow(10, exponent)
                 return "\(704_025 - half),\(7_059_975 - half),\(704_025 + half),\(7_059_975 + half)"
             default: return garbage
@@ -68,19 +74,28 @@ struct RequestPropertyTests {
     }
 
     /// Pixel sizes: small real ones (rendering costs), limits, and odd spellings.
-    static let sizes = one(of: [
-        "1", "2", "16", "64", "0", "-1", "-0", "4097", "99999999999999999999", "1e3", "64.0", "+64", " 64", "",
-        "NaN", "0x40",
-    ])
+    static var sizes: Generator<String, some SendableSequenceType> {
+        mostly(
+            ["1", "2", "16", "64"],
+            else: [
+                "0", "-1", "-0", "65", "4097", "99999999999999999999", "1e3", "64.0", "+64", " 64", "", "NaN", "0x40",
+            ])
+    }
 
-    static let crsNames = one(of: [
-        "EPSG:2154", "EPSG:3857", "EPSG:3949", "EPSG:3942", "EPSG:4326", "CRS:84", "epsg:2154", "EPSG:99999",
-        "EPSG:", "", "<EPSG:2154>", "EPSG:2154&x",
-    ])
+    /// CRS names; the geographic ones only with `geographic` (out-of-range degrees: item 14).
+    static func crsNames(geographic: Bool) -> Generator<String, some SendableSequenceType> {
+        mostly(
+            ["EPSG:2154", "EPSG:2154", "EPSG:3857", "EPSG:3949", "EPSG:3942", "epsg:2154"]
+                + (geographic ? ["EPSG:4326", "CRS:84"] : []),
+            else: ["EPSG:99999", "EPSG:", "", "<EPSG:2154>", "EPSG:2154&x"])
+    }
 
     /// Values of a parameter echoed in error reports, with control characters or without.
     static func echoed(_ values: [String], control: Bool) -> Generator<String, some SendableSequenceType> {
-        zip(one(of: values), one(of: [""] + (control ? controlCharacters : [])), Gen<Bool>.bool).map {
+        zip(
+            mostly(Array(values.prefix(1)), else: values), mostly([""], else: control ? controlCharacters : [""]),
+            Gen<Bool>.bool
+        ).map {
             value, c, before in before ? c + value : value + c
         }
     }
@@ -96,11 +111,12 @@ struct RequestPropertyTests {
     static func wmsQuery(huge: Bool, control: Bool) -> Generator<String, some SendableSequenceType> {
         zip(
             bbox(huge: huge), sizes, sizes,
-            echoed(["EPSG:2154", "EPSG:3857", "EPSG:4326", "EPSG:3949"], control: control),
-            crsNames, echoed(["pcrs", "nope", "pcrs,pcrs", "", "pcrs,", "<a>&\"'"], control: control),
+            echoed(["EPSG:2154", "EPSG:3857", "EPSG:3949"] + (huge ? ["EPSG:4326"] : []), control: control),
+            crsNames(geographic: huge),
+            echoed(["pcrs", "nope", "pcrs,pcrs", "", "pcrs,", "<a>&\"'"], control: control),
             echoed(["image/png", "image/jpeg", "image/webp", "image/gif", "", "<&>"], control: control),
-            one(of: ["", "default", "x", ",", "default,default"]), Gen<Bool>.bool,
-            one(of: ["1.3.0", "1.1.1", ""])
+            mostly([""], else: ["default", "x", ",", "default,default"]), Gen<Bool>.bool,
+            mostly(["1.3.0"], else: ["1.1.1", ""])
         ).map { bbox, width, height, echoedCRS, crs, layers, format, styles, useEchoedCRS, version in
             getMap([
                 ("SERVICE", "WMS"), ("VERSION", version), ("REQUEST", "GetMap"), ("LAYERS", layers),
@@ -143,7 +159,7 @@ struct RequestPropertyTests {
 
     @Test func wmsGetMapAnswersOrdinaryHostileParametersWithAnImageOrAnXMLReport() async throws {
         try await app().test(.router) { client in
-            await propertyCheck(count: 150, input: Self.wmsQuery(huge: false, control: false)) { uri in
+            await propertyCheck(count: 100, input: Self.wmsQuery(huge: false, control: false)) { uri in
                 try await client.execute(uri: uri, method: .get) { Self.checkOWSAnswer(uri, $0) }
             }
         }
@@ -161,8 +177,10 @@ struct RequestPropertyTests {
     // MARK: - WMTS and tile numbers
 
     /// A tile number of the fixture's inner z22 tile or a neighbour, spelt in many ways.
-    static func tileNumber(_ n: Int, control: Bool) -> Generator<String, some SendableSequenceType> {
-        zip(Gen<Int>.int(in: 0...9), Gen<Int>.int(in: -2...2), one(of: oddNumbers + hugeNumbers)).map {
+    static func tileNumber(_ n: Int, control: Bool, near: ClosedRange<Int> = -2...2) -> Generator<
+        String, some SendableSequenceType
+    > {
+        zip(Gen<Int>.int(in: 0...9), Gen<Int>.int(in: near), one(of: oddNumbers + hugeNumbers)).map {
             spelling, offset, odd in
             let v = n + offset
             return switch spelling {
@@ -177,10 +195,13 @@ struct RequestPropertyTests {
         }
     }
 
-    static func tileNumbers(control: Bool) -> Generator<(String, String, String, String), some SendableSequenceType> {
+    static func tileNumbers(control: Bool, near: ClosedRange<Int> = -2...2) -> Generator<
+        (String, String, String, String), some SendableSequenceType
+    > {
         zip(
-            tileNumber(22, control: control), tileNumber(ServerFixture.innerTile.col, control: control),
-            tileNumber(ServerFixture.innerTile.row, control: control),
+            tileNumber(22, control: control, near: 0...0),
+            tileNumber(ServerFixture.innerTile.col, control: control, near: near),
+            tileNumber(ServerFixture.innerTile.row, control: control, near: near),
             one(of: ["jpg", "png", "webp", "JPG", "gif", ""])
         )
     }
@@ -202,7 +223,7 @@ struct RequestPropertyTests {
     /// Tile numbers in XYZ, WMTS REST and WMTS KVP: never a 5xx; OWS reports are XML.
     func checkTileNumbers(control: Bool) async throws {
         try await app().test(.router) { client in
-            await propertyCheck(count: 200, input: Self.tileNumbers(control: control), Gen<Int>.int(in: 0...2)) {
+            await propertyCheck(count: 120, input: Self.tileNumbers(control: control), Gen<Int>.int(in: 0...2)) {
                 numbers, route in
                 let (z, col, row, ext) = numbers
                 let uri =
@@ -228,7 +249,7 @@ struct RequestPropertyTests {
     @Test(.disabled("waits for issue 11 item 20 (leading zeros give a tile two URLs)"))
     func onlyTheCanonicalSpellingOfATileIsServed() async throws {
         try await app().test(.router) { client in
-            await propertyCheck(count: 200, input: Self.tileNumbers(control: false)) { z, col, row, _ in
+            await propertyCheck(count: 200, input: Self.tileNumbers(control: false, near: 0...0)) { z, col, row, _ in
                 let uri = "/tiles/pcrs/2154_5cm/\(Self.encoded(z))/\(Self.encoded(col))/\(Self.encoded(row)).jpg"
                 try await client.execute(uri: uri, method: .get) { r in
                     if r.status == .ok {
@@ -251,7 +272,7 @@ struct RequestPropertyTests {
     static func polygon(huge: Bool) -> Generator<String, some SendableSequenceType> {
         zip(
             Gen<Int>.int(in: 0...3), Gen<Double>.double(in: -2...6), one(of: jsonNumbers + (huge ? ["1e300"] : [])),
-            one(of: ["EPSG:2154", "EPSG:4326", "EPSG:3949", "EPSG:99999", "", "x"])
+            mostly(["EPSG:2154"], else: ["EPSG:4326", "EPSG:3949", "EPSG:99999", "", "x"])
         ).map { kind, exponent, odd, crs in
             let half = pow(10, exponent)
             let (x0, y0, x1, y1) = (704_025 - half, 7_059_975 - half, 704_025 + half, 7_059_975 + half)
@@ -268,11 +289,13 @@ struct RequestPropertyTests {
 
     static func extractBody(huge: Bool) -> Generator<String, some SendableSequenceType> {
         zip(
-            polygon(huge: huge), one(of: jsonNumbers + (huge ? ["1e-300", "1e-20", "5e-324"] : [])),
-            one(of: jsonNumbers),
-            one(of: [#""EPSG:2154""#, #""EPSG:3949""#, #""EPSG:4326""#, #""EPSG:3857""#, #""x""#, "null", "7"]),
-            one(of: [#""gtiff""#, #""cog""#, #""jpeg""#, #""png""#, #""bmp""#, "null", "3"]),
-            one(of: [#""pcrs""#, #""nope""#, "null", #""""#])
+            polygon(huge: huge),
+            mostly(["0.2", "1", "null"], else: jsonNumbers + (huge ? ["1e-300", "1e-20", "5e-324"] : [])),
+            mostly(["0", "5"], else: jsonNumbers),
+            mostly(
+                [#""EPSG:2154""#, #""EPSG:3949""#, "null"], else: [#""EPSG:4326""#, #""EPSG:3857""#, #""x""#, "7"]),
+            mostly([#""gtiff""#, #""cog""#, #""png""#, "null"], else: [#""jpeg""#, #""bmp""#, "3"]),
+            mostly([#""pcrs""#], else: [#""nope""#, "null", #""""#])
         ).map { geometry, resolution, buffer, crs, format, tileset in
             #"{"tileset":\#(tileset),"geometry":\#(geometry),"resolution":\#(resolution),"buffer_m":\#(buffer),"crs":\#(crs),"format":\#(format)}"#
         }
@@ -289,7 +312,7 @@ struct RequestPropertyTests {
 
     @Test func extractRequestsAnswerWithAResultOrAClientError() async throws {
         try await app().test(.router) { client in
-            await propertyCheck(count: 120, input: Self.extractBody(huge: false)) { body in
+            await propertyCheck(count: 80, input: Self.extractBody(huge: false)) { body in
                 try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body)) {
                     Self.checkExtractAnswer(body, $0)
                 }
