@@ -290,7 +290,10 @@ struct RequestPropertyTests {
     static func extractBody(huge: Bool) -> Generator<String, some SendableSequenceType> {
         zip(
             polygon(huge: huge),
-            mostly(["0.2", "1", "null"], else: jsonNumbers + (huge ? ["1e-300", "1e-20", "5e-324"] : [])),
+            // With `huge`, mostly the resolutions whose pixel counts overflow Int (item 2).
+            huge
+                ? mostly(["1e-300", "1e-20", "5e-324"], else: jsonNumbers)
+                : mostly(["0.2", "1", "null"], else: jsonNumbers),
             mostly(["0", "5"], else: jsonNumbers),
             mostly(
                 [#""EPSG:2154""#, #""EPSG:3949""#, "null"], else: [#""EPSG:4326""#, #""EPSG:3857""#, #""x""#, "7"]),
