@@ -15,7 +15,7 @@ DEMO_DIR ?= demo
 DEMO_DALLES ?= 4x4
 BIN := .build/release/dallage
 
-.PHONY: deps test-deps build demo test lint format bench clean
+.PHONY: deps test-deps build demo test lint format bench fuzz clean
 
 ## Install the Debian packages that are missing (apt-get update only when something is).
 deps:
@@ -73,6 +73,26 @@ bench: build
 	bench/tiler
 	bench/server
 	bench/extract
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= framer route kvp extract
+# libFuzzer and AddressSanitizer in their own build folder. SwiftPM links its own `main`, so the
+# harness finds libFuzzer's driver at run time (--export-dynamic); lld, as gold fails on the result.
+FUZZ_BUILD := -c release --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING \
+	-Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld -Xlinker --export-dynamic
+
+## Generated hostile input for FUZZ_SECONDS per target: new inputs in .build-fuzz/corpus/, findings
+## (the crashing input) in fuzz/findings/TARGET/; replay one with
+## `DALLAGE_FUZZ_TARGET=TARGET .build/debug/DallageFuzz FILE`.
+fuzz: deps
+	$(SWIFT) build $(FUZZ_BUILD) --product DallageFuzz
+	@status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .build-fuzz/corpus/$$t fuzz/findings/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  SWIFT_BACKTRACE=enable=no DALLAGE_FUZZ_TARGET=$$t .build-fuzz/release/DallageFuzz \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+	    -artifact_prefix=fuzz/findings/$$t/ .build-fuzz/corpus/$$t fuzz/corpus/$$t || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf .build $(DEMO_DIR)

@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // System-library shims: a modulemap and one header each, nothing else.
@@ -85,8 +86,23 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // libFuzzer harness over the request framer, tile paths, WMS/WMTS queries and extract requests
+        // (`make fuzz` builds it with -sanitize=fuzzer); built plainly, it replays saved inputs.
+        .executableTarget(
+            name: "DallageFuzz",
+            dependencies: [
+                "Server", "Coverage", "Render", "Raster", "GeoGrid", "Tiler",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
 
-        .testTarget(name: "GeoGridTests", dependencies: ["GeoGrid"]),
+        .testTarget(
+            name: "GeoGridTests",
+            dependencies: ["GeoGrid", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
         .testTarget(name: "RasterTests", dependencies: ["Raster"]),
         .testTarget(name: "PyramidTests", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
         .testTarget(name: "CoverageTests", dependencies: ["Coverage", "Raster", "GeoGrid"]),
@@ -97,6 +113,7 @@ let package = Package(
                 "Server", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             // The browser test's selenium script, run with python3 by the web page test.
             exclude: ["Browser"]

@@ -455,9 +455,9 @@ final class RouterResponses: ChannelDuplexHandler {
 /// The head of one HTTP/1.1 request as the fast lane frames it: where it ends, where its target
 /// lies, and the few headers that decide whether the fast lane may answer it. Strict: anything
 /// unusual is `unframed` and left to NIO's parser.
-struct RequestHead: Equatable {
-    enum Method { case get, head }
-    enum Framing: Equatable {
+package struct RequestHead: Equatable {
+    package enum Method { case get, head }
+    package enum Framing: Equatable {
         /// The head is not complete yet.
         case incomplete
         /// Not a request the fast lane frames: the parser takes the rest of the connection.
@@ -466,23 +466,23 @@ struct RequestHead: Equatable {
     }
 
     /// GET or HEAD; nil for any other method.
-    var method: Method?
+    package var method: Method?
     /// The request target's byte range from the start of the head.
-    var target: Range<Int>
+    package var target: Range<Int>
     /// Length of the head, blank line included.
-    var length: Int
-    var contentLength = 0
+    package var length: Int
+    package var contentLength = 0
     /// HTTP/1.1 without `Connection: close`.
-    var keepAlive = true
-    var authorization = false
-    var origin = false
-    var expect = false
+    package var keepAlive = true
+    package var authorization = false
+    package var origin = false
+    package var expect = false
     /// The value range of the first `If-None-Match`.
-    var ifNoneMatch: Range<Int>?
+    package var ifNoneMatch: Range<Int>?
 
     /// Frames the head at the start of `p`, searching for its end from `from` (where an earlier
     /// search of the same bytes stopped, less three).
-    static func frame(_ p: UnsafeRawBufferPointer, from: Int = 0) -> Framing {
+    package static func frame(_ p: UnsafeRawBufferPointer, from: Int = 0) -> Framing {
         // The head ends at the first CRLF CRLF; every line feed must follow a carriage return and
         // every carriage return be followed by a line feed.
         var end = -1
@@ -627,20 +627,20 @@ extension HTTPServerBuilder {
 }
 
 /// The tile URLs the fast lane knows, named as the router names them in metrics.
-enum FastRoute: String, Sendable, CaseIterable {
+package enum FastRoute: String, Sendable, CaseIterable {
     case xyz = "/tiles/{tileset}/{tms}/{z}/{x}/{file}"
     case wmtsREST = "/wmts/1.0.0/{layer}/{style}/{tms}/{z}/{row}/{file}"
 
     /// `/tiles/T/G/z/x/y.ext` or `/wmts/1.0.0/T/normal/G/z/row/col.ext`, with plain names and
     /// numbers only; nil for anything else (the router then decides). Works on the UTF-8 bytes:
     /// this runs for every request.
-    static func parse(_ path: String) -> (FastRoute, TileRequest)? {
+    package static func parse(_ path: String) -> (FastRoute, TileRequest)? {
         var path = path
         return path.withUTF8 { parse($0) }
     }
 
     /// The same on the bytes of a request target (no allocation but the names).
-    static func parse<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> (FastRoute, TileRequest)? {
+    package static func parse<Bytes: BidirectionalCollection<UInt8>>(_ bytes: Bytes) -> (FastRoute, TileRequest)? {
         let slash = UInt8(ascii: "/")
         guard bytes.count < 256, bytes.first == slash,
             !bytes.contains(where: { $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "%") })
