@@ -16,7 +16,7 @@ import Tiler
 final class RouterHarness: Sendable {
     static let shared = RouterHarness()
 
-    let responder: RouterResponder<BasicRequestContext>
+    let responder: RouterResponder<DallageRequestContext>
     let logger: Logger
 
     private init() {
@@ -91,7 +91,7 @@ final class RouterHarness: Sendable {
             let request = Request(
                 head: .init(method: .get, scheme: "http", authority: "localhost", path: path),
                 body: RequestBody(buffer: ByteBuffer()))
-            let context = BasicRequestContext(
+            let context = DallageRequestContext(
                 source: ApplicationRequestContextSource(channel: EmbeddedChannel(), logger: logger))
             var response: Response
             do {

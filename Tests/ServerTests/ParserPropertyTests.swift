@@ -220,7 +220,7 @@ struct ParserPropertyTests {
         }
     }
 
-    @Test(.disabled("waits for issue 11 item 20 (leading zeros give a tile two URLs)"))
+    @Test
     func aParsedTileHasOnlyOneURL() async {
         await propertyCheck(count: 2000, input: Self.tileShapedPath) { path in
             guard let (route, t) = FastRoute.parse(path), let dot = path.lastIndex(of: ".") else { return }

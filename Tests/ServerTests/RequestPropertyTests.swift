@@ -165,7 +165,7 @@ struct RequestPropertyTests {
         }
     }
 
-    @Test(.disabled("waits for issue 11 items 1 (a trap: it kills the test run), 14 and 19"))
+    @Test
     func wmsGetMapAnswersAnyParametersWithAnImageOrAnXMLReport() async throws {
         try await app().test(.router) { client in
             await propertyCheck(count: 200, input: Self.wmsQuery(huge: true, control: true)) { uri in
@@ -215,7 +215,7 @@ struct RequestPropertyTests {
         try await checkTileNumbers(control: false)
     }
 
-    @Test(.disabled("waits for issue 11 item 19 (control characters echoed raw in WMTS reports)"))
+    @Test
     func tileNumbersWithControlCharactersGiveWellFormedReports() async throws {
         try await checkTileNumbers(control: true)
     }
@@ -246,7 +246,7 @@ struct RequestPropertyTests {
         }
     }
 
-    @Test(.disabled("waits for issue 11 item 20 (leading zeros give a tile two URLs)"))
+    @Test
     func onlyTheCanonicalSpellingOfATileIsServed() async throws {
         try await app().test(.router) { client in
             await propertyCheck(count: 200, input: Self.tileNumbers(control: false, near: 0...0)) { z, col, row, _ in
@@ -323,7 +323,7 @@ struct RequestPropertyTests {
         }
     }
 
-    @Test(.disabled("waits for issue 11 item 2 (resolution 1e-300 is a trap: it kills the test run)"))
+    @Test
     func extractRequestsWithAnyNumbersAnswerWithAResultOrAClientError() async throws {
         try await app().test(.router) { client in
             await propertyCheck(count: 120, input: Self.extractBody(huge: true)) { body in
