@@ -91,7 +91,7 @@ fuzz: deps
 	@status=0; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p .build-fuzz/corpus/$$t fuzz/findings/$$t; \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
-	  extra=; [ $$t = kvp ] && extra=-detect_leaks=0; \
+	  extra=; [ -f fuzz/$$t.dict ] && extra=-dict=fuzz/$$t.dict; [ $$t = kvp ] && extra="$$extra -detect_leaks=0"; \
 	  SWIFT_BACKTRACE=enable=no DALLAGE_FUZZ_TARGET=$$t .build-fuzz/release/DallageFuzz $$extra \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
 	    -artifact_prefix=fuzz/findings/$$t/ .build-fuzz/corpus/$$t fuzz/corpus/$$t || status=1; \
