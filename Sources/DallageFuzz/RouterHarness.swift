@@ -91,8 +91,10 @@ final class RouterHarness: Sendable {
             let request = Request(
                 head: .init(method: .get, scheme: "http", authority: "localhost", path: path),
                 body: RequestBody(buffer: ByteBuffer()))
+            // The thread-safe test channel: the task may run on any thread.
+            let channel = NIOAsyncTestingChannel()
             let context = DallageRequestContext(
-                source: ApplicationRequestContextSource(channel: EmbeddedChannel(), logger: logger))
+                source: ApplicationRequestContextSource(channel: channel, logger: logger))
             var response: Response
             do {
                 response = try await responder.respond(to: request, context: context)
@@ -104,6 +106,7 @@ final class RouterHarness: Sendable {
             let body = ResultBox()
             try? await response.body.write(Collector(sink: body))
             result.set(response.status.code, body.get().1)
+            _ = try? await channel.finish()
         }
         done.wait()
         return result.get()

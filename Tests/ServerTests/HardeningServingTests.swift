@@ -59,6 +59,8 @@ struct HardeningServingTests {
     @Test(arguments: [
         ("EPSG:4326", "-90,-180,90,180"), ("CRS:84", "-180,-90,180,90"),
         ("EPSG:3857", "-20037508,-20037508,20037508,20037508"), ("EPSG:3949", "-1e8,-1e8,1e8,1e8"),
+        // Found by the fuzzer: 2 million times wider than high, source positions past 2^32 pixels.
+        ("EPSG:2154", "704000,7059950,99999999,7060000"),
     ])
     func wmsWholeWorldDraws(crs: String, bbox: String) async throws {
         try await ServerFixture.app(store: store).test(.router) { client in
