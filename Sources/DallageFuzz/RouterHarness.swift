@@ -50,12 +50,7 @@ final class RouterHarness: Sendable {
         let store = dir + "/store"
         if FileManager.default.fileExists(atPath: store + "/pcrs/PM/pyramid.json") { return store }
         do {
-            var s = SampleData()
-            s.columns = 2
-            s.rows = 2
-            s.dalleSize = 25.6
-            s.origin = (704_000, 7_060_000)
-            let sources = try s.write(to: dir + "/src")
+            let sources = try SampleData.small.write(to: dir + "/src")
             var options = TileOptions(store: store, tmsDirectory: "config/tms")
             options.threads = 1
             let def = TilesetDefinition(id: "pcrs", title: "fuzz", sources: sources, grids: ["2154_5cm", "PM"])

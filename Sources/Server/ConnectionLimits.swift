@@ -1,4 +1,5 @@
 import Foundation
+import GeoGrid
 import NIOCore
 import Synchronization
 
@@ -25,8 +26,8 @@ final class ConnectionLimits: Sendable {
         let files = Self.raiseFileLimit()
         self.init(
             maxConnections: c.maxConnections ?? min(10_000, max(16, files / 2)),
-            idleTimeout: .nanoseconds(Int64(bounded: c.idleTimeoutSeconds * 1e9)),
-            headerTimeout: .nanoseconds(Int64(bounded: c.headerTimeoutSeconds * 1e9)))
+            idleTimeout: .nanoseconds(Int64(Int(bounded: c.idleTimeoutSeconds * 1e9))),
+            headerTimeout: .nanoseconds(Int64(Int(bounded: c.headerTimeoutSeconds * 1e9))))
     }
 
     /// Connections open now.
@@ -93,13 +94,5 @@ final class RefuseConnection: ChannelInboundHandler {
         let response = ConnectionLimits.response(
             "503 Service Unavailable", detail: "too many connections; try again", retryAfter: 1)
         context.writeAndFlush(NIOAny(response)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-    }
-}
-
-extension Int64 {
-    /// `value` toward zero, clamped to ±2⁶² (NaN gives 0).
-    init(bounded value: Double) {
-        let limit = 4.6e18
-        self = value.isNaN ? 0 : Int64(Swift.min(Swift.max(value, -limit), limit))
     }
 }

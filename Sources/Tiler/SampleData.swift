@@ -25,6 +25,17 @@ public struct SampleData: Sendable {
 
     public init() {}
 
+    /// 2×2 dalles of 25.6 m (512 px at 5 cm) at Lille: the smallest area with every level
+    /// (tests and the fuzz harness).
+    public static var small: SampleData {
+        var s = SampleData()
+        s.columns = 2
+        s.rows = 2
+        s.dalleSize = 25.6
+        s.origin = (704_000, 7_060_000)
+        return s
+    }
+
     /// The default top-left corner: Lille in Lambert-93, converted for other CRSs.
     public func resolvedOrigin() throws -> (x: Double, y: Double) {
         if let origin { return origin }

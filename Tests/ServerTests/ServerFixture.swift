@@ -21,12 +21,7 @@ enum ServerFixture {
     }()
 
     static func build(in dir: String) throws {
-        var s = SampleData()
-        s.columns = 2
-        s.rows = 2
-        s.dalleSize = 25.6
-        s.origin = (704_000, 7_060_000)
-        let sources = try s.write(to: dir + "/src")
+        let sources = try SampleData.small.write(to: dir + "/src")
         var options = TileOptions(store: dir + "/store", tmsDirectory: root + "/config/tms")
         options.threads = 2
         var logger = Logger(label: "test")
