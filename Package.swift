@@ -57,11 +57,22 @@ let package = Package(
         ),
         // Reads a region of a pyramid at any CRS and resolution: WMS GetMap and extracts.
         .target(name: "Render", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
+        // The transport-free serving core: catalog, the tile chain (stored → gated → transcoded →
+        // empty), publication gate, caches, extracts, error kinds. No Hummingbird, no HTTP types.
+        .target(
+            name: "Serving",
+            dependencies: [
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         // The HTTP service: WMTS, XYZ, TileJSON, OGC API Tiles, caches, metrics.
         .target(
             name: "Server",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "Yams",
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "Serving", "Yams",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -81,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "dallage",
             dependencies: [
-                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Coverage", "Render",
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Serving", "Coverage", "Render",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -91,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "DallageFuzz",
             dependencies: [
-                "Server", "Coverage", "Render", "Raster", "GeoGrid", "Tiler",
+                "Server", "Serving", "Pyramid", "Coverage", "Render", "Raster", "GeoGrid", "Tiler",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -110,7 +121,7 @@ let package = Package(
         .testTarget(
             name: "ServerTests",
             dependencies: [
-                "Server", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
+                "Server", "Serving", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PropertyBased", package: "swift-property-based"),

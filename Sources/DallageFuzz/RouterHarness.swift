@@ -4,7 +4,9 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOEmbedded
+import Pyramid
 import Server
+import Serving
 import Tiler
 
 #if canImport(FoundationXML)
@@ -31,13 +33,13 @@ final class RouterHarness: Sendable {
         // Renders bounded to small images: the run is about parsing, not pixels.
         c.wmsMaxSize = 64
         do {
-            let catalog = PyramidCatalog(store: store, logger: logger)
+            let catalog = PyramidCatalog(store: FolderStore(store), logger: logger)
             let coverage = CoverageService(
                 store: try SQLiteCoverageStore(path: c.databasePath), adminTokens: [], pyramidStore: store)
             let service = TileService(
-                catalog: catalog, configuration: c, gate: PublicationGate(coverage: coverage, logger: logger),
+                catalog: catalog, settings: c.serving, gate: PublicationGate(coverage: coverage, logger: logger),
                 logger: logger)
-            responder = buildRouter(service: service, coverage: coverage).buildResponder()
+            responder = buildRouter(configuration: c, service: service, coverage: coverage).buildResponder()
         } catch {
             fatalError("cannot start the router: \(error)")
         }

@@ -39,12 +39,25 @@ public enum ExtractFormat: String, Codable, Sendable, CaseIterable {
 
 /// Why an extract is refused; `status` is the HTTP status the API answers.
 public struct ExtractError: Error, CustomStringConvertible, Sendable {
-    public var status: Int
+    /// What is wrong, for the client (the server says it as a status).
+    public enum Kind: Sendable, Equatable {
+        /// A parameter out of its range, a geometry that is not a polygon, an unknown CRS.
+        case badInput
+        /// The output would be larger than the limits allow.
+        case tooLarge
+        /// The area lies outside what the client may see (the published areas).
+        case forbidden
+        /// Well-formed, but nothing to extract there (outside the coverage).
+        case unprocessable
+        /// The writing was asked to stop.
+        case cancelled
+    }
+    public var kind: Kind
     public var message: String
     /// The request parameter at fault, when there is one (`resolution`, `buffer_m`, `geometry`).
     public var parameter: String?
-    public init(_ status: Int, _ message: String, parameter: String? = nil) {
-        self.status = status
+    public init(_ kind: Kind, _ message: String, parameter: String? = nil) {
+        self.kind = kind
         self.message = message
         self.parameter = parameter
     }
@@ -141,7 +154,7 @@ public enum Extractor {
         } catch let e as ExtractError {
             throw e
         } catch {
-            throw ExtractError(400, "\(error)")
+            throw ExtractError(.badInput, "\(error)")
         }
     }
 
@@ -151,32 +164,33 @@ public enum Extractor {
         allowed: Geometry?, limits: ExtractLimits
     ) throws -> ExtractPlan {
         guard geometry.isAreal else {
-            throw ExtractError(400, "the geometry must be a Polygon or MultiPolygon, not \(geometry.typeName)")
+            throw ExtractError(.badInput, "the geometry must be a Polygon or MultiPolygon, not \(geometry.typeName)")
         }
         guard geometry.pointCount <= limits.maxVertices else {
             throw ExtractError(
-                400, "the geometry has \(geometry.pointCount) vertices; at most \(limits.maxVertices) are accepted")
+                .badInput,
+                "the geometry has \(geometry.pointCount) vertices; at most \(limits.maxVertices) are accepted")
         }
         // Every number is checked before any use: NaN fails both comparisons.
         guard bufferMetres >= 0, bufferMetres <= limits.maxBufferMetres else {
             throw ExtractError(
-                400, "buffer_m must be between 0 and \(limits.maxBufferMetres) m", parameter: "buffer_m")
+                .badInput, "buffer_m must be between 0 and \(limits.maxBufferMetres) m", parameter: "buffer_m")
         }
         if let resolution {
             guard resolution >= limits.minResolution, resolution <= limits.maxResolution else {
                 throw ExtractError(
-                    400, "resolution must be between \(limits.minResolution) and \(limits.maxResolution) m",
+                    .badInput, "resolution must be between \(limits.minResolution) and \(limits.maxResolution) m",
                     parameter: "resolution")
             }
         }
         let source: SpatialReference
         let target: SpatialReference
         do { source = try SpatialReference(geometryCRS) } catch {
-            throw ExtractError(400, "unknown CRS '\(geometryCRS)' for the geometry")
+            throw ExtractError(.badInput, "unknown CRS '\(geometryCRS)' for the geometry")
         }
-        do { target = try SpatialReference(crs) } catch { throw ExtractError(400, "unknown CRS '\(crs)'") }
+        do { target = try SpatialReference(crs) } catch { throw ExtractError(.badInput, "unknown CRS '\(crs)'") }
         guard !target.isGeographic else {
-            throw ExtractError(400, "the output CRS must be projected (metres), e.g. EPSG:2154 or EPSG:3949")
+            throw ExtractError(.badInput, "the output CRS must be projected (metres), e.g. EPSG:2154 or EPSG:3949")
         }
         let l93 = try SpatialReference(epsg: 2154)
         var g = source.isSame(as: l93) ? geometry : try geometry.transformed(CoordinateTransform(from: source, to: l93))
@@ -185,7 +199,7 @@ public enum Extractor {
             // Checked before the reason is asked for: that is another pass as costly as the test.
             guard g.pointCount <= limits.maxRepairVertices else {
                 throw ExtractError(
-                    400,
+                    .badInput,
                     "the geometry is invalid and has \(g.pointCount) vertices; only geometries of at most \(limits.maxRepairVertices) vertices are repaired here: fix it first (QGIS: Fix geometries)",
                     parameter: "geometry")
             }
@@ -193,7 +207,7 @@ public enum Extractor {
             let fixed = try g.makeValid()
             // Safe only when the repair keeps a real area (a bow-tie keeps both lobes).
             guard !fixed.isEmpty, fixed.area > 0 else {
-                throw ExtractError(400, "the geometry is invalid and cannot be repaired: \(reason)")
+                throw ExtractError(.badInput, "the geometry is invalid and cannot be repaired: \(reason)")
             }
             g = fixed
             repaired = true
@@ -202,22 +216,22 @@ public enum Extractor {
         let km2 = g.area / 1e6
         guard km2 <= limits.maxAreaKm2 else {
             throw ExtractError(
-                413, String(format: "the polygon covers %.2f km²; the limit is %.0f km²", km2, limits.maxAreaKm2))
+                .tooLarge, String(format: "the polygon covers %.2f km²; the limit is %.0f km²", km2, limits.maxAreaKm2))
         }
         guard g.intersects(coverage) else {
-            throw ExtractError(422, "the geometry lies outside the coverage of '\(tileset)'")
+            throw ExtractError(.unprocessable, "the geometry lies outside the coverage of '\(tileset)'")
         }
         if let allowed {
             g = try g.intersection(allowed).polygonsOnly()
             guard !g.isEmpty, g.area > 0 else {
-                throw ExtractError(403, "the geometry lies outside the published areas of '\(tileset)'")
+                throw ExtractError(.forbidden, "the geometry lies outside the published areas of '\(tileset)'")
             }
         }
         let out = target.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: l93, to: target))
         let res = resolution ?? nativeResolution
         guard res > 0, res <= limits.maxResolution else {
             throw ExtractError(
-                400, "resolution must be between 0 and \(limits.maxResolution) m", parameter: "resolution")
+                .badInput, "resolution must be between 0 and \(limits.maxResolution) m", parameter: "resolution")
         }
         let e = out.envelope
         // Snap to multiples of the resolution, so extracts of one area line up.
@@ -231,7 +245,7 @@ public enum Extractor {
             columns * rows <= Double(limits.maxPixels)
         else {
             throw ExtractError(
-                413,
+                .tooLarge,
                 "the output would be \(Self.format(columns))×\(Self.format(rows)) px; the limit is \(limits.maxPixels) px (coarsen resolution)",
                 parameter: "resolution")
         }
@@ -240,12 +254,12 @@ public enum Extractor {
         let pixels = columns * rows
         if format.inMemory, pixels > Double(limits.maxInMemoryPixels) {
             throw ExtractError(
-                413,
+                .tooLarge,
                 "\(format.rawValue) output is limited to \(limits.maxInMemoryPixels) px (this one is \(width)×\(height)); use gtiff or cog"
             )
         }
         if format == .jpeg, width > 65_500 || height > 65_500 {
-            throw ExtractError(413, "JPEG images are limited to 65500 px a side; use gtiff or cog")
+            throw ExtractError(.tooLarge, "JPEG images are limited to 65500 px a side; use gtiff or cog")
         }
         let window = RenderWindow(
             bounds: BoundingBox(
@@ -289,7 +303,7 @@ public enum Extractor {
 
     /// Writes the extract to `path`. `progress` gets the fraction done and returns false to cancel.
     public static func write(
-        _ plan: ExtractPlan, pyramid: PyramidReader, to path: String, progress: (Double) -> Bool = { _ in true }
+        _ plan: ExtractPlan, pyramid: any PyramidSource, to path: String, progress: (Double) -> Bool = { _ in true }
     ) throws {
         let folder = (path as NSString).deletingLastPathComponent
         let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
@@ -362,7 +376,7 @@ public enum Extractor {
             if !inMemory { try out.writeMask(x: 0, y: y, width: w, height: rows, from: mask) }
             y += rows
             guard progress(Double(y) / Double(h) * (plan.format == .cog ? 0.8 : 0.95)) else {
-                throw ExtractError(499, "cancelled")
+                throw ExtractError(.cancelled, "cancelled")
             }
         }
         switch plan.format {

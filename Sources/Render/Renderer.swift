@@ -26,7 +26,7 @@ public struct RenderWindow: Sendable {
 /// under the window, and reprojects them with the same coarse-grid bilinear resampler as the tiler.
 /// One per task at a time (holds a PROJ transform): it may move between threads, never be shared.
 public final class Renderer: @unchecked Sendable {
-    public let pyramid: PyramidReader
+    public let pyramid: any PyramidSource
     public let crs: SpatialReference
     private let gridCRS: SpatialReference
     private let toGrid: CoordinateTransform?
@@ -35,7 +35,7 @@ public final class Renderer: @unchecked Sendable {
     public static let maxTiles = 16_384
 
     /// A renderer of `pyramid` into images in `crs`.
-    public init(pyramid: PyramidReader, crs: SpatialReference) throws {
+    public init(pyramid: any PyramidSource, crs: SpatialReference) throws {
         self.pyramid = pyramid
         self.crs = crs
         gridCRS = try SpatialReference(pyramid.manifest.tileMatrixSet.crs)

@@ -14,7 +14,7 @@ import Synchronization
 /// them: each is composed from the pyramid's own lower level — the extract's origin falls on a
 /// whole pixel there, so the stored pixels are moved, not resampled — clipped, and encoded once.
 struct TileAlignedExtract {
-    let pyramid: PyramidReader
+    let pyramid: any PyramidSource
     let range: TileRange
     let bounds: BoundingBox
     let cellSize: Double
@@ -23,7 +23,7 @@ struct TileAlignedExtract {
     let overviews: Int
 
     /// Nil when the plan does not fit the pyramid's grid (another CRS or pixel size, WebP tiles).
-    init?(plan: ExtractPlan, pyramid: PyramidReader) {
+    init?(plan: ExtractPlan, pyramid: any PyramidSource) {
         let m = pyramid.manifest
         guard plan.format == .gtiff || plan.format == .cog, m.format == .jpeg,
             let target = try? SpatialReference(plan.crs), let grid = try? SpatialReference(m.tileMatrixSet.crs),
@@ -90,7 +90,7 @@ struct TileAlignedExtract {
                 try writer.add(
                     overview: 0, col: t.col - range.minCol, row: t.row - range.minRow, tile: bytes, mask: mask)
             }
-            if i % 64 == 63, !progress(Double(i) / total * 0.9) { throw ExtractError(499, "cancelled") }
+            if i % 64 == 63, !progress(Double(i) / total * 0.9) { throw ExtractError(.cancelled, "cancelled") }
         }
         // Edge tiles on every core, each worker with its own codec and copy of the polygon.
         let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8, crossing.count))
@@ -118,14 +118,16 @@ struct TileAlignedExtract {
         }
         if let e = failure.withLock({ $0 }) { throw e }
         guard progress(Double(inside.count + done.load(ordering: .relaxed)) / total * 0.9) else {
-            throw ExtractError(499, "cancelled")
+            throw ExtractError(.cancelled, "cancelled")
         }
         for k in stride(from: 1, through: overviews, by: 1) {
             try writeOverview(k, to: writer, polygonWKT: polygonWKT) { part in
                 progress(0.9 + 0.1 * (Double(k - 1) + part) / Double(overviews))
             }
         }
-        guard try writer.finish() != nil else { throw ExtractError(422, "no pyramid pixel falls in the polygon") }
+        guard try writer.finish() != nil else {
+            throw ExtractError(.unprocessable, "no pyramid pixel falls in the polygon")
+        }
     }
 
     /// Overview `k`, a row of its tiles at a time: the pyramid's tiles at level `z - k` under the
@@ -153,7 +155,7 @@ struct TileAlignedExtract {
             // Decode the (one or two) rows of pyramid tiles under this row of overview tiles.
             let sources = (r0...r1).flatMap { row in (c0...c1).map { TileCoordinate(z: level, col: $0, row: row) } }
             let failure = Mutex<Error?>(nil)
-            guard progress(Double(r) / Double(down)) else { throw ExtractError(499, "cancelled") }
+            guard progress(Double(r) / Double(down)) else { throw ExtractError(.cancelled, "cancelled") }
             try strip.withUnsafeMutableBufferPointer { out in
                 out.update(repeating: 0)
                 let target = UnsafeSendablePointer(out.baseAddress!)

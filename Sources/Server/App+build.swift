@@ -4,13 +4,15 @@ import Hummingbird
 import Logging
 import Pyramid
 import ServiceLifecycle
+import Serving
 
 /// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
 public func buildRouter(
-    service: TileService, coverage: CoverageService? = nil, extracts: ExtractService? = nil
+    configuration: ServerConfiguration, service: TileService, coverage: CoverageService? = nil,
+    extracts: ExtractService? = nil
 ) -> Router<DallageRequestContext> {
     let registry = DallageMetrics.registry
-    let configured = service.configuration.publicURL
+    let configured = configuration.publicURL
     let baseURL: @Sendable (Request) -> String = { request in
         if let configured { return configured.hasSuffix("/") ? String(configured.dropLast()) : configured }
         let host = request.head.authority ?? "localhost"
@@ -24,25 +26,31 @@ public func buildRouter(
             allowOrigin: .all, allowHeaders: [.accept, .authorization, .contentType, .ifNoneMatch],
             allowMethods: [.get, .head, .post, .put, .patch, .delete, .options], exposedHeaders: ["ETag"]))
     router.add(middleware: HeadMiddleware())
+    router.add(middleware: ErrorMiddleware())
     OperationsController(service: service, registry: registry).addRoutes(to: router)
     WMTSController(service: service, baseURL: baseURL).addRoutes(to: router)
     TilesController(service: service, baseURL: baseURL).addRoutes(to: router)
-    OGCController(service: service, baseURL: baseURL).addRoutes(to: router)
-    WMSController(service: service, baseURL: baseURL).addRoutes(to: router)
-    WebController(service: service).addRoutes(to: router)
+    OGCController(service: service, configuration: configuration, baseURL: baseURL).addRoutes(to: router)
+    WMSController(service: service, configuration: configuration, baseURL: baseURL).addRoutes(to: router)
+    WebController(service: service, configuration: configuration).addRoutes(to: router)
     router.readOnly(
         [
             "/tiles/:tileset/:tms/:z/:x/:file", "/tiles/:tileset/:tms/tilejson.json",
             "/ogc/collections/:c/map/tiles/:tms/:z/:row/:col",
-        ], style: .json)
+        ])
     router.readOnly(
-        ["/wmts", "/wmts/1.0.0/WMTSCapabilities.xml", "/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file", "/wms"],
-        style: .ows)
+        ["/wmts", "/wmts/1.0.0/WMTSCapabilities.xml", "/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file", "/wms"])
     if let coverage {
         CoverageController(coverage: coverage, gate: service.gate, catalog: service.catalog, logger: service.logger)
             .addRoutes(to: router)
     }
-    if let extracts { ExtractsController(extracts: extracts, service: service).addRoutes(to: router) }
+    if let extracts {
+        ExtractsController(
+            extracts: extracts, service: service, store: configuration.store,
+            // The configuration file was checked when it was read; a bad list set in code trusts no one.
+            trustedProxies: (try? AddressRanges(configuration.trustedProxies)) ?? .none
+        ).addRoutes(to: router)
+    }
     return router
 }
 
@@ -50,20 +58,22 @@ public func buildRouter(
 /// Runs until SIGTERM or SIGINT, then finishes the requests in flight.
 public func buildApplication(configuration: ServerConfiguration, logger: Logger) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
-    let catalog = PyramidCatalog(store: configuration.store, openShards: configuration.openShards, logger: logger)
+    let catalog = PyramidCatalog(
+        store: FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
     let database = try SQLiteCoverageStore(path: configuration.databasePath)
     let coverage = CoverageService(
         store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store,
         knownTilesets: { Set(catalog.tilesets) })
     let gate = PublicationGate(coverage: coverage, logger: logger)
-    let service = TileService(catalog: catalog, configuration: configuration, gate: gate, logger: logger)
+    let service = TileService(catalog: catalog, settings: configuration.serving, gate: gate, logger: logger)
     let extracts = ExtractService(
-        catalog: catalog, coverage: coverage, jobs: database, gate: gate, configuration: configuration, logger: logger)
+        catalog: catalog, coverage: coverage, jobs: database, gate: gate, settings: configuration.extracts,
+        logger: logger)
     let serverName = "dallage"
     let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
     let limits = ConnectionLimits(configuration)
     var app = Application(
-        router: buildRouter(service: service, coverage: coverage, extracts: extracts),
+        router: buildRouter(configuration: configuration, service: service, coverage: coverage, extracts: extracts),
         server: .http1(limits: limits) { loop in
             TileFastLane(
                 service: service, loop: loops.state(on: loop), limits: limits, serverName: serverName, logger: logger)
@@ -85,5 +95,29 @@ struct CatalogWatcher: Service {
         await cancelWhenGracefulShutdown {
             await catalog.watch(every: interval)
         }
+    }
+}
+
+/// Polls the coverage database so status changes made elsewhere (the CLI) show within a second.
+struct PublicationWatcher: Service {
+    let gate: PublicationGate
+    let catalog: PyramidCatalog
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await gate.refresh(tilesets: catalog.gatedTilesets)
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+}
+
+/// Runs the extract queue inside the server's lifecycle.
+struct ExtractRunner: Service {
+    let extracts: ExtractService
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await extracts.runJobs() }
     }
 }

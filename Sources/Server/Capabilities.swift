@@ -1,6 +1,7 @@
 import Foundation
 import GeoGrid
 import Pyramid
+import Serving
 
 /// The WMTS 1.0.0 capabilities document for every pyramid of the catalog.
 enum WMTSCapabilities {

@@ -1,6 +1,7 @@
 import GeoGrid
 import Metrics
 import NIOCore
+import Serving
 import Synchronization
 
 /// Stored tiles the fast lane answered lately on one event loop, kept as ready responses: the

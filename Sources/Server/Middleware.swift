@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Metrics
 import Raster
+import Serving
 import Synchronization
 
 /// Drops the body of HEAD responses, keeping their length (routes answer HEAD as GET).
@@ -62,13 +63,12 @@ extension Router {
 extension Router {
     /// Answers the write methods on read-only routes with 405 and `Allow`, instead of a 404 that
     /// would say the resource does not exist.
-    func readOnly(_ paths: [RouterPath], style: ServiceError.Style) {
+    func readOnly(_ paths: [RouterPath]) {
         for path in paths {
             for method in [HTTPRequest.Method.post, .put, .patch, .delete] {
                 on(path, method: method) { request, _ -> Response in
-                    throw ServiceError(
-                        .methodNotAllowed, "\(request.method) is not allowed here: tiles and maps are read-only",
-                        style: style)
+                    throw ServingError(
+                        .methodNotAllowed, "\(request.method) is not allowed here: tiles and maps are read-only")
                 }
             }
         }

@@ -1,15 +1,13 @@
 import Foundation
 import Render
+import Serving
 import Yams
 
 /// The server's settings: a YAML file, then `DALLAGE_*` environment variables, then flags,
 /// merged in `merged(environment:flags:)`.
 public struct ServerConfiguration: Codable, Sendable, Equatable {
     /// What to answer for a tile the pyramid does not have.
-    public enum EmptyTile: String, Codable, Sendable {
-        case notFound = "404"
-        case blank
-    }
+    public typealias EmptyTile = ServingSettings.EmptyTile
 
     public var host: String = ServerConfiguration.defaultHost
     public var port: Int = ServerConfiguration.defaultPort
@@ -70,9 +68,9 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
 
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080
-    public static let defaultTileCacheBytes = 256 << 20
+    public static let defaultTileCacheBytes = ServingSettings.defaultTileCacheBytes
     public static let defaultHotTileCacheBytes = 128 << 20
-    public static let defaultCacheControl = "public, max-age=3600"
+    public static let defaultCacheControl = ServingSettings.defaultCacheControl
     public static let defaultWMSMaxLayers = 16
     public static let defaultIdleTimeoutSeconds = 60.0
     public static let defaultHeaderTimeoutSeconds = 10.0
@@ -181,7 +179,24 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     }
 
     /// The `Cache-Control` value for a tileset's tiles.
-    public func cacheControl(for tileset: String) -> String {
-        cacheControl[tileset] ?? cacheControl["*"] ?? Self.defaultCacheControl
+    public func cacheControl(for tileset: String) -> String { serving.cacheControl(for: tileset) }
+
+    /// What the serving core takes from this configuration.
+    public var serving: ServingSettings {
+        var s = ServingSettings()
+        s.tileCacheBytes = tileCacheBytes
+        s.cacheControl = cacheControl
+        s.emptyTile = emptyTile
+        return s
+    }
+
+    /// What the extract service takes from this configuration.
+    public var extracts: ExtractSettings {
+        var s = ExtractSettings(directory: extractsPath)
+        s.ttlSeconds = extractTTLSeconds
+        s.jobsPerClient = extractJobsPerClient
+        s.bytesPerClient = extractBytesPerClient
+        s.limits = extractLimits
+        return s
     }
 }

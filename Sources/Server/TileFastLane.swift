@@ -10,6 +10,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import Pyramid
+import Serving
 
 /// Answers the commonest request — a stored tile by its XYZ or WMTS REST URL — on the connection's
 /// event loop, on the bytes as they arrive: no HTTP parser, no `HTTPRequest`, no task, no router,
@@ -62,22 +63,14 @@ final class TileFastLane: ChannelDuplexHandler {
     /// Requests handed to the router whose response has not ended yet (``RouterResponses``).
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
-    private var pyramids: [String: [String: ServedPyramid]] = [:]
-    private var pyramidsVersion = -1
+    private var catalog = CatalogSnapshot.empty
     private var date = HTTPDate()
     /// Ready responses of the tiles answered lately on this connection's event loop.
     private let hot: HotTiles
     /// This event loop's count of what the fast lane did, for the shared metrics.
     private let tally: FastLaneTally
-    /// Publication decisions for gated pyramids, valid for `publishedGeneration`.
-    private var published: [PublishedKey: Bool] = [:]
-    private var publishedGeneration = -1
-
-    private struct PublishedKey: Hashable {
-        var tileset: String
-        var grid: String
-        var block: TileCoordinate
-    }
+    /// Publication decisions for gated pyramids, kept on the connection.
+    private var published = PublicationMemo()
 
     /// The longest request head framed here; longer ones go to the parser and its limits.
     static let maxHead = 8192
@@ -303,39 +296,6 @@ final class TileFastLane: ChannelDuplexHandler {
         context.fireChannelRead(wrapInboundOut(bytes))
     }
 
-    /// Whether a tile of a gated pyramid lies wholly inside the published area. Decisions are
-    /// kept on the connection for the current gate generation, for the tile's block four levels
-    /// up (16×16 tiles: one decision serves a whole neighbourhood) and, when the block is not
-    /// wholly published, for the tile itself. Tiles not wholly inside go to the router, which
-    /// clips or refuses them.
-    private func isPublished(_ pyramid: ServedPyramid, _ tile: TileCoordinate) -> Bool {
-        guard let gate = service.gate else { return false }
-        let generation = gate.generation
-        if generation != publishedGeneration || published.count > 65_536 {
-            published.removeAll(keepingCapacity: true)
-            publishedGeneration = generation
-        }
-        let tms = pyramid.manifest.tileMatrixSet
-        let blockLevels = min(4, max(0, tile.z - pyramid.manifest.minZoom))
-        // The block first, then (when it is not the tile itself) the tile.
-        for up in stride(from: blockLevels, through: 0, by: -max(1, blockLevels)) {
-            let block = tile.ancestor(levels: up)
-            let key = PublishedKey(tileset: pyramid.tileset, grid: pyramid.grid, block: block)
-            if let inside = published[key] {
-                if inside { return true }
-                continue
-            }
-            guard
-                let (decision, at) = try? gate.decide(
-                    tileset: pyramid.tileset, crs: tms.crs, tile: tms.bounds(of: block))
-            else { return false }
-            let inside = if case .inside = decision { true } else { false }
-            if at == generation { published[key] = inside }
-            if inside { return true }
-        }
-        return false
-    }
-
     /// The response head and body when the request is a plain stored tile, else nil.
     private func answer(
         _ head: RequestHead, in buffer: ByteBuffer, context: ChannelHandlerContext
@@ -344,32 +304,25 @@ final class TileFastLane: ChannelDuplexHandler {
         guard head.method != nil, head.keepAlive, head.contentLength == 0, !head.authorization, !head.expect,
             let (route, tile) = buffer.withUnsafeReadableBytes({ FastRoute.parse($0[head.target]) })
         else { return nil }
-        let version = service.catalog.version
-        if version != pyramidsVersion { (pyramidsVersion, pyramids) = service.catalog.snapshot() }
-        guard
-            let (pyramid, coordinate) = service.plainStoredTilePlace(
-                tile, in: pyramids, strictLimits: route == .wmtsREST, published: isPublished)
+        if service.catalog.version != catalog.version { catalog = service.catalog.snapshot() }
+        // The router's chain, stopped at the first step that is more than a lookup: anything but
+        // a stored stream (an error, a clip, a transcode, an empty tile) goes to the router.
+        guard let t = try? service.resolve(tile, in: catalog, strictLimits: route == .wmtsREST),
+            case .stored? = try? service.answer(t, viewer: .anyone, memo: &published, quick: true)
         else { return nil }
-        let key = HotTiles.Key(pyramid: ObjectIdentifier(pyramid), tile: coordinate)
+        let key = HotTiles.Key(pyramid: ObjectIdentifier(t.pyramid), tile: t.tile)
         let ready: HotTiles.Entry
-        if let hit = hot.get(key, catalogVersion: pyramidsVersion) {
+        if let hit = hot.get(key, catalogVersion: catalog.version) {
             ready = hit
             tally.hotHits += 1
         } else {
             tally.hotMisses += 1
-            let stored: TileResponse?
-            do {
-                stored = try service.storedTile(
-                    pyramid, coordinate, encoding: tile.encoding,
-                    cacheControl: service.configuration.cacheControl(for: tile.tileset))
-            } catch {
-                // The router answers it (500 or 503); the failure is logged here if it is new.
-                if let e = error as? ShardError { service.report(e) }
-                return nil
-            }
-            guard let t = stored else { return nil }
-            ready = HotTiles.Entry(t, allocator: context.channel.allocator)
-            hot.put(key, ready, catalogVersion: pyramidsVersion)
+            // A store that answers later, an unreadable shard (logged by the service) or no tile:
+            // the router answers (200 after waiting, 500, 503 or 404).
+            guard case .ready(.success(let stored?)) = service.readNow(t, allocator: context.channel.allocator)
+            else { return nil }
+            ready = HotTiles.Entry(service.response(t, stored), allocator: context.channel.allocator)
+            hot.put(key, ready, catalogVersion: catalog.version)
         }
         let current =
             head.ifNoneMatch.map {

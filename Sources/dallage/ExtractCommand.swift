@@ -2,9 +2,10 @@ import ArgumentParser
 import Coverage
 import Foundation
 import Logging
+import Pyramid
 import Raster
 import Render
-import Server
+import Serving
 
 extension ExtractFormat: ExpressibleByArgument {}
 
@@ -27,14 +28,14 @@ struct ExtractCommand: AsyncParsableCommand {
     func run() async throws {
         var logger = Logger(label: "dallage.extract")
         logger.logLevel = .error
-        var config = ServerConfiguration()
-        config.store = database.store
-        config.extractLimits.directPixels = .max
+        // Written here, whatever its size: the queue is the server's.
+        var settings = ExtractSettings(directory: NSTemporaryDirectory())
+        settings.limits.directPixels = .max
         let coverage = try database.service()
-        let catalog = PyramidCatalog(store: database.store, logger: logger)
+        let catalog = PyramidCatalog(store: FolderStore(database.store), logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
         let service = ExtractService(
-            catalog: catalog, coverage: coverage, jobs: jobs, gate: nil, configuration: config, logger: logger)
+            catalog: catalog, coverage: coverage, jobs: jobs, gate: nil, settings: settings, logger: logger)
         var geo: JSONValue?
         if let geometry {
             let text = try String(contentsOfFile: geometry, encoding: .utf8)
@@ -57,14 +58,15 @@ struct ExtractCommand: AsyncParsableCommand {
             tileset: tileset, geometry: geo, territory: territory, bufferM: buffer, crs: crs, resolution: resolution,
             format: format)
         let plan: ExtractPlan
+        let served: ServedPyramid
         do {
             // The command line reads the store directly: it sees what an administrator sees.
-            (plan, _) = try await service.plan(request, admin: true)
+            (plan, served) = try await service.plan(request, admin: true)
+        } catch let e as ServingError {
+            throw ValidationError(e.message)
         } catch let e as ExtractError {
             throw ValidationError(e.message)
         }
-        let served =
-            catalog.pyramids(of: tileset).first { $0.grid.hasPrefix("2154") } ?? catalog.pyramids(of: tileset)[0]
         let terminal = isatty(STDERR_FILENO) != 0
         let started = Date()
         var lastShown = -1
@@ -75,7 +77,7 @@ struct ExtractCommand: AsyncParsableCommand {
         if plan.repaired {
             FileHandle.standardError.write(Data("note: the polygon was invalid and has been repaired\n".utf8))
         }
-        try Extractor.write(plan, pyramid: served.reader, to: out) { fraction in
+        try Extractor.write(plan, pyramid: served.source, to: out) { fraction in
             let percent = Int(fraction * 100)
             if terminal {
                 let bar = String(repeating: "█", count: percent / 4) + String(repeating: "·", count: 25 - percent / 4)

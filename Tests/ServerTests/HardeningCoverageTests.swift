@@ -3,9 +3,12 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import Pyramid
 import Server
 import Synchronization
 import Testing
+
+@testable import Serving
 
 /// Issue 11, the coverage API over HTTP: concurrent writes, a database that cannot take writes,
 /// stored hashes as secrets, actor names, bad perimeters, unknown tilesets and empty PATCHes.
@@ -180,9 +183,10 @@ import Testing
             pyramidStore: configuration.store)
         let gate = PublicationGate(coverage: coverage, logger: logger)
         let service = TileService(
-            catalog: PyramidCatalog(store: configuration.store, logger: logger), configuration: configuration,
-            gate: gate, logger: logger)
-        let app = Application(router: buildRouter(service: service, coverage: coverage), logger: logger)
+            catalog: PyramidCatalog(store: FolderStore(configuration.store), logger: logger),
+            settings: configuration.serving, gate: gate, logger: logger)
+        let app = Application(
+            router: buildRouter(configuration: configuration, service: service, coverage: coverage), logger: logger)
         try await app.test(.router) { client in
             try await client.execute(
                 uri: "/api/projects/\(p.id)/etapes", method: .post, headers: Self.admin,

@@ -8,6 +8,8 @@ import Server
 import Synchronization
 import Testing
 
+@testable import Serving
+
 #if canImport(FoundationXML)
     import FoundationXML
 #endif

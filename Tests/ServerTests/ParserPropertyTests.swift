@@ -3,6 +3,8 @@ import PropertyBased
 import Server
 import Testing
 
+@testable import Serving
+
 /// Generated hostile input for the two parsers that see every request's bytes before anything
 /// else: the fast lane's head framer and its tile-path parser (issue 11).
 struct ParserPropertyTests {

@@ -1,6 +1,8 @@
 import Server
 import Testing
 
+@testable import Serving
+
 /// The fast lane's request framer from a table of requests, as llhttp's request tests are: each
 /// input frames to a head (what the lane may answer from), waits for more bytes, or falls back to
 /// NIO's parser for the rest of the connection. The live socket tests stay the end-to-end check.

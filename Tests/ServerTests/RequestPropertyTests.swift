@@ -6,6 +6,8 @@ import PropertyBased
 import Server
 import Testing
 
+@testable import Serving
+
 #if canImport(FoundationXML)
     import FoundationXML
 #endif

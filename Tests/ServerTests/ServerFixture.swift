@@ -8,6 +8,8 @@ import Raster
 import Server
 import Tiler
 
+@testable import Serving
+
 /// A small store (2×2 dalles of 25.6 m at 5 cm, tiled for 2154_5cm and PM), built once.
 enum ServerFixture {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

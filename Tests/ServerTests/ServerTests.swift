@@ -10,6 +10,8 @@ import Server
 import Testing
 import Tiler
 
+@testable import Serving
+
 @Suite(.serialized)
 struct ServerTests {
     let store = ServerFixture.shared + "/store"

@@ -2,6 +2,7 @@ import Coverage
 import Foundation
 import Hummingbird
 import Logging
+import Serving
 
 /// The coverage API under `/api`: territories, projects (CRUD, steps, history, editor keys),
 /// the coverage map, statistics and CSV exports. Reads are open; writes need a token.
@@ -193,13 +194,13 @@ struct CoverageController: Sendable {
             return try await body()
         } catch let e as CoverageError {
             if e.kind == .unavailable { logger.error("coverage write refused", metadata: ["reason": "\(e.message)"]) }
-            throw ServiceError(e)
+            throw ServingError(e)
         } catch let e as any HTTPResponseError {
             throw e
         } catch {
-            logger.error("coverage request failed", metadata: ["error": "\(error)"])
-            throw ServiceError(.noApplicableCode, "internal error: the coverage request could not be completed")
-                .json()
+            let e = ServingError.from(error, what: "internal error: the coverage request could not be completed")
+            if e.kind == .internal { logger.error("coverage request failed", metadata: ["error": "\(error)"]) }
+            throw e
         }
     }
 

@@ -5,11 +5,16 @@ import Hummingbird
 import NIOCore
 import Raster
 import Render
+import Serving
 
 /// Extracts under `/api/extracts`: direct downloads, queued jobs, and the source dalles.
 struct ExtractsController: Sendable {
     let extracts: ExtractService
     let service: TileService
+    /// The store folder, where each tileset's source index is.
+    let store: String
+    /// Proxies whose `X-Forwarded-For` names the client.
+    let trustedProxies: AddressRanges
 
     func addRoutes(to router: Router<DallageRequestContext>) {
         router.post("/api/extracts") { request, context in try await post(request, context: context) }
@@ -21,9 +26,12 @@ struct ExtractsController: Sendable {
             try await run {
                 let j = try await job(context, request: request)
                 let asker = await client(request, context)
-                guard j.client == asker || service.isAdmin(request.headers[.authorization]) else {
-                    throw ExtractError(
-                        403, "only the client that asked for this extract, or an administrator, may cancel it")
+                guard
+                    j.client == asker
+                        || service.viewer(authorization: request.headers[.authorization]) == .administrator
+                else {
+                    throw ServingError(
+                        .forbidden, "only the client that asked for this extract, or an administrator, may cancel it")
                 }
                 return json(status(try await extracts.cancel(j.id)), request)
             }
@@ -32,7 +40,7 @@ struct ExtractsController: Sendable {
             try await run {
                 let j = try await job(context, request: request)
                 guard j.state == .done else {
-                    throw ExtractError(409, "extract \(j.id) is \(j.state.rawValue), not done")
+                    throw ServingError(.conflict, "extract \(j.id) is \(j.state.rawValue), not done")
                 }
                 return try await stream(try extracts.resultPath(j), name: j.id, context: context)
             }
@@ -41,11 +49,19 @@ struct ExtractsController: Sendable {
 
     static let repairedHeader = HTTPField.Name("X-Dallage-Repaired")!
 
-    /// Who asks (see `ExtractService.client`): per-client limits and job ownership use it.
+    /// Who asks: per-client limits and job ownership use it.
     func client(_ request: Request, _ context: DallageRequestContext) async -> String {
-        await extracts.client(
-            authorization: request.headers[.authorization], remote: context.remoteAddress,
-            forwardedFor: request.headers[values: ClientIdentity.forwardedFor])
+        // The holder of a valid administrator token or editor key, else the address the request
+        // comes from (a made-up token counts as no token).
+        if let who = try? await extracts.coverage.authenticate(authorization: request.headers[.authorization]),
+            who != .reader
+        {
+            return who.actor
+        }
+        let address = ClientIdentity.address(
+            remote: context.remoteAddress, forwardedFor: request.headers[values: ClientIdentity.forwardedFor],
+            trusted: trustedProxies)
+        return "addr:" + address
     }
 
     /// Largest body of an extract request (a detailed polygon in GeoJSON).
@@ -56,9 +72,9 @@ struct ExtractsController: Sendable {
             let body = try await request.body.collect(upTo: Self.maxBodyBytes)
             let r: ExtractRequest
             do { r = try JSONDecoder().decode(ExtractRequest.self, from: Data(buffer: body)) } catch {
-                throw ExtractError(400, StatusRules.describe(error))
+                throw ServingError(.badInput, StatusRules.describe(error))
             }
-            let admin = service.isAdmin(request.headers[.authorization])
+            let admin = service.viewer(authorization: request.headers[.authorization]) == .administrator
             let (plan, served) = try await extracts.plan(r, admin: admin)
             if extracts.isDirect(plan) {
                 // Rendering stops between strips once the client has gone.
@@ -86,7 +102,7 @@ struct ExtractsController: Sendable {
         let id = context.parameters.get("id") ?? ""
         guard id.count <= 64, id.allSatisfy({ $0.isHexDigit || $0 == "-" }),
             let j = try await extracts.jobs.job(id: id)
-        else { throw ExtractError(404, "no extract '\(id)'") }
+        else { throw ServingError(.notFound, "no extract '\(id)'") }
         return j
     }
 
@@ -107,23 +123,25 @@ struct ExtractsController: Sendable {
     func dalles(_ request: Request, context: DallageRequestContext) async throws -> Response {
         try await run {
             let q = request.uri.queryParameters
-            guard let tileset = q["tileset"].map(String.init) else { throw ExtractError(400, "tileset is required") }
+            guard let tileset = q["tileset"].map(String.init) else {
+                throw ServingError(.badInput, "tileset is required")
+            }
             var r = ExtractRequest(tileset: tileset)
             if let g = q["geometry"].map(String.init) {
-                guard let v = try? JSONValue.parse(g) else { throw ExtractError(400, "geometry is not GeoJSON") }
+                guard let v = try? JSONValue.parse(g) else { throw ServingError(.badInput, "geometry is not GeoJSON") }
                 r.geometry = v
             }
             r.territory = q["territory"].map(String.init)
             // Plan at a coarse resolution: only the polygon matters here.
             r.resolution = 10
-            let admin = service.isAdmin(request.headers[.authorization])
+            let admin = service.viewer(authorization: request.headers[.authorization]) == .administrator
             let (plan, _) = try await extracts.plan(r, admin: admin)
             let polygon = try Geometry.fromWKT(plan.polygonWKT)
-            let index = (extracts.configuration.store as NSString).appendingPathComponent("\(tileset)/sources.json")
+            let index = (store as NSString).appendingPathComponent("\(tileset)/sources.json")
             guard let data = FileManager.default.contents(atPath: index),
                 let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
                 let entries = object["entries"] as? [[String: Any]]
-            else { throw ExtractError(404, "no source index for '\(tileset)'") }
+            else { throw ServingError(.notFound, "no source index for '\(tileset)'") }
             var found: [(name: String, path: String, size: Int)] = []
             for e in entries where e["error"] == nil {
                 guard let path = e["path"] as? String, let b = e["bounds"] as? [String: Double],
@@ -141,15 +159,15 @@ struct ExtractsController: Sendable {
             found.sort { $0.name < $1.name }
             if q["zip"] == "true" {
                 let total = found.reduce(0) { $0 + $1.size }
-                guard total <= extracts.configuration.extractBytesPerClient else {
-                    throw ExtractError(
-                        413,
-                        "the dalles weigh \(total >> 20) MB; the limit is \(extracts.configuration.extractBytesPerClient >> 20) MB"
+                guard total <= extracts.settings.bytesPerClient else {
+                    throw ServingError(
+                        .tooLarge,
+                        "the dalles weigh \(total >> 20) MB; the limit is \(extracts.settings.bytesPerClient >> 20) MB"
                     )
                 }
                 for f in found where access(f.path, R_OK) != 0 {
                     extracts.logger.error("dalle \(f.path) cannot be read")
-                    throw ExtractError(503, "the dalle \(f.name) cannot be read on the server now")
+                    throw ServingError(.unavailable, "the dalle \(f.name) cannot be read on the server now")
                 }
                 // Made while it is sent, nothing kept: a zip of stored (already compressed) files.
                 var h = HTTPFields()
@@ -182,42 +200,19 @@ struct ExtractsController: Sendable {
 
     // MARK: - Helpers
 
+    /// Runs `body`; an error that is not one of the domain's (files, GDAL) names server paths:
+    /// it goes to the log, the client reads that the extract failed.
     func run(_ body: () async throws -> Response) async throws -> Response {
         do {
             return try await body()
-        } catch let e as ExtractError {
-            throw Self.serviceError(e)
-        } catch let e as CoverageError {
-            throw ServiceError(e)
-        } catch let e as ServiceError {
-            throw e
         } catch let e as NIOTooManyBytesError {
-            throw ServiceError(
-                .payloadTooLarge,
-                "the request body exceeds \(e.maxBytes.map { $0 >> 20 } ?? Self.maxBodyBytes >> 20) MB",
-                style: .json)
+            throw ServingError(
+                .tooLarge, "the request body exceeds \(e.maxBytes.map { $0 >> 20 } ?? Self.maxBodyBytes >> 20) MB")
         } catch {
-            // Errors from files and GDAL name server paths: the log has them, the client does not.
-            extracts.logger.error("extract failed: \(error)")
-            throw ServiceError(.noApplicableCode, "the extract failed on the server; try again later", style: .json)
+            let e = ServingError.from(error, what: "the extract failed on the server; try again later")
+            if e.kind == .internal { extracts.logger.error("extract failed: \(error)") }
+            throw e
         }
-    }
-
-    static func serviceError(_ e: ExtractError) -> ServiceError {
-        let code: ServiceError.Code =
-            switch e.status {
-            case 404: .notFound
-            case 403: .forbidden
-            case 409: .conflict
-            case 413: .payloadTooLarge
-            case 422: .validationFailed
-            case 429: .tooManyRequests
-            case 503: .unavailable
-            case 507: .insufficientStorage
-            case 500...: .noApplicableCode
-            default: .invalidParameterValue
-            }
-        return ServiceError(code, locator: e.parameter, e.message, style: .json)
     }
 
     func json(_ v: JSONValue, _ request: Request) -> Response {

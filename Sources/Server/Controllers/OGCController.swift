@@ -1,10 +1,12 @@
 import Foundation
 import GeoGrid
 import Hummingbird
+import Serving
 
 /// OGC API — Tiles (core, tileset, tilesets list, TileMatrixSet definitions) under `/ogc`.
 struct OGCController: Sendable {
     let service: TileService
+    let configuration: ServerConfiguration
     let baseURL: @Sendable (Request) -> String
 
     static let conformance = [
@@ -40,7 +42,7 @@ struct OGCController: Sendable {
             try tileset(request, context.parameters.get("c") ?? "", context.parameters.get("tms") ?? "")
         }
         router.getOrHead("/ogc/collections/:c/map/tiles/:tms/:z/:row/:col") { request, context in
-            try tile(request, context)
+            try await tile(request, context)
         }
     }
 
@@ -75,7 +77,7 @@ struct OGCController: Sendable {
     private var grids: [String: TileMatrixSet] {
         var out: [String: TileMatrixSet] = [:]
         for p in service.catalog.all { out[p.manifest.tileMatrixSet.id] = p.manifest.tileMatrixSet }
-        if let catalog = try? PyramidGridCatalog.load(service.configuration.tmsDirectory) {
+        if let catalog = try? PyramidGridCatalog.load(configuration.tmsDirectory) {
             for (k, v) in catalog where out[k] == nil { out[k] = v }
         }
         return out
@@ -96,7 +98,7 @@ struct OGCController: Sendable {
 
     func tileMatrixSet(_ request: Request, _ id: String) throws -> Response {
         guard let tms = grids[id] else {
-            throw ServiceError(.notFound, locator: "tileMatrixSetId", "unknown tile matrix set '\(id)'", style: .json)
+            throw ServingError(.notFound, locator: "tileMatrixSetId", "unknown tile matrix set '\(id)'")
         }
         return Document.response(
             Array(try JSONEncoder().encode(tms)), contentType: "application/json", request: request)
@@ -133,7 +135,7 @@ struct OGCController: Sendable {
 
     func collection(_ request: Request, _ id: String) throws -> Response {
         guard let c = collectionObject(request, id) else {
-            throw ServiceError(.notFound, locator: "collectionId", "unknown collection '\(id)'", style: .json)
+            throw ServingError(.notFound, locator: "collectionId", "unknown collection '\(id)'")
         }
         return try Document.json(c, request: request)
     }
@@ -170,24 +172,24 @@ struct OGCController: Sendable {
     func tilesets(_ request: Request, _ id: String) throws -> Response {
         let ps = service.catalog.pyramids(of: id)
         guard !ps.isEmpty else {
-            throw ServiceError(.notFound, locator: "collectionId", "unknown collection '\(id)'", style: .json)
+            throw ServingError(.notFound, locator: "collectionId", "unknown collection '\(id)'")
         }
         return try Document.json(["tilesets": ps.map { tilesetObject(request, $0) }], request: request)
     }
 
     func tileset(_ request: Request, _ id: String, _ grid: String) throws -> Response {
-        let (p, _) = try service.resolve(tileset: id, grid: grid, style: .json, layerParameter: "collectionId")
+        let (p, _) = try service.resolve(tileset: id, grid: grid, layerParameter: "collectionId")
         return try Document.json(tilesetObject(request, p), request: request)
     }
 
-    func tile(_ request: Request, _ context: DallageRequestContext) throws -> Response {
+    func tile(_ request: Request, _ context: DallageRequestContext) async throws -> Response {
         let f = request.uri.queryParameters["f"].map(String.init)
         let accept = request.headers[.accept] ?? ""
         let encoding: TileEncoding
         if let f {
             guard let e = TileEncoding(extension: f[...]) ?? TileEncoding(mimeType: f[...]) else {
-                throw ServiceError(
-                    .invalidParameterValue, locator: "f", "unknown format '\(f)' (jpg, png, webp)", style: .json)
+                throw ServingError(
+                    .invalidParameterValue, locator: "f", "unknown format '\(f)' (jpg, png, webp)")
             }
             encoding = e
         } else if accept.contains("image/png") && !accept.contains("image/jpeg") {
@@ -201,14 +203,13 @@ struct OGCController: Sendable {
             let row = (context.parameters.get("row") ?? "").tileIndex,
             let col = (context.parameters.get("col") ?? "").tileIndex
         else {
-            throw ServiceError(
-                .invalidParameterValue, locator: "tileMatrix", "tileMatrix, tileRow and tileCol must be numbers",
-                style: .json)
+            throw ServingError(
+                .invalidParameterValue, locator: "tileMatrix", "tileMatrix, tileRow and tileCol must be numbers")
         }
         let t = TileRequest(
             tileset: context.parameters.get("c") ?? "", grid: context.parameters.get("tms") ?? "", z: z, col: col,
             row: row, encoding: encoding)
-        return try TileResponder(service: service).respond(t, request: request, style: .json, strictLimits: true)
+        return try await TileResponder(service: service).respond(t, request: request, strictLimits: true)
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Metrics
 import Prometheus
+import Serving
 
 /// `/healthz` and `/metrics` (Prometheus text).
 struct OperationsController: Sendable {

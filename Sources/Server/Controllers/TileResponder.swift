@@ -1,18 +1,18 @@
 import HTTPTypes
 import Hummingbird
+import Serving
 
 /// Turns a tile into an HTTP response: conditional requests, caching headers, empty tiles.
 struct TileResponder: Sendable {
     let service: TileService
 
-    func respond(
-        _ tile: TileRequest, request: Request, style: ServiceError.Style, strictLimits: Bool
-    ) throws -> Response {
+    func respond(_ tile: TileRequest, request: Request, strictLimits: Bool) async throws -> Response {
         // Administrators see gated tilesets whole; their tiles must not be cached by proxies.
-        let admin = service.isAdmin(request.headers[.authorization])
-        let found = try service.tile(tile, style: style, strictLimits: strictLimits, seesEverything: admin)
+        let viewer = service.viewer(authorization: request.headers[.authorization])
+        let admin = viewer == .administrator
+        let found = try await service.tile(tile, viewer: viewer, strictLimits: strictLimits)
         guard let t = found ?? blank(tile) else {
-            throw ServiceError(.notFound, "no tile at \(tile.z)/\(tile.col)/\(tile.row)", style: style)
+            throw ServingError(.notFound, "no tile at \(tile.z)/\(tile.col)/\(tile.row)")
         }
         let (status, headers) = t.answer(ifNoneMatch: request.headers[.ifNoneMatch], admin: admin)
         return status == .ok
@@ -21,7 +21,7 @@ struct TileResponder: Sendable {
     }
 
     private func blank(_ tile: TileRequest) -> TileResponse? {
-        guard service.configuration.emptyTile == .blank else { return nil }
+        guard service.settings.emptyTile == .blank else { return nil }
         return try? service.blankTile(tile.encoding, tileset: tile.tileset)
     }
 }

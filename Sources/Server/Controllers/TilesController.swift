@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Serving
 
 /// XYZ tiles and TileJSON 3.0.0 under `/tiles/{tileset}/{tms}/`.
 struct TilesController: Sendable {
@@ -10,35 +11,36 @@ struct TilesController: Sendable {
         router.getOrHead("/tiles/:tileset/:tms/tilejson.json") { request, context in
             try tileJSON(request, context: context)
         }
-        router.getOrHead("/tiles/:tileset/:tms/:z/:x/:file") { request, context in try tile(request, context: context) }
+        router.getOrHead("/tiles/:tileset/:tms/:z/:x/:file") { request, context in
+            try await tile(request, context: context)
+        }
     }
 
-    func tile(_ request: Request, context: DallageRequestContext) throws -> Response {
+    func tile(_ request: Request, context: DallageRequestContext) async throws -> Response {
         let file = context.parameters.get("file") ?? ""
         guard let dot = file.lastIndex(of: "."), let encoding = TileEncoding(extension: file[file.index(after: dot)...])
         else {
-            throw ServiceError(
-                .invalidParameterValue, locator: "format", "the tile URL must end with .jpg, .png or .webp",
-                style: .json)
+            throw ServingError(
+                .invalidParameterValue, locator: "format", "the tile URL must end with .jpg, .png or .webp")
         }
         guard let z = (context.parameters.get("z") ?? "").tileIndex,
             let x = (context.parameters.get("x") ?? "").tileIndex,
             let y = String(file[..<dot]).tileIndex
         else {
-            throw ServiceError(
-                .invalidParameterValue, locator: "z/x/y", "z, x and y must be tile numbers", style: .json)
+            throw ServingError(
+                .invalidParameterValue, locator: "z/x/y", "z, x and y must be tile numbers")
         }
         let t = TileRequest(
             tileset: context.parameters.get("tileset") ?? "", grid: context.parameters.get("tms") ?? "", z: z, col: x,
             row: y, encoding: encoding)
-        return try TileResponder(service: service).respond(t, request: request, style: .json, strictLimits: false)
+        return try await TileResponder(service: service).respond(t, request: request, strictLimits: false)
     }
 
     func tileJSON(_ request: Request, context: DallageRequestContext) throws -> Response {
         let tileset = context.parameters.get("tileset") ?? ""
         let grid = context.parameters.get("tms") ?? ""
         let (pyramid, levels) = try service.resolve(
-            tileset: tileset, grid: grid, style: .json, layerParameter: "tileset")
+            tileset: tileset, grid: grid, layerParameter: "tileset")
         let m = pyramid.manifest
         let w = m.wgs84Bounds
         let ext = m.format == .jpeg ? "jpg" : "webp"

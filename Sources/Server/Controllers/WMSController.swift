@@ -4,11 +4,13 @@ import Hummingbird
 import Pyramid
 import Raster
 import Render
+import Serving
 
 /// WMS 1.3.0 at `/wms`: GetCapabilities and GetMap of every tileset, rendered from the pyramids
 /// in Lambert-93, the CC zones, WebMercator or WGS84.
 struct WMSController: Sendable {
     let service: TileService
+    let configuration: ServerConfiguration
     let baseURL: @Sendable (Request) -> String
 
     /// The CRSs offered, as WMS names.
@@ -22,50 +24,27 @@ struct WMSController: Sendable {
         }
     }
 
-    /// A WMS exception (ServiceExceptionReport 1.3.0).
-    struct WMSError: Error, HTTPResponseError {
-        var code: String
-        var message: String
-        var locator: String?
-        var status: HTTPResponse.Status { code == "NoApplicableCode" ? .internalServerError : .badRequest }
-
-        func response(from request: Request, context: some RequestContext) throws -> Response {
-            let loc = locator.map { " locator=\"\(XML.escape(Echo.shortened($0, to: 64)))\"" } ?? ""
-            let body = """
-                <?xml version="1.0" encoding="UTF-8"?>
-                <ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">
-                  <ServiceException code="\(code)"\(loc)>\(XML.escape(Echo.shortened(message)))</ServiceException>
-                </ServiceExceptionReport>
-
-                """
-            var h = HTTPFields()
-            h[.contentType] = "text/xml; charset=utf-8"
-            h[.cacheControl] = "no-store"
-            return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(string: body)))
-        }
-    }
-
     /// Answers one WMS request; `clientGone` says when to stop drawing a map nobody waits for.
     func handle(_ request: Request, clientGone: () -> Bool = { false }) throws -> Response {
         var p: [String: String] = [:]
         for (k, v) in request.uri.queryParameters { p[k.lowercased()] = String(v) }
         if let s = p["service"], s.uppercased() != "WMS" {
-            throw WMSError(code: "InvalidParameterValue", message: "SERVICE must be WMS", locator: "service")
+            throw ServingError(.invalidParameterValue, locator: "service", "SERVICE must be WMS")
         }
         guard let operation = p["request"], !operation.isEmpty else {
-            throw WMSError(
-                code: "MissingParameterValue", message: "REQUEST is required (GetCapabilities, GetMap)",
-                locator: "request")
+            throw ServingError(
+                .missingParameterValue, locator: "request", "REQUEST is required (GetCapabilities, GetMap)")
         }
         switch operation.lowercased() {
         case "getcapabilities":
             let xml = capabilities(baseURL: baseURL(request))
             return Document.response(Array(xml.utf8), contentType: "text/xml; charset=utf-8", request: request)
         case "getmap":
-            return try getMap(p, admin: service.isAdmin(request.headers[.authorization]), clientGone: clientGone)
+            return try getMap(
+                p, admin: service.viewer(authorization: request.headers[.authorization]) == .administrator,
+                clientGone: clientGone)
         default:
-            throw WMSError(
-                code: "OperationNotSupported", message: "REQUEST must be GetCapabilities or GetMap", locator: "request")
+            throw ServingError(.operationNotSupported, locator: "request", "REQUEST must be GetCapabilities or GetMap")
         }
     }
 
@@ -74,55 +53,48 @@ struct WMSController: Sendable {
     func getMap(_ p: [String: String], admin: Bool, clientGone: () -> Bool = { false }) throws -> Response {
         func required(_ name: String) throws -> String {
             guard let v = p[name], !v.isEmpty else {
-                throw WMSError(
-                    code: "MissingParameterValue", message: "\(name.uppercased()) is required", locator: name)
+                throw ServingError(.missingParameterValue, locator: name, "\(name.uppercased()) is required")
             }
             return v
         }
         let version = p["version"] ?? "1.3.0"
         let layerList = try required("layers")
-        let maxLayers = service.configuration.wmsMaxLayers
+        let maxLayers = configuration.wmsMaxLayers
         // Counted before splitting: a list of 3000 names is refused without building it.
         guard layerList.utf8.count(where: { $0 == UInt8(ascii: ",") }) < maxLayers else {
-            throw WMSError(
-                code: "InvalidParameterValue", message: "LAYERS may name at most \(maxLayers) layers (LayerLimit)",
-                locator: "layers")
+            throw ServingError(
+                .invalidParameterValue, locator: "layers", "LAYERS may name at most \(maxLayers) layers (LayerLimit)")
         }
         let layers = layerList.split(separator: ",").map(String.init)
         let crsName = (p["crs"] ?? p["srs"] ?? "").uppercased()
         guard !crsName.isEmpty else {
-            throw WMSError(code: "MissingParameterValue", message: "CRS is required", locator: "crs")
+            throw ServingError(.missingParameterValue, locator: "crs", "CRS is required")
         }
         guard Self.crsList.contains(crsName) else {
-            throw WMSError(
-                code: "InvalidCRS",
-                message: "CRS '\(crsName)' is not offered (\(Self.crsList.joined(separator: ", ")))",
-                locator: "crs")
+            throw ServingError(
+                .invalidCRS, locator: "crs", "CRS '\(crsName)' is not offered (\(Self.crsList.joined(separator: ", ")))"
+            )
         }
         let format = try required("format")
         guard let encoding = TileEncoding(mimeType: format[...]) else {
-            throw WMSError(
-                code: "InvalidFormat",
-                message: "FORMAT '\(format)' is not offered (\(Self.formats.joined(separator: ", ")))",
-                locator: "format")
+            throw ServingError(
+                .invalidFormat, locator: "format",
+                "FORMAT '\(format)' is not offered (\(Self.formats.joined(separator: ", ")))")
         }
-        let maxSize = service.configuration.wmsMaxSize
+        let maxSize = configuration.wmsMaxSize
         guard let width = Int(try required("width")), let height = Int(try required("height")), width > 0,
             height > 0
         else {
-            throw WMSError(
-                code: "InvalidParameterValue", message: "WIDTH and HEIGHT must be positive integers", locator: "width")
+            throw ServingError(.invalidParameterValue, locator: "width", "WIDTH and HEIGHT must be positive integers")
         }
         guard width <= maxSize, height <= maxSize else {
-            throw WMSError(
-                code: "InvalidParameterValue", message: "WIDTH and HEIGHT are limited to \(maxSize) pixels",
-                locator: width > maxSize ? "width" : "height")
+            throw ServingError(
+                .invalidParameterValue, locator: width > maxSize ? "width" : "height",
+                "WIDTH and HEIGHT are limited to \(maxSize) pixels")
         }
         let numbers = try required("bbox").split(separator: ",").compactMap { Double($0) }
         guard numbers.count == 4, numbers.allSatisfy(\.isFinite) else {
-            throw WMSError(
-                code: "InvalidParameterValue", message: "BBOX must be four numbers minx,miny,maxx,maxy", locator: "bbox"
-            )
+            throw ServingError(.invalidParameterValue, locator: "bbox", "BBOX must be four numbers minx,miny,maxx,maxy")
         }
         // WMS 1.3.0 uses EPSG:4326's own axis order: latitude first.
         let latFirst = crsName == "EPSG:4326" && version == "1.3.0"
@@ -131,14 +103,12 @@ struct WMSController: Sendable {
             ? BoundingBox(minX: numbers[1], minY: numbers[0], maxX: numbers[3], maxY: numbers[2])
             : BoundingBox(minX: numbers[0], minY: numbers[1], maxX: numbers[2], maxY: numbers[3])
         guard !box.isEmpty else {
-            throw WMSError(
-                code: "InvalidParameterValue", message: "BBOX must have min < max on both axes", locator: "bbox")
+            throw ServingError(.invalidParameterValue, locator: "bbox", "BBOX must have min < max on both axes")
         }
         try Self.checkDomain(box, crs: crsName)
         let styles = (p["styles"] ?? "").split(separator: ",", omittingEmptySubsequences: false)
         for s in styles where !(s.isEmpty || s == "default" || s == "normal") {
-            throw WMSError(
-                code: "StyleNotDefined", message: "unknown style '\(s)' (use the default style)", locator: "styles")
+            throw ServingError(.styleNotDefined, locator: "styles", "unknown style '\(s)' (use the default style)")
         }
         let transparent = (p["transparent"] ?? "FALSE").uppercased() == "TRUE"
         let background = try Self.colour(p["bgcolor"])
@@ -149,25 +119,24 @@ struct WMSController: Sendable {
         for layer in layers {
             // Each layer is a whole render: stop between them when the client has gone.
             guard !clientGone() else {
-                throw WMSError(code: "NoApplicableCode", message: "the client closed the connection")
+                throw ServingError(.clientGone, "the client closed the connection")
             }
             let pyramids = service.catalog.pyramids(of: layer)
             guard !pyramids.isEmpty else {
-                throw WMSError(code: "LayerNotDefined", message: "unknown layer '\(layer)'", locator: "layers")
+                throw ServingError(.layerNotDefined, locator: "layers", "unknown layer '\(layer)'")
             }
             let pyramid =
                 pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
                 ?? pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids[0]
             let renderer: Renderer
             do {
-                renderer = try Renderer(pyramid: pyramid.reader, crs: crs)
+                renderer = try Renderer(pyramid: pyramid.source, crs: crs)
                 _ = try renderer.gridBounds(of: window)
             } catch {
-                throw WMSError(
-                    code: "InvalidParameterValue",
-                    message:
-                        "BBOX cannot be drawn from layer '\(layer)' (its grid is in \(pyramid.manifest.tileMatrixSet.crs)): \(error)",
-                    locator: "bbox")
+                throw ServingError(
+                    .invalidParameterValue, locator: "bbox",
+                    "BBOX cannot be drawn from layer '\(layer)' (its grid is in \(pyramid.manifest.tileMatrixSet.crs)): \(error)"
+                )
             }
             do {
                 let drawn = try layerPixels.withUnsafeMutableBufferPointer {
@@ -178,7 +147,7 @@ struct WMSController: Sendable {
                     try clipToPublished(layer, crs: crs, window: window, pixels: &layerPixels)
                 }
             } catch {
-                throw WMSError(code: "NoApplicableCode", message: "cannot render '\(layer)': \(error)")
+                throw ServingError(.noApplicableCode, "cannot render '\(layer)': \(error)")
             }
             Self.composite(layerPixels, over: &canvas)
         }
@@ -188,7 +157,7 @@ struct WMSController: Sendable {
         var h = HTTPFields()
         h[.contentType] = encoding.mimeType
         h[.cacheControl] =
-            admin ? "private, no-store" : service.configuration.cacheControl(for: layers.joined(separator: ","))
+            admin ? "private, no-store" : service.settings.cacheControl(for: layers.joined(separator: ","))
         return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
@@ -199,9 +168,8 @@ struct WMSController: Sendable {
         let (limitX, limitY) = geographic ? (180.0, 90.0) : (1e8, 1e8)
         guard box.minX >= -limitX, box.maxX <= limitX, box.minY >= -limitY, box.maxY <= limitY else {
             let range = geographic ? "longitudes -180…180 and latitudes -90…90" : "±1e8 m"
-            throw WMSError(
-                code: "InvalidParameterValue", message: "BBOX lies outside what \(crs) can carry (\(range))",
-                locator: "bbox")
+            throw ServingError(
+                .invalidParameterValue, locator: "bbox", "BBOX lies outside what \(crs) can carry (\(range))")
         }
     }
 
@@ -244,7 +212,7 @@ struct WMSController: Sendable {
         guard let s, !s.isEmpty else { return (255, 255, 255) }
         let hex = s.hasPrefix("0x") || s.hasPrefix("0X") ? String(s.dropFirst(2)) : s
         guard hex.count == 6, let v = UInt32(hex, radix: 16) else {
-            throw WMSError(code: "InvalidParameterValue", message: "BGCOLOR must be 0xRRGGBB", locator: "bgcolor")
+            throw ServingError(.invalidParameterValue, locator: "bgcolor", "BGCOLOR must be 0xRRGGBB")
         }
         return (UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF))
     }
@@ -279,7 +247,7 @@ struct WMSController: Sendable {
         let w = all ?? BoundingBox(minX: -5.5, minY: 41, maxX: 10, maxY: 51.5)
         let crs = Self.crsList.map { "<CRS>\($0)</CRS>" }.joined()
         let formats = Self.formats.map { "<Format>\($0)</Format>" }.joined()
-        let max = service.configuration.wmsMaxSize
+        let max = configuration.wmsMaxSize
         return """
             <?xml version="1.0" encoding="UTF-8"?>
             <WMS_Capabilities version="1.3.0" xmlns="http://www.opengis.net/wms" xmlns:xlink="http://www.w3.org/1999/xlink">
@@ -287,7 +255,7 @@ struct WMSController: Sendable {
                 <Name>WMS</Name>
                 <Title>Dallage</Title>
                 <OnlineResource xlink:type="simple" xlink:href="\(url)"/>
-                <LayerLimit>\(service.configuration.wmsMaxLayers)</LayerLimit>
+                <LayerLimit>\(configuration.wmsMaxLayers)</LayerLimit>
                 <MaxWidth>\(max)</MaxWidth>
                 <MaxHeight>\(max)</MaxHeight>
               </Service>

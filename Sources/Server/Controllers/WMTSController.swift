@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import Serving
 
 /// WMTS 1.0.0: KVP at `/wmts` and REST under `/wmts/1.0.0/`.
 struct WMTSController: Sendable {
@@ -7,10 +8,10 @@ struct WMTSController: Sendable {
     let baseURL: @Sendable (Request) -> String
 
     func addRoutes(to router: Router<DallageRequestContext>) {
-        router.getOrHead("/wmts") { request, _ in try kvp(request) }
+        router.getOrHead("/wmts") { request, _ in try await kvp(request) }
         router.getOrHead("/wmts/1.0.0/WMTSCapabilities.xml") { request, _ in capabilities(request) }
         router.getOrHead("/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file") { request, context in
-            try rest(request, context: context)
+            try await rest(request, context: context)
         }
     }
 
@@ -19,18 +20,18 @@ struct WMTSController: Sendable {
         return Document.response(Array(xml.utf8), contentType: "application/xml; charset=utf-8", request: request)
     }
 
-    func kvp(_ request: Request) throws -> Response {
+    func kvp(_ request: Request) async throws -> Response {
         // Parameter names are case-insensitive (OGC 06-121r3 §11.5.2).
         var p: [String: String] = [:]
         for (k, v) in request.uri.queryParameters { p[k.lowercased()] = String(v) }
         guard let serviceName = p["service"], !serviceName.isEmpty else {
-            throw ServiceError(.missingParameterValue, locator: "service", "SERVICE=WMTS is required")
+            throw ServingError(.missingParameterValue, locator: "service", "SERVICE=WMTS is required")
         }
         guard serviceName.uppercased() == "WMTS" else {
-            throw ServiceError(.invalidParameterValue, locator: "service", "SERVICE must be WMTS, not '\(serviceName)'")
+            throw ServingError(.invalidParameterValue, locator: "service", "SERVICE must be WMTS, not '\(serviceName)'")
         }
         guard let operation = p["request"], !operation.isEmpty else {
-            throw ServiceError(
+            throw ServingError(
                 .missingParameterValue, locator: "request", "REQUEST is required (GetCapabilities, GetTile)")
         }
         switch operation.lowercased() {
@@ -38,11 +39,11 @@ struct WMTSController: Sendable {
             return capabilities(request)
         case "gettile":
             if let v = p["version"], v != "1.0.0" {
-                throw ServiceError(.invalidParameterValue, locator: "version", "VERSION must be 1.0.0")
+                throw ServingError(.invalidParameterValue, locator: "version", "VERSION must be 1.0.0")
             }
             func required(_ name: String, _ label: String) throws -> String {
                 guard let v = p[name], !v.isEmpty else {
-                    throw ServiceError(.missingParameterValue, locator: label, "\(label.uppercased()) is required")
+                    throw ServingError(.missingParameterValue, locator: label, "\(label.uppercased()) is required")
                 }
                 return v
             }
@@ -54,20 +55,20 @@ struct WMTSController: Sendable {
             let row = try required("tilerow", "TileRow")
             let col = try required("tilecol", "TileCol")
             guard let encoding = TileEncoding(mimeType: format[...]) else {
-                throw ServiceError(
+                throw ServingError(
                     .invalidParameterValue, locator: "Format",
                     "unknown format '\(format)' (image/jpeg, image/png, image/webp)")
             }
-            return try tile(
+            return try await tile(
                 layer: layer, style: style, tms: tms, z: z, row: row, col: col, encoding: encoding, request: request)
         case "getfeatureinfo":
-            throw ServiceError(.operationNotSupported, locator: "request", "GetFeatureInfo is not offered for imagery")
+            throw ServingError(.operationNotSupported, locator: "request", "GetFeatureInfo is not offered for imagery")
         default:
-            throw ServiceError(.invalidParameterValue, locator: "request", "unknown REQUEST '\(operation)'")
+            throw ServingError(.invalidParameterValue, locator: "request", "unknown REQUEST '\(operation)'")
         }
     }
 
-    func rest(_ request: Request, context: DallageRequestContext) throws -> Response {
+    func rest(_ request: Request, context: DallageRequestContext) async throws -> Response {
         let layer = context.parameters.get("layer") ?? ""
         let style = context.parameters.get("style") ?? ""
         let tms = context.parameters.get("tms") ?? ""
@@ -75,14 +76,14 @@ struct WMTSController: Sendable {
         let row = context.parameters.get("row") ?? ""
         let file = context.parameters.get("file") ?? ""
         guard let dot = file.lastIndex(of: ".") else {
-            throw ServiceError(
+            throw ServingError(
                 .invalidParameterValue, locator: "Format", "the tile URL must end with .jpg, .png or .webp")
         }
         guard let encoding = TileEncoding(extension: file[file.index(after: dot)...]) else {
-            throw ServiceError(
+            throw ServingError(
                 .invalidParameterValue, locator: "Format", "unknown extension '\(file[file.index(after: dot)...])'")
         }
-        return try tile(
+        return try await tile(
             layer: layer, style: style, tms: tms, z: z, row: row, col: String(file[..<dot]), encoding: encoding,
             request: request)
     }
@@ -90,21 +91,21 @@ struct WMTSController: Sendable {
     private func tile(
         layer: String, style: String, tms: String, z: String, row: String, col: String, encoding: TileEncoding,
         request: Request
-    ) throws -> Response {
+    ) async throws -> Response {
         guard ["normal", "default"].contains(style.lowercased()) else {
-            throw ServiceError(.invalidParameterValue, locator: "Style", "unknown style '\(style)' (normal)")
+            throw ServingError(.invalidParameterValue, locator: "Style", "unknown style '\(style)' (normal)")
         }
         guard let zi = z.tileIndex else {
-            throw ServiceError(.invalidParameterValue, locator: "TileMatrix", "TileMatrix '\(z)' is not a level number")
+            throw ServingError(.invalidParameterValue, locator: "TileMatrix", "TileMatrix '\(z)' is not a level number")
         }
         guard let ri = row.tileIndex else {
-            throw ServiceError(.invalidParameterValue, locator: "TileRow", "TileRow '\(row)' is not a row number")
+            throw ServingError(.invalidParameterValue, locator: "TileRow", "TileRow '\(row)' is not a row number")
         }
         guard let ci = col.tileIndex else {
-            throw ServiceError(.invalidParameterValue, locator: "TileCol", "TileCol '\(col)' is not a column number")
+            throw ServingError(.invalidParameterValue, locator: "TileCol", "TileCol '\(col)' is not a column number")
         }
-        return try TileResponder(service: service).respond(
+        return try await TileResponder(service: service).respond(
             TileRequest(tileset: layer, grid: tms, z: zi, col: ci, row: ri, encoding: encoding), request: request,
-            style: .ows, strictLimits: true)
+            strictLimits: true)
     }
 }

@@ -1,10 +1,12 @@
 import Coverage
 import Foundation
 import Hummingbird
+import Serving
 
 /// The web map at `/`, Leaflet from the system's package, and the small lists the page reads.
 struct WebController: Sendable {
     let service: TileService
+    let configuration: ServerConfiguration
 
     /// The page, shipped as a resource of the package.
     static let page: [UInt8] = {
@@ -37,9 +39,9 @@ struct WebController: Sendable {
         let allowed = name.split(separator: "/").allSatisfy { part in
             !part.isEmpty && part != ".." && part.allSatisfy { $0.isLetter || $0.isNumber || "._-".contains($0) }
         }
-        let path = (service.configuration.leafletPath as NSString).appendingPathComponent(name)
+        let path = (configuration.leafletPath as NSString).appendingPathComponent(name)
         guard allowed, let data = FileManager.default.contents(atPath: path) else {
-            throw ServiceError(.notFound, "no such file", style: .json)
+            throw ServingError(.notFound, "no such file")
         }
         let type: String =
             switch (name as NSString).pathExtension {

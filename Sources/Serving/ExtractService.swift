@@ -6,7 +6,6 @@ import NIOCore
 import Pyramid
 import Raster
 import Render
-import ServiceLifecycle
 import Synchronization
 
 /// What a client posts to `/api/extracts` (and what `dallage extract` builds).
@@ -45,44 +44,31 @@ public struct ExtractRequest: Codable, Sendable {
 /// Plans extracts against the served pyramids, writes direct ones, and queues and runs the others.
 public final class ExtractService: Sendable {
     let catalog: PyramidCatalog
-    let coverage: CoverageService
-    let jobs: any ExtractJobStore
+    public let coverage: CoverageService
+    public let jobs: any ExtractJobStore
     let gate: PublicationGate?
-    let configuration: ServerConfiguration
-    let logger: Logger
-    /// Proxies whose `X-Forwarded-For` names the client.
-    let trustedProxies: AddressRanges
+    public let settings: ExtractSettings
+    public let logger: Logger
     /// Jobs asked to stop while running.
     private let cancelled = Mutex<Set<String>>([])
 
     public init(
         catalog: PyramidCatalog, coverage: CoverageService, jobs: any ExtractJobStore, gate: PublicationGate?,
-        configuration: ServerConfiguration, logger: Logger
+        settings: ExtractSettings, logger: Logger
     ) {
         self.catalog = catalog
         self.coverage = coverage
         self.jobs = jobs
         self.gate = gate
-        self.configuration = configuration
+        self.settings = settings
         self.logger = logger
-        // The configuration file was checked when it was read; a bad list set in code trusts no one.
-        trustedProxies = (try? AddressRanges(configuration.trustedProxies)) ?? .none
-    }
-
-    /// Who asks: the holder of a valid administrator token or editor key, else the address the
-    /// request comes from (a made-up token counts as no token).
-    func client(authorization: String?, remote: SocketAddress?, forwardedFor: [String]) async -> String {
-        if let who = try? await coverage.authenticate(authorization: authorization), who != .reader {
-            return who.actor
-        }
-        return "addr:" + ClientIdentity.address(remote: remote, forwardedFor: forwardedFor, trusted: trustedProxies)
     }
 
     /// The pyramid extracts read: the Lambert-93 one when there is one.
-    func pyramid(_ tileset: String) throws(ExtractError) -> ServedPyramid {
+    func pyramid(_ tileset: String) throws(ServingError) -> ServedPyramid {
         let all = catalog.pyramids(of: tileset)
         guard let p = all.first(where: { $0.grid.hasPrefix("2154") }) ?? all.first else {
-            throw ExtractError(404, "unknown tileset '\(tileset)'")
+            throw ServingError(.notFound, "unknown tileset '\(tileset)'")
         }
         return p
     }
@@ -94,9 +80,9 @@ public final class ExtractService: Sendable {
         var geometry: Geometry
         var geometryCRS = "EPSG:4326"
         if let t = r.territory {
-            guard r.geometry == nil else { throw ExtractError(400, "give a geometry or a territory, not both") }
+            guard r.geometry == nil else { throw ServingError(.badInput, "give a geometry or a territory, not both") }
             guard let territory = try await coverage.store.territories(references: [t])[t] else {
-                throw ExtractError(404, "unknown territory '\(t)'")
+                throw ServingError(.notFound, "unknown territory '\(t)'")
             }
             geometry = try Geometry.fromWKT(territory.wktL93)
             geometryCRS = "EPSG:2154"
@@ -104,18 +90,17 @@ public final class ExtractService: Sendable {
             if g["type"] == .string("Feature"), let inner = g["geometry"] { g = inner }
             if case .string(let name) = g["crs"]?["properties"]?["name"] ?? .null { geometryCRS = name }
             do { geometry = try Geometry.fromGeoJSON(g.text) } catch {
-                throw ExtractError(400, "geometry is not a GeoJSON Polygon or MultiPolygon")
+                throw ServingError(.badInput, "geometry is not a GeoJSON Polygon or MultiPolygon")
             }
         } else {
-            throw ExtractError(400, "give a geometry (GeoJSON) or a territory (commune:<INSEE>)")
+            throw ServingError(.badInput, "give a geometry (GeoJSON) or a territory (commune:<INSEE>)")
         }
         let gridCRS = try SpatialReference(m.tileMatrixSet.crs)
         let native = m.tileMatrixSet.matrix(m.maxZoom)?.cellSize ?? 0.05
         let nativeMetres = gridCRS.isSame(as: try SpatialReference(epsg: 2154)) ? native : native * 0.7
-        let footprintPath = served.reader.directory + "/" + TiledFootprint.fileName
         let coverageArea: Geometry
-        if FileManager.default.fileExists(atPath: footprintPath) {
-            coverageArea = try TiledFootprint.read(path: footprintPath)
+        if let footprint = try served.source.tiledFootprint() {
+            coverageArea = footprint
         } else {
             coverageArea = try Geometry.rectangle(m.bounds).transformed(
                 CoordinateTransform(from: gridCRS, to: SpatialReference(epsg: 2154)))
@@ -126,25 +111,25 @@ public final class ExtractService: Sendable {
             tileset: r.tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: r.bufferM ?? 0,
             crs: r.crs ?? "EPSG:2154", resolution: r.resolution, format: r.format ?? .gtiff,
             nativeResolution: nativeMetres, coverage: coverageArea, allowed: allowed,
-            limits: configuration.extractLimits)
+            limits: settings.limits)
         return (plan, served)
     }
 
     /// True when the plan is small enough to answer at once.
-    public func isDirect(_ plan: ExtractPlan) -> Bool { plan.pixels <= configuration.extractLimits.directPixels }
+    public func isDirect(_ plan: ExtractPlan) -> Bool { plan.pixels <= settings.limits.directPixels }
 
     /// Writes a direct extract to a temporary file and returns its path (the caller deletes it).
     /// `cancelled` is asked between strips of rows; when it answers true the writing stops.
     public func writeNow(
         _ plan: ExtractPlan, from served: ServedPyramid, cancelled: () -> Bool = { false }
     ) throws -> String {
-        let dir = configuration.extractsPath
+        let dir = settings.directory
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw storageFailure(error, writing: dir, bytes: plan.estimatedBytes) ?? unwritable(error, dir)
         }
         let path = dir + "/direct-\(UUID().uuidString).\(plan.format.fileExtension)"
         do {
-            try Extractor.write(plan, pyramid: served.reader, to: path) { _ in !cancelled() }
+            try Extractor.write(plan, pyramid: served.source, to: path) { _ in !cancelled() }
         } catch let e as ExtractError {
             throw e
         } catch {
@@ -158,38 +143,38 @@ public final class ExtractService: Sendable {
     /// The refusal for a failed write when the extracts folder is the cause (full, or not
     /// writable), nil when it is not. The path goes to the log only: clients never see the
     /// server's folders.
-    func storageFailure(_ error: any Error, writing path: String, bytes: Int) -> ExtractError? {
-        let dir = configuration.extractsPath
+    public func storageFailure(_ error: any Error, writing path: String, bytes: Int) -> ServingError? {
+        let dir = settings.directory
         var st = statvfs()
         guard statvfs(dir, &st) == 0, access(dir, W_OK) == 0 else { return unwritable(error, path) }
         let free = Double(st.f_bavail) * Double(st.f_frsize)
         // The estimate is rough (compression varies): count a margin of a quarter more.
         guard free < Double(bytes) * 1.25 + Double(Self.freeSpaceMargin) else { return nil }
         logger.error("no room to write the extract \(path) (\(Int(free) >> 20) MB free): \(error)")
-        return ExtractError(507, "the server has no room left to store this extract; try again later")
+        return ServingError(.insufficientStorage, "the server has no room left to store this extract; try again later")
     }
 
     /// Bytes kept free beside an extract's estimate.
     static let freeSpaceMargin = 64 << 20
 
-    private func unwritable(_ error: any Error, _ path: String) -> ExtractError {
+    private func unwritable(_ error: any Error, _ path: String) -> ServingError {
         logger.error("cannot write the extract \(path): \(error)")
-        return ExtractError(503, "the server cannot store extracts now; try again later")
+        return ServingError(.unavailable, "the server cannot store extracts now; try again later")
     }
 
     /// Queues a job, within the client's bounds; throws 429 beyond them.
     public func enqueue(_ r: ExtractRequest, plan: ExtractPlan, client: String) async throws -> ExtractJob {
         let (active, bytes) = try await jobs.usage(client: client)
-        if active >= configuration.extractJobsPerClient {
-            throw ExtractError(
-                429,
-                "\(active) extract(s) already queued or running for you (at most \(configuration.extractJobsPerClient))"
+        if active >= settings.jobsPerClient {
+            throw ServingError(
+                .tooMany,
+                "\(active) extract(s) already queued or running for you (at most \(settings.jobsPerClient))"
             )
         }
-        if bytes + plan.estimatedBytes > configuration.extractBytesPerClient {
-            throw ExtractError(
-                429,
-                "your kept extracts would exceed \(configuration.extractBytesPerClient >> 20) MB; download or cancel some first"
+        if bytes + plan.estimatedBytes > settings.bytesPerClient {
+            throw ServingError(
+                .tooMany,
+                "your kept extracts would exceed \(settings.bytesPerClient >> 20) MB; download or cancel some first"
             )
         }
         let encoder = JSONEncoder()
@@ -204,9 +189,9 @@ public final class ExtractService: Sendable {
 
     /// Cancels a queued or running job.
     public func cancel(_ id: String) async throws -> ExtractJob {
-        guard var job = try await jobs.job(id: id) else { throw ExtractError(404, "no extract \(id)") }
+        guard var job = try await jobs.job(id: id) else { throw ServingError(.notFound, "no extract \(id)") }
         guard job.state == .queued || job.state == .running else {
-            throw ExtractError(409, "extract \(id) is \(job.state.rawValue) and cannot be cancelled")
+            throw ServingError(.conflict, "extract \(id) is \(job.state.rawValue) and cannot be cancelled")
         }
         cancelled.withLock { _ = $0.insert(id) }
         job.state = .cancelled
@@ -216,7 +201,7 @@ public final class ExtractService: Sendable {
     }
 
     /// 128 random bits in hex: a job's id cannot be guessed from another's.
-    static func newJobID() -> String {
+    public static func newJobID() -> String {
         var g = SystemRandomNumberGenerator()
         return (0..<2).map { _ in String(g.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
     }
@@ -224,7 +209,7 @@ public final class ExtractService: Sendable {
     /// The file of a finished job.
     public func resultPath(_ job: ExtractJob) throws -> String {
         let format = (try? JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8)))?.format ?? .gtiff
-        return configuration.extractsPath + "/\(job.id).\(format.fileExtension)"
+        return settings.directory + "/\(job.id).\(format.fileExtension)"
     }
 
     static func now(_ d: Date = Date()) -> String { CoverageService.timestamp(d) }
@@ -270,10 +255,10 @@ public final class ExtractService: Sendable {
             let path = try resultPath(job)
             do {
                 try FileManager.default.createDirectory(
-                    atPath: configuration.extractsPath, withIntermediateDirectories: true)
+                    atPath: settings.directory, withIntermediateDirectories: true)
             } catch {
                 throw storageFailure(error, writing: path, bytes: job.estimatedBytes)
-                    ?? unwritable(error, configuration.extractsPath)
+                    ?? unwritable(error, settings.directory)
             }
             let id = job.id
             let store = jobs
@@ -288,19 +273,19 @@ public final class ExtractService: Sendable {
             job.state = .done
             job.progress = 1
             job.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-            job.expiresAt = Self.now(Date().addingTimeInterval(configuration.extractTTLSeconds))
+            job.expiresAt = Self.now(Date().addingTimeInterval(settings.ttlSeconds))
             job.message = plan.repaired ? "the geometry was invalid and has been repaired" : nil
-        } catch let e as ExtractError where e.status == 499 {
+        } catch let e as ExtractError where e.kind == .cancelled {
             job.state = Task.isCancelled ? .queued : .cancelled
             if Task.isCancelled { job.message = "interrupted by a shutdown; will restart" }
-        } catch let e as ExtractError {
+        } catch  where error is ExtractError || error is ServingError {
             job.state = .failed
-            job.message = e.message
-            logger.error("extract \(job.id) failed: \(e.message)")
+            job.message = "\(error)"
+            logger.error("extract \(job.id) failed: \(error)")
         } catch {
             // The reason is logged whole; the job tells the client no server path.
             job.state = .failed
-            let path = (try? resultPath(job)) ?? configuration.extractsPath
+            let path = (try? resultPath(job)) ?? settings.directory
             job.message =
                 storageFailure(error, writing: path, bytes: job.estimatedBytes)?.message
                 ?? "the extract failed on the server; try again later"
@@ -322,7 +307,7 @@ public final class ExtractService: Sendable {
             Thread.detachNewThread {
                 var last = 0.0
                 do {
-                    try Extractor.write(plan, pyramid: served.reader, to: path) { fraction in
+                    try Extractor.write(plan, pyramid: served.source, to: path) { fraction in
                         if self.cancelled.withLock({ $0.contains(id) }) { return false }
                         if fraction - last >= 0.02 {
                             last = fraction
@@ -352,7 +337,7 @@ public final class ExtractService: Sendable {
     /// Deletes finished results past their expiry, and temporary files (zips of dalles, direct
     /// extracts a failed request left) older than an hour.
     func expire() async {
-        let dir = configuration.extractsPath
+        let dir = settings.directory
         let hourAgo = Date().addingTimeInterval(-3600)
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
         where name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") {
@@ -371,15 +356,6 @@ public final class ExtractService: Sendable {
             try? await jobs.updateJob(j)
             logger.info("extract \(j.id) expired: file deleted")
         }
-    }
-}
-
-/// Runs the extract queue inside the server's lifecycle.
-struct ExtractRunner: Service {
-    let extracts: ExtractService
-
-    func run() async throws {
-        await cancelWhenGracefulShutdown { await extracts.runJobs() }
     }
 }
 

@@ -4,28 +4,38 @@ import Logging
 import Pyramid
 import Synchronization
 
-/// One servable pyramid: its manifest and a reader that maps shards on first use.
+/// One servable pyramid: its manifest and where its tiles are read.
 public final class ServedPyramid: Sendable {
     public let tileset: String
     public let grid: String
-    public let reader: PyramidReader
-    /// Modification time of `pyramid.json` when loaded: a change means a rebuild.
+    public let source: any PyramidSource
+    /// The store's stamp of `pyramid.json` when loaded: a change means a rebuild.
     let stamp: Double
 
-    var manifest: PyramidManifest { reader.manifest }
+    public var manifest: PyramidManifest { source.manifest }
 
-    init(tileset: String, grid: String, reader: PyramidReader, stamp: Double) {
+    init(tileset: String, grid: String, source: any PyramidSource, stamp: Double) {
         self.tileset = tileset
         self.grid = grid
-        self.reader = reader
+        self.source = source
         self.stamp = stamp
     }
+}
+
+/// The catalog as it was at one moment: the pyramids by tileset and grid, and the catalog's version
+/// then. Request handlers resolve against a snapshot; the fast lane keeps one per connection and
+/// takes a new one when the version moves.
+public struct CatalogSnapshot: Sendable {
+    public let version: Int
+    public let pyramids: [String: [String: ServedPyramid]]
+
+    public static let empty = CatalogSnapshot(version: -1, pyramids: [:])
 }
 
 /// Every pyramid of the store, rescanned periodically: a pyramid that appears or is rebuilt is
 /// served without a restart. Cold start reads only the `pyramid.json` files, never a shard.
 public final class PyramidCatalog: Sendable {
-    public let store: String
+    public let store: any PyramidStore
     let openShards: Int
     let logger: Logger
     private let state = Mutex<[String: [String: ServedPyramid]]>([:])
@@ -33,7 +43,7 @@ public final class PyramidCatalog: Sendable {
     /// counter, lock-free, to know when to refresh it.
     private let changes = Atomic<Int>(0)
 
-    public init(store: String, openShards: Int = 4096, logger: Logger) {
+    public init(store: any PyramidStore, openShards: Int = 4096, logger: Logger) {
         self.store = store
         self.openShards = openShards
         self.logger = logger
@@ -45,10 +55,10 @@ public final class PyramidCatalog: Sendable {
         state.withLock { $0[tileset]?[grid] }
     }
 
-    /// The change counter, then the map of pyramids by tileset and grid as it is now.
-    public func snapshot() -> (version: Int, pyramids: [String: [String: ServedPyramid]]) {
+    /// The pyramids as they are now, with the change counter.
+    public func snapshot() -> CatalogSnapshot {
         let version = changes.load(ordering: .acquiring)
-        return (version, state.withLock { $0 })
+        return CatalogSnapshot(version: version, pyramids: state.withLock { $0 })
     }
 
     /// The change counter alone: equal to a snapshot's version while that snapshot is current.
@@ -76,40 +86,35 @@ public final class PyramidCatalog: Sendable {
 
     /// Looks for new, rebuilt and removed pyramids.
     public func rescan() {
-        let fm = FileManager.default
-        var found: [String: [String: Double]] = [:]
-        for tileset in (try? fm.contentsOfDirectory(atPath: store)) ?? [] where !tileset.hasPrefix(".") {
-            let tdir = (store as NSString).appendingPathComponent(tileset)
-            for grid in (try? fm.contentsOfDirectory(atPath: tdir)) ?? [] where !grid.hasPrefix(".") {
-                let file = (tdir as NSString).appendingPathComponent(grid + "/" + PyramidManifest.fileName)
-                var st = stat()
-                guard stat(file, &st) == 0 else { continue }
-                found[tileset, default: [:]][grid] = Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
-            }
+        let found: [PyramidListing]
+        do {
+            found = try store.list()
+        } catch {
+            // A store that cannot be listed now: keep serving what was found before.
+            logger.error("cannot list the store \(store.location): \(error)")
+            return
         }
         let current = state.withLock { $0 }
         var next: [String: [String: ServedPyramid]] = [:]
-        var changed = found.values.reduce(0) { $0 + $1.count } != current.values.reduce(0) { $0 + $1.count }
-        for (tileset, grids) in found {
-            for (grid, stamp) in grids {
-                if let old = current[tileset]?[grid], old.stamp == stamp {
-                    next[tileset, default: [:]][grid] = old
-                    continue
-                }
-                changed = true
-                let dir = (store as NSString).appendingPathComponent("\(tileset)/\(grid)")
-                do {
-                    let reader = try PyramidReader(directory: dir, openLimit: openShards)
-                    next[tileset, default: [:]][grid] = ServedPyramid(
-                        tileset: tileset, grid: grid, reader: reader, stamp: stamp)
-                    logger.info(
-                        "\(current[tileset]?[grid] == nil ? "serving" : "reloaded") \(tileset)/\(grid): \(reader.manifest.shards.count) shard(s)"
-                    )
-                } catch {
-                    // A half-written or broken manifest: keep serving the previous version, if any.
-                    if let old = current[tileset]?[grid] { next[tileset, default: [:]][grid] = old }
-                    logger.error("cannot load \(dir)/pyramid.json: \(error)")
-                }
+        var changed = found.count != current.values.reduce(0) { $0 + $1.count }
+        for listing in found {
+            let (tileset, grid) = (listing.tileset, listing.grid)
+            if let old = current[tileset]?[grid], old.stamp == listing.stamp {
+                next[tileset, default: [:]][grid] = old
+                continue
+            }
+            changed = true
+            do {
+                let source = try store.open(listing, openShards: openShards)
+                next[tileset, default: [:]][grid] = ServedPyramid(
+                    tileset: tileset, grid: grid, source: source, stamp: listing.stamp)
+                logger.info(
+                    "\(current[tileset]?[grid] == nil ? "serving" : "reloaded") \(tileset)/\(grid): \(source.manifest.shards.count) shard(s)"
+                )
+            } catch {
+                // A half-written or broken manifest: keep serving the previous version, if any.
+                if let old = current[tileset]?[grid] { next[tileset, default: [:]][grid] = old }
+                logger.error("cannot load \(tileset)/\(grid)/pyramid.json from \(store.location): \(error)")
             }
         }
         guard changed else { return }

@@ -1,0 +1,424 @@
+import Coverage
+import Foundation
+import GeoGrid
+import Logging
+import Metrics
+import NIOCore
+import Pyramid
+import Raster
+import Synchronization
+
+/// The encodings a client may ask for.
+public enum TileEncoding: String, Sendable, CaseIterable {
+    case jpeg, png, webp
+
+    /// From a file extension (`jpg`, `jpeg`, `png`, `webp`).
+    public init?(extension ext: Substring) {
+        switch ext.lowercased() {
+        case "jpg", "jpeg": self = .jpeg
+        case "png": self = .png
+        case "webp": self = .webp
+        default: return nil
+        }
+    }
+
+    /// From a MIME type (`image/jpeg`, `image/png`, `image/webp`).
+    public init?(mimeType: Substring) {
+        switch mimeType.lowercased() {
+        case "image/jpeg", "image/jpg": self = .jpeg
+        case "image/png": self = .png
+        case "image/webp": self = .webp
+        default: return nil
+        }
+    }
+
+    public var mimeType: String { "image/\(rawValue)" }
+    public var fileExtension: String { self == .jpeg ? "jpg" : rawValue }
+}
+
+/// A tile asked for, in grid terms: the one value every tile route (XYZ, WMTS KVP and REST, OGC
+/// API Tiles) and the fast lane make of a request.
+public struct TileRequest: Sendable, Hashable {
+    public var tileset: String
+    /// A grid id or IGN's level-limited form `G_a_b`.
+    public var grid: String
+    public var z: Int
+    public var col: Int
+    public var row: Int
+    public var encoding: TileEncoding
+
+    public init(tileset: String, grid: String, z: Int, col: Int, row: Int, encoding: TileEncoding) {
+        self.tileset = tileset
+        self.grid = grid
+        self.z = z
+        self.col = col
+        self.row = row
+        self.encoding = encoding
+    }
+}
+
+/// A tile ready to send: bytes, type and a strong validator.
+public struct TileResponse: Sendable {
+    public var bytes: ByteBuffer
+    public var mimeType: String
+    public var etag: String
+    public var cacheControl: String
+
+    public init(bytes: ByteBuffer, mimeType: String, etag: String, cacheControl: String) {
+        self.bytes = bytes
+        self.mimeType = mimeType
+        self.etag = etag
+        self.cacheControl = cacheControl
+    }
+}
+
+/// A tile request resolved against the catalog: its pyramid, the tile in the pyramid's grid.
+public struct ResolvedTile: Sendable {
+    public let pyramid: ServedPyramid
+    public let tile: TileCoordinate
+    public let encoding: TileEncoding
+}
+
+/// What the tile chain found for a request.
+public enum TileAnswer: Sendable {
+    /// The pyramid's own stored stream, to send as it is: read it with ``TileService/read(_:)``
+    /// (or, on an event loop, ``TileService/readNow(_:allocator:)``).
+    case stored(ResolvedTile)
+    /// A tile made for this request (transcoded, clipped).
+    case made(TileResponse)
+    /// Nothing there (outside the data, or not published): 404 or a blank tile.
+    case empty
+}
+
+/// Who asks, as far as tiles care.
+public enum Viewer: Sendable {
+    /// Sees published areas only.
+    case anyone
+    /// Sees gated tilesets whole (an administrator token).
+    case administrator
+}
+
+/// Answers tile requests from the catalog through one chain, for the router and the fast lane
+/// alike: resolve (tileset, grid incl. `G_a_b`, level, column, row, limits) → publication gate
+/// (inside, outside, crossing: clipped) → stored (the shard's byte range as it is) → transcoded
+/// (decoded with its mask and encoded again, kept in a byte-bounded LRU) → empty. The common case —
+/// a JPEG tile of a JPEG pyramid — is one byte range of a shard read once into the response.
+public final class TileService: Sendable {
+    public let catalog: PyramidCatalog
+    public let settings: ServingSettings
+    /// Publication gating of `by-status` tilesets; nil when no coverage database is configured
+    /// (such tilesets are then shown to nobody but administrators).
+    public let gate: PublicationGate?
+    public let logger: Logger
+    let cache: ByteLRU<String, TileResponse>
+    let cacheHits = Counter(label: "dallage_tile_cache_hits_total")
+    let cacheMisses = Counter(label: "dallage_tile_cache_misses_total")
+    public let tilesServed = Counter(label: "dallage_tiles_served_total")
+    /// Tiles this service answered through the fast lane (also in /healthz; the Prometheus
+    /// counter is process-wide).
+    public let fastLaneAnswers = Atomic<Int>(0)
+
+    public init(catalog: PyramidCatalog, settings: ServingSettings, gate: PublicationGate? = nil, logger: Logger) {
+        self.catalog = catalog
+        self.settings = settings
+        self.gate = gate
+        self.logger = logger
+        cache = ByteLRU(capacity: settings.tileCacheBytes)
+    }
+
+    /// Who an `Authorization` header says the client is.
+    public func viewer(authorization: String?) -> Viewer {
+        gate?.coverage.isAdmin(authorization: authorization) == true ? .administrator : .anyone
+    }
+
+    /// The pyramid and the levels a grid id allows (`G_a_b` narrows them).
+    public func resolve(tileset: String, grid: String, in snapshot: CatalogSnapshot, layerParameter: String = "Layer")
+        throws(ServingError) -> (ServedPyramid, ClosedRange<Int>)
+    {
+        // The common case, a grid id as it is: one dictionary lookup, nothing sorted or copied.
+        if let p = snapshot.pyramids[tileset]?[grid] { return (p, p.manifest.minZoom...p.manifest.maxZoom) }
+        guard let byGrid = snapshot.pyramids[tileset], !byGrid.isEmpty else {
+            throw ServingError(.invalidParameterValue, locator: layerParameter, "unknown layer '\(tileset)'")
+        }
+        let pyramids = byGrid.values.sorted { $0.grid < $1.grid }
+        let parts = grid.split(separator: "_")
+        if parts.count >= 3, let a = Int(parts[parts.count - 2]), let b = Int(parts[parts.count - 1]), a <= b {
+            let base = parts.dropLast(2).joined(separator: "_")
+            if let p = byGrid[base] {
+                let lo = max(a, p.manifest.minZoom)
+                let hi = min(b, p.manifest.maxZoom)
+                if lo <= hi { return (p, lo...hi) }
+            }
+        }
+        throw ServingError(
+            .invalidParameterValue, locator: "TileMatrixSet",
+            "layer '\(tileset)' has no tile matrix set '\(grid)' (available: \(pyramids.map(\.grid).joined(separator: ", ")))"
+        )
+    }
+
+    /// The same against the catalog as it is now.
+    public func resolve(tileset: String, grid: String, layerParameter: String = "Layer")
+        throws(ServingError) -> (ServedPyramid, ClosedRange<Int>)
+    {
+        try resolve(tileset: tileset, grid: grid, in: catalog.snapshot(), layerParameter: layerParameter)
+    }
+
+    /// Step one of the chain: the request's pyramid and tile. `strictLimits` makes a tile outside
+    /// the data's limits an error (WMTS) rather than empty (XYZ).
+    public func resolve(_ r: TileRequest, in snapshot: CatalogSnapshot, strictLimits: Bool)
+        throws(ServingError) -> ResolvedTile
+    {
+        let (pyramid, levels) = try resolve(tileset: r.tileset, grid: r.grid, in: snapshot)
+        let m = pyramid.manifest
+        guard levels.contains(r.z), let matrix = m.tileMatrixSet.matrix(r.z) else {
+            throw ServingError(
+                .tileOutOfRange, locator: "TileMatrix",
+                "level \(r.z) is outside \(levels.lowerBound)…\(levels.upperBound)")
+        }
+        guard r.col >= 0, r.col < matrix.matrixWidth else {
+            throw ServingError(
+                .tileOutOfRange, locator: "TileCol", "column \(r.col) is outside 0…\(matrix.matrixWidth - 1)")
+        }
+        guard r.row >= 0, r.row < matrix.matrixHeight else {
+            throw ServingError(
+                .tileOutOfRange, locator: "TileRow", "row \(r.row) is outside 0…\(matrix.matrixHeight - 1)")
+        }
+        if strictLimits, let l = m.limits(z: r.z) {
+            if r.col < l.minCol || r.col > l.maxCol {
+                throw ServingError(
+                    .tileOutOfRange, locator: "TileCol",
+                    "column \(r.col) is outside \(l.minCol)…\(l.maxCol) at level \(r.z)")
+            }
+            if r.row < l.minRow || r.row > l.maxRow {
+                throw ServingError(
+                    .tileOutOfRange, locator: "TileRow",
+                    "row \(r.row) is outside \(l.minRow)…\(l.maxRow) at level \(r.z)")
+            }
+        }
+        return ResolvedTile(
+            pyramid: pyramid, tile: TileCoordinate(z: r.z, col: r.col, row: r.row), encoding: r.encoding)
+    }
+
+    /// The rest of the chain: the gate, then the stored stream, a transcoded or clipped tile, or
+    /// nothing. With `quick` it stops, returning nil, at the first step that is more than a lookup
+    /// (a clip, a transcode, a gate decision not yet known): the fast lane then hands the request
+    /// to the router, which runs the same chain whole. `memo` keeps gate decisions between calls.
+    public func answer(
+        _ t: ResolvedTile, viewer: Viewer, memo: inout PublicationMemo, quick: Bool = false
+    ) throws(ServingError) -> TileAnswer? {
+        let m = t.pyramid.manifest
+        if m.publish == "by-status", viewer != .administrator {
+            guard let gate else { return .empty }
+            if !gate.isWhollyPublished(t.pyramid, t.tile, memo: &memo) {
+                if quick { return nil }
+                let decision: PublicationGate.Decision
+                let epoch: Int
+                do {
+                    (decision, epoch) = try gate.decide(t.pyramid, t.tile)
+                } catch {
+                    logger.error("publication of \(t.pyramid.tileset) \(t.tile): \(error)")
+                    throw ServingError(.internal, "the published area cannot be computed")
+                }
+                switch decision {
+                case .outside: return .empty
+                case .inside: break
+                case .crossing(let published):
+                    return try making(t) { try clipped(t, published: published, epoch: epoch) }
+                }
+            }
+        }
+        if t.encoding == t.pyramid.storedEncoding { return .stored(t) }
+        if quick { return nil }
+        return try making(t) { try transcoded(t) }
+    }
+
+    /// A tile made from decoded pixels; shard and codec errors said as kinds.
+    private func making(_ t: ResolvedTile, _ make: () throws -> TileResponse?) throws(ServingError) -> TileAnswer {
+        do {
+            return try make().map(TileAnswer.made) ?? .empty
+        } catch let e as ShardError {
+            report(e)
+            throw ServingError(e)
+        } catch {
+            logger.error("tile \(t.pyramid.tileset)/\(t.pyramid.grid)/\(t.tile): \(error)")
+            throw ServingError(.internal, "the tile cannot be decoded")
+        }
+    }
+
+    /// The whole chain for a request, waiting for the store when it answers later: the tile, nil
+    /// when there is none (the caller answers 404 or a blank tile).
+    public func tile(_ r: TileRequest, viewer: Viewer, strictLimits: Bool) async throws(ServingError) -> TileResponse? {
+        let t = try resolve(r, in: catalog.snapshot(), strictLimits: strictLimits)
+        var memo = PublicationMemo()
+        switch try answer(t, viewer: viewer, memo: &memo) {
+        case .stored(let t)?: return try await read(t)
+        case .made(let response)?: return response
+        case .empty?, nil: return nil
+        }
+    }
+
+    /// The stored stream of a tile, waiting for the store when it answers later.
+    public func read(_ t: ResolvedTile) async throws(ServingError) -> TileResponse? {
+        do {
+            return try await readNow(t, allocator: Self.allocator).value().map { response(t, $0) }
+        } catch {
+            report(error)
+            throw ServingError(error)
+        }
+    }
+
+    /// The stored stream of a tile without waiting: read into a buffer of `allocator` at once from
+    /// a local store, or a read to await (the caller hands the request on). Failures are logged
+    /// here, once per shard.
+    public func readNow(_ t: ResolvedTile, allocator: ByteBufferAllocator) -> TileRead<ByteBuffer> {
+        let read = t.pyramid.source.storedTile(t.tile) { count, fill -> ByteBuffer in
+            var buffer = allocator.buffer(capacity: count)
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { p in
+                try fill(UnsafeMutableRawBufferPointer(rebasing: p[..<count]))
+                return count
+            }
+            return buffer
+        }
+        if case .ready(.failure(let e)) = read { report(e) }
+        return read
+    }
+
+    /// A stored stream as a response.
+    public func response(_ t: ResolvedTile, _ stored: StoredBytes<ByteBuffer>) -> TileResponse {
+        tilesServed.increment()
+        return TileResponse(
+            bytes: stored.bytes, mimeType: t.encoding.mimeType, etag: stored.etag,
+            cacheControl: settings.cacheControl(for: t.pyramid.tileset))
+    }
+
+    /// Logs a shard failure once per shard (the reader marks the later ones `repeated`), whichever
+    /// path met it first.
+    public func report(_ e: ShardError) {
+        if e.transient {
+            logger.warning("cannot open a shard now: \(e)")
+        } else if !e.repeated {
+            logger.error("unreadable shard, its tiles fail until it changes on disk: \(e)")
+        }
+    }
+
+    static let allocator = ByteBufferAllocator()
+
+    /// Another encoding than the stored one: decoded, encoded, kept.
+    private func transcoded(_ t: ResolvedTile) throws -> TileResponse? {
+        let m = t.pyramid.manifest
+        let key =
+            "\(t.pyramid.tileset)/\(t.pyramid.grid)/\(t.pyramid.stamp)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
+        return try cached(key) {
+            guard let rgba = try t.pyramid.source.decodeTile(t.tile) else { return nil }
+            let encoded = try Transcoder.encode(rgba: rgba, size: m.tileSize, as: t.encoding, quality: m.quality)
+            return made(t, encoded, etag: "\(Self.crc(encoded))-\(t.encoding.rawValue)")
+        }
+    }
+
+    /// A tile crossing the published boundary: transparent outside (white in JPEG), cached per
+    /// publication epoch so a status change never serves an old clip.
+    private func clipped(_ t: ResolvedTile, published: Geometry, epoch: Int) throws -> TileResponse? {
+        let m = t.pyramid.manifest
+        let key =
+            "clip/\(epoch)/\(t.pyramid.tileset)/\(t.pyramid.grid)/\(t.pyramid.stamp)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
+        return try cached(key) {
+            guard var rgba = try t.pyramid.source.decodeTile(t.tile) else { return nil }
+            let size = m.tileSize
+            let box = m.tileMatrixSet.bounds(of: t.tile)
+            var inside = [UInt8](repeating: 0, count: size * size)
+            try inside.withUnsafeMutableBufferPointer { p in
+                try published.rasterize(
+                    into: p.baseAddress!, width: size, height: size,
+                    transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: box.width / Double(size)))
+            }
+            var any = false
+            for i in 0..<(size * size) {
+                if inside[i] == 0 { rgba[i * 4 + 3] = 0 } else if rgba[i * 4 + 3] > 0 { any = true }
+            }
+            guard any else { return nil }
+            let encoded = try Transcoder.encode(rgba: rgba, size: size, as: t.encoding, quality: m.quality)
+            return made(t, encoded, etag: "\(Self.crc(encoded))-\(t.encoding.rawValue)-clip")
+        }
+    }
+
+    /// A made tile from the cache, or made and kept.
+    private func cached(_ key: String, _ make: () throws -> TileResponse?) throws -> TileResponse? {
+        if let hit = cache.get(key) {
+            cacheHits.increment()
+            tilesServed.increment()
+            return hit
+        }
+        cacheMisses.increment()
+        guard let response = try make() else { return nil }
+        cache.set(key, response, cost: response.bytes.readableBytes + key.utf8.count + 64)
+        tilesServed.increment()
+        return response
+    }
+
+    private func made(_ t: ResolvedTile, _ encoded: [UInt8], etag: String) -> TileResponse {
+        TileResponse(
+            bytes: ByteBuffer(bytes: encoded), mimeType: t.encoding.mimeType, etag: "\"\(etag)\"",
+            cacheControl: settings.cacheControl(for: t.pyramid.tileset))
+    }
+
+    private static func crc(_ bytes: [UInt8]) -> String {
+        String(format: "%08x", bytes.withUnsafeBytes { Deflate.crc32($0) })
+    }
+
+    /// A transparent (PNG/WebP) or white (JPEG) tile, for `empty_tile: blank`.
+    public func blankTile(_ encoding: TileEncoding, tileset: String) throws -> TileResponse {
+        let key = "blank.\(encoding.rawValue)"
+        if let hit = cache.get(key) { return hit }
+        let rgba = [UInt8](repeating: encoding == .jpeg ? 255 : 0, count: 256 * 256 * 4)
+        let bytes = try Transcoder.encode(rgba: rgba, size: 256, as: encoding, quality: 85)
+        let r = TileResponse(
+            bytes: ByteBuffer(bytes: bytes), mimeType: encoding.mimeType, etag: "\"blank-\(encoding.rawValue)\"",
+            cacheControl: settings.cacheControl(for: tileset))
+        cache.set(key, r, cost: bytes.count)
+        return r
+    }
+}
+
+extension ServedPyramid {
+    /// The encoding of the stored streams.
+    public var storedEncoding: TileEncoding { manifest.format == .jpeg ? .jpeg : .webp }
+}
+
+/// Encodes decoded RGBA images (transcoded tiles, clipped tiles, WMS maps).
+public enum Transcoder {
+    /// Encodes `rgba`; JPEG (which has no alpha), and any format when `flattenOver` is given, is
+    /// composed over that colour (white by default).
+    public static func encode(
+        rgba: [UInt8], width: Int, height: Int, as encoding: TileEncoding, quality: Int,
+        flattenOver background: (UInt8, UInt8, UInt8)? = nil
+    ) throws -> [UInt8] {
+        var pixels = rgba
+        if let bg = background ?? (encoding == .jpeg ? (255, 255, 255) : nil) {
+            let colour = [Int(bg.0), Int(bg.1), Int(bg.2)]
+            for i in stride(from: 0, to: width * height * 4, by: 4) where pixels[i + 3] < 255 {
+                let a = Int(pixels[i + 3])
+                for k in 0..<3 { pixels[i + k] = UInt8((Int(pixels[i + k]) * a + colour[k] * (255 - a)) / 255) }
+                pixels[i + 3] = 255
+            }
+        }
+        return try pixels.withUnsafeMutableBufferPointer { p in
+            let base = p.baseAddress!
+            switch encoding {
+            case .png:
+                return try PNGCodec.encode(rgba: base, width: width, height: height, stride: width * 4)
+            case .webp:
+                return try WebPCodec.encode(
+                    rgba: base, width: width, height: height, stride: width * 4, quality: quality)
+            case .jpeg:
+                return try JPEGCodec().encode(
+                    rgbx: base, width: width, height: height, stride: width * 4, quality: quality
+                ) { Array($0) }
+            }
+        }
+    }
+
+    /// A square tile.
+    public static func encode(rgba: [UInt8], size: Int, as encoding: TileEncoding, quality: Int) throws -> [UInt8] {
+        try encode(rgba: rgba, width: size, height: size, as: encoding, quality: quality)
+    }
+}
