@@ -56,10 +56,13 @@ public func buildRouter(
 
 /// The whole service: catalog (rescanned in the background), tile service and HTTP server.
 /// Runs until SIGTERM or SIGINT, then finishes the requests in flight.
-public func buildApplication(configuration: ServerConfiguration, logger: Logger) throws -> some ApplicationProtocol {
+/// `store` reads the pyramids (by default the folder `configuration.store` names).
+public func buildApplication(
+    configuration: ServerConfiguration, store: (any PyramidStore)? = nil, logger: Logger
+) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
     let catalog = PyramidCatalog(
-        store: FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
+        store: store ?? FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
     let database = try SQLiteCoverageStore(path: configuration.databasePath)
     let coverage = CoverageService(
         store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store,

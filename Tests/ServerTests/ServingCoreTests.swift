@@ -1,5 +1,6 @@
 import Coverage
 import Foundation
+import GeoGrid
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -164,6 +165,37 @@ struct ServingCoreTests {
         #expect(Set(requests.map(\.keys)).count == 1, "\(requests.map(\.keys))")
     }
 
+    /// A store that answers later, as an object store does: the fast lane hands its tiles to the
+    /// router, which waits for them; the answers are the folder's, byte for byte.
+    @Test func aStoreThatAnswersLaterIsServedThroughTheRouter() async throws {
+        let folder = FolderStore(ServerFixture.shared + "/store")
+        var c = ServerConfiguration()
+        c.store = folder.location
+        c.database = NSTemporaryDirectory() + "dallage-test-\(UUID().uuidString).sqlite"
+        c.tmsDirectory = ServerFixture.root + "/config/tms"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let t = ServerFixture.innerTile
+        let stored = try #require(try PyramidReader(directory: folder.location + "/pcrs/2154_5cm").tileData(t))
+        let app = try buildApplication(configuration: c, store: LaterStore(folder: folder), logger: logger)
+        try await app.test(.live) { client in
+            let before = try await ServerFixture.fastLaneCount(client)
+            for uri in [
+                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
+                "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
+            ] {
+                try await client.execute(uri: uri, method: .get) { r in
+                    #expect(r.status == .ok)
+                    #expect(Array(buffer: r.body) == stored)
+                }
+            }
+            try await client.execute(uri: "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row + 900).jpg", method: .get) {
+                #expect($0.status == .notFound)
+            }
+            #expect(try await ServerFixture.fastLaneCount(client) == before)
+        }
+    }
+
     // MARK: - One error model
 
     /// Every kind, in every style: the status the kind implies, a body in the group's language.
@@ -302,4 +334,40 @@ struct KeyedLogs: LogHandler {
         let all = metadata.merging(event.metadata ?? [:]) { $1 }
         sink.add(.init(message: "\(event.message)", keys: Set(all.keys), path: all["hb.request.path"].map { "\($0)" }))
     }
+}
+
+/// The folder store, read as if over a network: every stored tile answers later.
+struct LaterStore: PyramidStore {
+    let folder: FolderStore
+    var location: String { folder.location }
+    func list() throws -> [PyramidListing] { try folder.list() }
+    func open(_ pyramid: PyramidListing, openShards: Int) throws -> any PyramidSource {
+        LaterSource(inner: try folder.open(pyramid, openShards: openShards))
+    }
+}
+
+final class LaterSource: PyramidSource {
+    let inner: any PyramidSource
+    init(inner: any PyramidSource) { self.inner = inner }
+    var manifest: PyramidManifest { inner.manifest }
+
+    func storedTile<Bytes: Sendable>(_ tile: TileCoordinate, into allocate: @escaping TileAllocator<Bytes>)
+        -> TileRead<Bytes>
+    {
+        let inner = inner
+        return .later { () async throws(ShardError) -> StoredBytes<Bytes>? in
+            await Task.yield()
+            return try await inner.storedTile(tile, into: allocate).value()
+        }
+    }
+
+    func decodeTile(_ tile: TileCoordinate) throws -> [UInt8]? { try inner.decodeTile(tile) }
+
+    func withTileAndMask<R>(
+        _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ mask: UnsafeRawBufferPointer?) throws -> R
+    ) throws -> R? {
+        try inner.withTileAndMask(tile, body)
+    }
+
+    func tiledFootprint() throws -> Geometry? { try inner.tiledFootprint() }
 }
