@@ -1,3 +1,4 @@
+import Foundation
 import GeoGrid
 import Metrics
 import NIOCore
@@ -112,5 +113,24 @@ extension ByteBuffer {
         writeStaticString(": ")
         writeString(value)
         writeStaticString("\r\n")
+    }
+}
+
+/// The `Date` header, formatted once a second.
+struct HTTPDate {
+    private var second = 0
+    private var text = ""
+
+    mutating func now() -> String {
+        var t = time(nil)
+        if t != second {
+            var parts = tm()
+            gmtime_r(&t, &parts)
+            var buffer = [CChar](repeating: 0, count: 40)
+            let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
+            text = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            second = t
+        }
+        return text
     }
 }
