@@ -1,3 +1,5 @@
+import Serving
+
 /// The tile URLs the fast lane knows, named as the router names them in metrics.
 package enum FastRoute: String, Sendable, CaseIterable {
     case xyz = "/tiles/{tileset}/{tms}/{z}/{x}/{file}"
