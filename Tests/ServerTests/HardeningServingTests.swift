@@ -310,9 +310,16 @@ struct HardeningServingTests {
     }
 }
 
-/// Keeps what a logger was told, to check what was logged and how often.
+/// Keeps what a logger was told, to check what was logged, how often, and with which metadata
+/// keys (the logger's own included: Hummingbird sets the request id there).
 final class LogCapture: Sendable {
-    private let lines = Mutex<[String]>([])
+    struct Event: Sendable {
+        var message: String
+        var metadata: [String: String]
+    }
+    private let list = Mutex<[Event]>([])
+
+    var events: [Event] { list.withLock { $0 } }
 
     var logger: Logger {
         var l = Logger(label: "capture") { _ in Handler(capture: self) }
@@ -320,7 +327,7 @@ final class LogCapture: Sendable {
         return l
     }
 
-    func count(containing text: String) -> Int { lines.withLock { $0.filter { $0.contains(text) }.count } }
+    func count(containing text: String) -> Int { list.withLock { $0.filter { $0.message.contains(text) }.count } }
 
     struct Handler: LogHandler {
         let capture: LogCapture
@@ -333,7 +340,8 @@ final class LogCapture: Sendable {
         }
 
         func log(event: LogEvent) {
-            capture.lines.withLock { $0.append("\(event.message)") }
+            let all = metadata.merging(event.metadata ?? [:]) { $1 }.mapValues { "\($0)" }
+            capture.list.withLock { $0.append(Event(message: "\(event.message)", metadata: all)) }
         }
     }
 }

@@ -121,16 +121,14 @@ struct ServingCoreTests {
     /// Prometheus series for both (same metric, same labels and values), log lines with the same
     /// keys. Should a Hummingbird upgrade rename either, the two split and this fails.
     @Test func fastLaneCountsAndLogsLikeTheRouter() async throws {
-        let sink = LogSink()
-        var logger = Logger(label: "test") { _ in KeyedLogs(sink: sink) }
-        logger.logLevel = .info
+        let log = LogCapture()
         var c = ServerConfiguration()
         c.store = ServerFixture.shared + "/store"
         c.database = NSTemporaryDirectory() + "dallage-test-\(UUID().uuidString).sqlite"
         c.tmsDirectory = ServerFixture.root + "/config/tms"
         let t = ServerFixture.innerTile
         let path = "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg"
-        try await buildApplication(configuration: c, logger: logger).test(.live) { client in
+        try await buildApplication(configuration: c, logger: log.logger).test(.live) { client in
             let etag = try await client.execute(uri: path, method: .get) { $0.headers[.eTag] ?? "" }
             // HEAD answered 304: a series no other test makes. Asked until the lane answers (a
             // request right after a routed one may still go to the router), then via the router.
@@ -160,9 +158,12 @@ struct ServingCoreTests {
             } while ContinuousClock.now < deadline
             #expect(lines.count == 1 && lines.first?.hasSuffix(" \(sent)") == true, "\(lines)")
         }
-        let requests = sink.events.filter { $0.message == "Request" && $0.path?.hasPrefix("/wmts/1.0.0/") == true }
+        let requests = log.events.filter {
+            $0.message == "Request" && $0.metadata["hb.request.path"]?.hasPrefix("/wmts/1.0.0/") == true
+        }
         #expect(requests.count >= 3)
-        #expect(Set(requests.map(\.keys)).count == 1, "\(requests.map(\.keys))")
+        let keys = Set(requests.map { Set($0.metadata.keys) })
+        #expect(keys.count == 1, "\(keys)")
     }
 
     /// A store that answers later, as an object store does: the fast lane hands its tiles to the
@@ -305,35 +306,6 @@ struct ServingCoreTests {
     }
 
     static func parses(_ body: ByteBuffer) -> Bool { XMLParser(data: Data(buffer: body)).parse() }
-}
-
-/// Log events with the metadata keys they carried, the logger's own included (Hummingbird sets
-/// the request id there).
-final class LogSink: Sendable {
-    struct Event: Sendable {
-        var message: String
-        var keys: Set<String>
-        var path: String?
-    }
-    private let list = Mutex<[Event]>([])
-    var events: [Event] { list.withLock { $0 } }
-    func add(_ e: Event) { list.withLock { $0.append(e) } }
-}
-
-struct KeyedLogs: LogHandler {
-    let sink: LogSink
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .info
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let all = metadata.merging(event.metadata ?? [:]) { $1 }
-        sink.add(.init(message: "\(event.message)", keys: Set(all.keys), path: all["hb.request.path"].map { "\($0)" }))
-    }
 }
 
 /// The folder store, read as if over a network: every stored tile answers later.
