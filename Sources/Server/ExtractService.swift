@@ -121,7 +121,7 @@ public final class ExtractService: Sendable {
                 CoordinateTransform(from: gridCRS, to: SpatialReference(epsg: 2154)))
         }
         var allowed: Geometry?
-        if m.publish == "by-status", !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
+        if m.publish == .byStatus, !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
         let plan = try Extractor.plan(
             tileset: r.tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: r.bufferM ?? 0,
             crs: r.crs ?? "EPSG:2154", resolution: r.resolution, format: r.format ?? .gtiff,

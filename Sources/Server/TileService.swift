@@ -166,7 +166,7 @@ public final class TileService: Sendable {
         let cacheControl = configuration.cacheControl(for: r.tileset)
         let stored = m.format == .jpeg ? TileEncoding.jpeg : .webp
         do {
-            if m.publish == "by-status", !seesEverything {
+            if m.publish == .byStatus, !seesEverything {
                 // Publication gating: inside stays zero-copy, outside is empty, crossing is clipped.
                 guard let gate else { return nil }
                 let (decision, generation) = try gate.decide(
@@ -261,7 +261,7 @@ public final class TileService: Sendable {
             return nil
         }
         let coordinate = TileCoordinate(z: r.z, col: r.col, row: r.row)
-        if m.publish == "by-status", !published(pyramid, coordinate) { return nil }
+        if m.publish == .byStatus, !published(pyramid, coordinate) { return nil }
         return (pyramid, coordinate)
     }
 

@@ -264,7 +264,7 @@ public final class Tiler {
             manifest.title = definition.title
             manifest.abstract = definition.abstract
             manifest.attribution = definition.attribution
-            manifest.publish = definition.publish.rawValue
+            manifest.publish = definition.publish
             try manifest.save(directory: directory)
             // What is really there, from the masks: coverage progress reads it.
             try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)

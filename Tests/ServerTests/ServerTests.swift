@@ -692,7 +692,7 @@ struct PublicationTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let pyramidDir = dir + "/store/pcrs/2154_5cm"
         var manifest = try PyramidManifest.load(directory: pyramidDir)
-        manifest.publish = "by-status"
+        manifest.publish = .byStatus
         try manifest.save(directory: pyramidDir)
         let ungated = try PyramidReader(directory: pyramidDir)
         // Row 385939 lies wholly inside the data; columns 55000…55003 are four z22 tiles of 12.8 m.

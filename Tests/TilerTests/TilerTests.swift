@@ -185,6 +185,25 @@ struct TilerTests {
         #expect(kept == 0)
     }
 
+    @Test func tilesetFilesSpellPublicationAsManifestsDo() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func load(_ publish: String) throws -> TilesetDefinition {
+            let path = dir + "/t.yaml"
+            try "id: t\nsources: [src/*.tif]\npublish: \(publish)\n".write(
+                toFile: path, atomically: true, encoding: .utf8)
+            return try TilesetDefinition.load(path: path)
+        }
+        #expect(try load("by-status").publish == .byStatus)
+        #expect(try load("all").publish == .all)
+        do {
+            _ = try load("by_status")
+            Issue.record("a tileset publishing 'by_status' was accepted")
+        } catch {
+            #expect("\(error)".contains("publish must be all or by-status, not 'by_status'"), "\(error)")
+        }
+    }
+
     @Test func dryRunWritesNothingAndPlansOnlyWhereDallesAre() throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -174,7 +174,7 @@ struct WMSController: Sendable {
                     try renderer.render(window, into: $0.baseAddress!)
                 }
                 guard drawn else { continue }
-                if pyramid.manifest.publish == "by-status", !admin {
+                if pyramid.manifest.publish == .byStatus, !admin {
                     try clipToPublished(layer, crs: crs, window: window, pixels: &layerPixels)
                 }
             } catch {
