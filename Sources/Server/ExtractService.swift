@@ -78,10 +78,12 @@ public final class ExtractService: Sendable {
         return "addr:" + ClientIdentity.address(remote: remote, forwardedFor: forwardedFor, trusted: trustedProxies)
     }
 
-    /// The pyramid extracts read: the Lambert-93 one when there is one.
+    /// The pyramid extracts read: the one on `render_grid` (`preferredPyramid`).
     func pyramid(_ tileset: String) throws(ExtractError) -> ServedPyramid {
         let all = catalog.pyramids(of: tileset)
-        guard let p = all.first(where: { $0.grid.hasPrefix("2154") }) ?? all.first else {
+        let preferred = preferredPyramid(
+            among: all, setting: configuration.renderGrid, grid: \.grid, crs: \.manifest.tileMatrixSet.crs)
+        guard let p = preferred else {
             throw ExtractError(404, "unknown tileset '\(tileset)'")
         }
         return p

@@ -21,6 +21,12 @@ struct ExtractCommand: AsyncParsableCommand {
     @Option(help: "Output CRS, e.g. EPSG:2154 or EPSG:3949 (CC49).") var crs = "EPSG:2154"
     @Option(help: "Pixel size in metres (default: the pyramid's native resolution).") var resolution: Double?
     @Option(help: "gtiff, cog, jpeg, png or jp2.") var format: ExtractFormat = .gtiff
+    @Option(
+        help: """
+            Grid whose pyramid is read (the server's render_grid); without one, the tileset's first \
+            Lambert-93 grid, else its first.
+            """)
+    var grid = ServerConfiguration.defaultRenderGrid
     @Option(help: "Output file.") var out: String
     @OptionGroup var database: DatabaseOptions
 
@@ -30,6 +36,7 @@ struct ExtractCommand: AsyncParsableCommand {
         var config = ServerConfiguration()
         config.store = database.store
         config.extractLimits.directPixels = .max
+        config.renderGrid = grid
         let coverage = try database.service()
         let catalog = PyramidCatalog(store: database.store, logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
@@ -57,14 +64,13 @@ struct ExtractCommand: AsyncParsableCommand {
             tileset: tileset, geometry: geo, territory: territory, bufferM: buffer, crs: crs, resolution: resolution,
             format: format)
         let plan: ExtractPlan
+        let served: ServedPyramid
         do {
             // The command line reads the store directly: it sees what an administrator sees.
-            (plan, _) = try await service.plan(request, admin: true)
+            (plan, served) = try await service.plan(request, admin: true)
         } catch let e as ExtractError {
             throw ValidationError(e.message)
         }
-        let served =
-            catalog.pyramids(of: tileset).first { $0.grid.hasPrefix("2154") } ?? catalog.pyramids(of: tileset)[0]
         let terminal = isatty(STDERR_FILENO) != 0
         let started = Date()
         var lastShown = -1

@@ -549,10 +549,13 @@ struct ServerTests {
 struct ServerOperationsTests {
     @Test func configurationMergesFileEnvironmentAndFlags() throws {
         let path = NSTemporaryDirectory() + "dallage-\(UUID().uuidString).yaml"
-        try "port: 9000\nstore: /data/store\nhot_tile_cache_bytes: 0\ncache_control:\n  pcrs: public, max-age=86400\n"
-            .write(toFile: path, atomically: true, encoding: .utf8)
+        let yaml =
+            "port: 9000\nstore: /data/store\nhot_tile_cache_bytes: 0\nrender_grid: PM\n"
+            + "cache_control:\n  pcrs: public, max-age=86400\n"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         let file = try ServerConfiguration.load(path: path)
         #expect(file.port == 9000 && file.store == "/data/store" && file.host == "127.0.0.1")
+        #expect(file.renderGrid == "PM" && ServerConfiguration().renderGrid == "2154_5cm")
         #expect(file.hotTileCacheBytes == 0 && file.tileCacheBytes == ServerConfiguration.defaultTileCacheBytes)
         #expect(file.cacheControl(for: "pcrs") == "public, max-age=86400")
         #expect(file.cacheControl(for: "other") == ServerConfiguration.defaultCacheControl)

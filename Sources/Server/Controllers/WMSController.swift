@@ -157,7 +157,9 @@ struct WMSController: Sendable {
             }
             let pyramid =
                 pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
-                ?? pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids[0]
+                ?? preferredPyramid(
+                    among: pyramids, setting: service.configuration.renderGrid, grid: \.grid,
+                    crs: \.manifest.tileMatrixSet.crs) ?? pyramids[0]
             let renderer: Renderer
             do {
                 renderer = try Renderer(pyramid: pyramid.reader, crs: crs)
@@ -258,7 +260,10 @@ struct WMSController: Sendable {
         var all: BoundingBox?
         for t in tilesets {
             let pyramids = service.catalog.pyramids(of: t)
-            guard let m = (pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids.first)?.manifest else { continue }
+            let preferred = preferredPyramid(
+                among: pyramids, setting: service.configuration.renderGrid, grid: \.grid,
+                crs: \.manifest.tileMatrixSet.crs)
+            guard let m = preferred?.manifest else { continue }
             let w = m.wgs84Bounds
             all = all.map { $0.union(w) } ?? w
             let attribution =
