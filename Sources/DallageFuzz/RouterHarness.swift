@@ -33,7 +33,8 @@ final class RouterHarness: Sendable {
         do {
             let catalog = PyramidCatalog(store: store, logger: logger)
             let coverage = CoverageService(
-                store: try SQLiteCoverageStore(path: c.databasePath), adminTokens: [], pyramidStore: store)
+                store: try SQLiteCoverageStore(path: c.databasePath), adminTokens: [],
+                footprints: StoreFootprints(store: store))
             let service = TileService(
                 catalog: catalog, configuration: c, gate: PublicationGate(coverage: coverage, logger: logger),
                 logger: logger)

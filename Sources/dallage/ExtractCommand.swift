@@ -37,7 +37,7 @@ struct ExtractCommand: AsyncParsableCommand {
         config.store = database.store
         config.extractLimits.directPixels = .max
         config.renderGrid = grid
-        let coverage = try database.service()
+        let coverage = try database.service(grid: grid)
         let catalog = PyramidCatalog(store: database.store, logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
         let service = ExtractService(

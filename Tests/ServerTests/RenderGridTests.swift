@@ -1,13 +1,39 @@
 import Foundation
 import HummingbirdTesting
 import NIOCore
+import Pyramid
 import Raster
 import Server
 import Testing
 
-/// The pyramid that stands for a tileset's grids (`render_grid`): in extracts.
+/// The pyramid that stands for a tileset's grids (`render_grid`): in tiled progress and extracts.
 @Suite struct RenderGridTests {
     let store = ServerFixture.shared + "/store"
+
+    /// True when `a` and `b` cover the same area (to a square millimetre).
+    static func same(_ a: Geometry, _ b: Geometry) throws -> Bool {
+        try a.difference(b).area + b.difference(a).area < 1e-6
+    }
+
+    @Test func tiledProgressReadsTheRenderGridThenLambert93ThenTheFirstGrid() throws {
+        let l93 = try TiledFootprint.read(path: store + "/pcrs/2154_5cm/" + TiledFootprint.fileName)
+        let pm = try TiledFootprint.read(path: store + "/pcrs/PM/" + TiledFootprint.fileName)
+        // Traced on other cells, the PM footprint is not the Lambert-93 one.
+        #expect(try !Self.same(l93, pm))
+        for (grid, expected) in [("2154_5cm", l93), ("PM", pm), ("2154_10cm", l93)] {
+            let footprint = try #require(try StoreFootprints(store: store, grid: grid).footprint(of: "pcrs"))
+            #expect(try Self.same(footprint, expected), "render_grid \(grid)")
+        }
+        #expect(StoreFootprints(store: store).tilesets() == ["pcrs"])
+        #expect(try StoreFootprints(store: store).footprint(of: "nope") == nil)
+
+        // Without a Lambert-93 footprint, the first grid's.
+        let dir = try ServerFixture.copy()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.removeItem(atPath: dir + "/store/pcrs/2154_5cm/" + TiledFootprint.fileName)
+        let first = try #require(try StoreFootprints(store: dir + "/store").footprint(of: "pcrs"))
+        #expect(try Self.same(first, pm))
+    }
 
     /// A direct extract at the pyramid's own resolution: 5 cm from 2154_5cm, PM's from PM.
     @Test(arguments: [("2154_5cm", true), ("PM", false), ("2154_10cm", true)])
