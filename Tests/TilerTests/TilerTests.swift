@@ -222,17 +222,19 @@ struct ResumeTests {
     @Test func killedRunResumesToTheSamePyramid() throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        // Four dalles 2 km apart: four shards in the first band.
+        // Eight dalles 2 km apart: eight shards in the first band, built one after the other (one
+        // thread), then the upper bands. Enough work that the run is still going when it is
+        // killed after its first shard (about 4 s left in a debug build), with no pause written
+        // into the tiler for tests.
         var sources: [String] = []
-        for (i, origin) in [(704_000.0, 7_060_000.0), (706_000, 7_060_000), (704_000, 7_058_000), (706_000, 7_058_000)]
-            .enumerated()
-        {
+        for i in 0..<8 {
+            let origin = (704_000 + Double(i % 4) * 2000, 7_060_000 - Double(i / 4) * 2000)
             sources += try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
         }
         let reference = try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
-        #expect(reference.plans[0].shards[0].count == 4)
+        #expect(reference.plans[0].shards[0].count == 8)
 
-        // The same run, killed with SIGKILL after its first shard is recorded.
+        // The same run, killed with SIGKILL as soon as its first shard is recorded.
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Fixture.executable)
         p.arguments =
@@ -241,17 +243,21 @@ struct ResumeTests {
                 Fixture.tmsDirectory,
             ]
             + sources
-        p.environment = ProcessInfo.processInfo.environment.merging(["DALLAGE_TEST_SHARD_DELAY_MS": "3000"]) { $1 }
         p.standardError = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
         try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         let journal = dir + "/b/t/2154_5cm/.journal"
         let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline {
-            let lines = (try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 0
-            if lines >= 2 { break }
-            usleep(20_000)
+        var recorded = 0
+        // Polls the journal (its header, then one line per finished shard) every 20 ms.
+        while Date() < deadline, p.isRunning, recorded < 1 {
+            recorded = ((try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 1) - 1
+            if recorded < 1 { usleep(20_000) }
         }
+        try #require(recorded >= 1, "no shard finished within 120 s")
+        try #require(
+            p.isRunning, "the run ended before it could be killed: the input is too small to interrupt on this machine")
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         #expect(p.terminationReason == .uncaughtSignal)
