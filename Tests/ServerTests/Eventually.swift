@@ -6,12 +6,12 @@ struct DeadlinePassed: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Waits for `condition` to hold, asking every 20 ms: the way to wait for what a server does in
-/// the background (a rescan, a metrics hand-over, a job), never a fixed sleep. At the deadline it
-/// fails naming what it waited for, where, and how long.
+/// Waits for `condition` to hold, asking every 20 ms (or `interval`): the way to wait for what a
+/// server does in the background (a rescan, a metrics hand-over, a job), never a fixed sleep. At
+/// the deadline it fails naming what it waited for, where, and how long.
 func eventually(
-    _ what: String, timeout: Duration = .seconds(30), sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () async throws -> Bool
+    _ what: String, timeout: Duration = .seconds(30), every interval: Duration = .milliseconds(20),
+    sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
 ) async throws {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
@@ -21,6 +21,6 @@ func eventually(
             throw DeadlinePassed(
                 description: "waited \(timeout) for \(what) (\(sourceLocation.fileName):\(sourceLocation.line))")
         }
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: interval)
     }
 }

@@ -642,17 +642,14 @@ struct ServerOperationsTests {
         try p.run()
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         let healthz = "http://127.0.0.1:\(port)/healthz"
-        try await eventually("the server to answer /healthz") {
+        // Every 100 ms here: each try starts a curl process.
+        try await eventually("the server to answer /healthz", every: .milliseconds(100)) {
             try await ServerFixture.run("/usr/bin/curl", ["-sf", healthz]).0 == 0
         }
         // A client pipelines 300 tiles and reads late, so the fast lane is waiting for its socket
         // when SIGTERM comes: every answer that arrives is whole, then the connection closes.
         let t = ServerFixture.innerTile
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        client.arguments = [
-            "-c",
-            #"""
+        let script = #"""
             import socket, sys, time
             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", int(sys.argv[1]))); s.settimeout(30)
@@ -669,23 +666,19 @@ struct ServerOperationsTests {
                     if len(rest) < size: break
                     answers.append((int(head.split(b" ")[1]), size)); data = rest[size:]
             print(len(answers), len(set(answers)), answers[0][0] if answers else 0, len(data))
-            """#,
-            String(port), "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
-        ]
-        let output = Pipe()
-        client.standardOutput = output
-        try client.run()
+            """#
+        async let client = ServerFixture.run(
+            "/usr/bin/python3", ["-c", script, String(port), "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg"])
         // SIGTERM once the fast lane is answering that client (while the client is not reading yet).
-        try await eventually("the fast lane to answer the pipelined tiles") {
+        try await eventually("the fast lane to answer the pipelined tiles", every: .milliseconds(100)) {
             let (code, body) = try await ServerFixture.run("/usr/bin/curl", ["-sf", healthz])
             let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
             return code == 0 && (object?["fast_lane_tiles"] as? Int ?? 0) > 0
         }
         kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
+        try await eventually("the server to stop after SIGTERM") { !p.isRunning }
         #expect(p.terminationReason == .exit && p.terminationStatus == 0)
-        client.waitUntilExit()
-        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let (_, report) = try await client
         let fields = report.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         // Some answers (all 200, all alike), no partial one left when the connection closed.
         #expect(fields.count == 4 && fields[0] > 0 && fields[1] == 1 && fields[2] == 200 && fields[3] == 0, "\(report)")

@@ -219,19 +219,20 @@ struct TilerTests {
 
 @Suite(.serialized)
 struct ResumeTests {
-    @Test func killedRunResumesToTheSamePyramid() throws {
+    @Test func killedRunResumesToTheSamePyramid() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // Eight dalles 2 km apart: eight shards in the first band, built one after the other (one
         // thread), then the upper bands. Enough work that the run is still going when it is
         // killed after its first shard (about 4 s left in a debug build), with no pause written
         // into the tiler for tests.
-        var sources: [String] = []
-        for i in 0..<8 {
+        let sources = try (0..<8).flatMap { i in
             let origin = (704_000 + Double(i % 4) * 2000, 7_060_000 - Double(i / 4) * 2000)
-            sources += try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
+            return try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
         }
-        let reference = try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
+        let reference = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
+        }
         #expect(reference.plans[0].shards[0].count == 8)
 
         // The same run, killed with SIGKILL as soon as its first shard is recorded.
@@ -248,23 +249,29 @@ struct ResumeTests {
         try p.run()
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         let journal = dir + "/b/t/2154_5cm/.journal"
-        let deadline = Date().addingTimeInterval(120)
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
         var recorded = 0
         // Polls the journal (its header, then one line per finished shard) every 20 ms.
-        while Date() < deadline, p.isRunning, recorded < 1 {
+        while clock.now < deadline, p.isRunning, recorded < 1 {
             recorded = ((try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 1) - 1
-            if recorded < 1 { usleep(20_000) }
+            if recorded < 1 { try await Task.sleep(for: .milliseconds(20)) }
         }
         try #require(recorded >= 1, "no shard finished within 120 s")
         try #require(
             p.isRunning, "the run ended before it could be killed: the input is too small to interrupt on this machine")
         kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        // Foundation reaps it on its own thread: poll rather than block one of the test's.
+        let killed = clock.now
+        while p.isRunning, clock.now < killed + .seconds(30) { try await Task.sleep(for: .milliseconds(20)) }
+        try #require(!p.isRunning, "the killed run was not reaped within 30 s")
         #expect(p.terminationReason == .uncaughtSignal)
         #expect(!FileManager.default.fileExists(atPath: dir + "/b/t/2154_5cm/pyramid.json"))
 
         // Resuming redoes only what was not finished and ends with the same shards, byte for byte.
-        let resumed = try Fixture.tile(sources, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
+        let resumed = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
+        }
         let grid = try #require(resumed.grids.first)
         #expect(grid.shardsReused >= 1 && grid.shardsReused < reference.grids[0].shards)
         let a = try PyramidManifest.load(directory: dir + "/a/t/2154_5cm")
