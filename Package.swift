@@ -46,11 +46,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Projects, statuses, territories, tiled progress and publication: SQLite through GRDB.
+        // Projects, statuses, territories, tiled progress and publication: SQLite through GRDB. What
+        // is tiled comes through its `TiledFootprints` protocol, not from the pyramids themselves.
         .target(
             name: "Coverage",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid",
+                "Raster", "GeoGrid",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]

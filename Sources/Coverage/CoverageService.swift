@@ -1,8 +1,6 @@
 import Crypto
 import Foundation
-import Pyramid
 import Raster
-import Synchronization
 
 /// Who is asking. Readers need nothing; administrators hold a token; an editor holds the secret
 /// key of one project.
@@ -30,19 +28,14 @@ public final class CoverageService: Sendable {
     public let store: any CoverageStore
     /// SHA-256 (hex) of each administrator token, with its place (1, 2…) in the configured list.
     let adminTokenHashes: [String: Int]
-    /// The store of pyramids, for tiled footprints.
-    public let pyramidStore: String?
-    /// The tilesets this server publishes, which a `disponible` project's deliverables must name.
-    let knownTilesets: @Sendable () -> Set<String>
+    /// The tilesets this server publishes, which a `disponible` project's deliverables must name,
+    /// and the area each really covers (tiled progress).
+    public let footprints: any TiledFootprints
     let today: @Sendable () -> String
-    private let footprints = Mutex<[String: (Date, Geometry)]>([:])
 
     /// `adminTokens` are secrets or `sha256:<hex>` hashes of secrets (configuration only).
-    /// `knownTilesets` answers the tilesets of this server; by default those found in
-    /// `pyramidStore`.
     public init(
-        store: any CoverageStore, adminTokens: [String], pyramidStore: String?,
-        knownTilesets: (@Sendable () -> Set<String>)? = nil,
+        store: any CoverageStore, adminTokens: [String], footprints: any TiledFootprints,
         today: @escaping @Sendable () -> String = { StatusRules.today() }
     ) {
         self.store = store
@@ -52,8 +45,7 @@ public final class CoverageService: Sendable {
             if hashes[hash] == nil { hashes[hash] = i + 1 }
         }
         adminTokenHashes = hashes
-        self.pyramidStore = pyramidStore
-        self.knownTilesets = knownTilesets ?? { Self.tilesets(inStore: pyramidStore) }
+        self.footprints = footprints
         self.today = today
     }
 
@@ -68,23 +60,6 @@ public final class CoverageService: Sendable {
     public static func hashConfiguredToken(_ token: String) -> String {
         if token.hasPrefix("sha256:") { return String(token.dropFirst(7)).lowercased() }
         return hashToken(token)
-    }
-
-    /// The tilesets of a store of pyramids: folders holding at least one `<grid>/pyramid.json`.
-    public static func tilesets(inStore store: String?) -> Set<String> {
-        guard let store else { return [] }
-        let fm = FileManager.default
-        var out: Set<String> = []
-        for t in (try? fm.contentsOfDirectory(atPath: store)) ?? [] where !t.hasPrefix(".") {
-            let dir = (store as NSString).appendingPathComponent(t)
-            let grids = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
-            if grids.contains(where: {
-                fm.fileExists(atPath: (dir as NSString).appendingPathComponent("\($0)/\(PyramidManifest.fileName)"))
-            }) {
-                out.insert(t)
-            }
-        }
-        return out
     }
 
     /// A new random secret (editor keys).
@@ -264,7 +239,7 @@ public final class CoverageService: Sendable {
     func validate(_ fields: ProjectFields, territories: [String: Territory], before: ProjectFields?)
         throws(CoverageError)
     {
-        let known = knownTilesets()
+        let known = footprints.tilesets()
         let named = Set(before.flatMap { b in b.etapes.contains { $0.statut == .disponible } ? b.tilesets : nil } ?? [])
         try StatusRules.validate(
             fields, territoryExists: { territories[$0] != nil },
@@ -416,31 +391,11 @@ public final class CoverageService: Sendable {
 
     // MARK: - Tiled progress
 
-    /// The footprint actually tiled for a tileset (Lambert-93), from the footprint the tiler
-    /// records beside the pyramid; the `2154_5cm` pyramid when there is one.
-    public func tiledFootprint(tileset: String) throws -> Geometry? {
-        guard let root = pyramidStore else { return nil }
-        let dir = (root as NSString).appendingPathComponent(tileset)
-        guard let grids = try? FileManager.default.contentsOfDirectory(atPath: dir).sorted() else { return nil }
-        let ordered = grids.filter { $0.hasPrefix("2154") } + grids.filter { !$0.hasPrefix("2154") }
-        for grid in ordered {
-            let path = (dir as NSString).appendingPathComponent("\(grid)/\(TiledFootprint.fileName)")
-            guard let attrs = try? FileManager.default.attributesOfItem(atPath: path),
-                let mtime = attrs[.modificationDate] as? Date
-            else { continue }
-            if let (t, g) = footprints.withLock({ $0[path] }), t == mtime { return g }
-            let g = try TiledFootprint.read(path: path)
-            footprints.withLock { $0[path] = (mtime, g) }
-            return g
-        }
-        return nil
-    }
-
     /// Fraction of the perimeter present in each linked tileset, and what is missing (Lambert-93).
     public func progress(_ p: Project) throws -> [(tileset: String, fraction: Double?, missing: Geometry?)] {
         let perimeter = try Geometry.fromWKT(p.perimeterWKT)
         return try p.fields.tilesets.map { t in
-            guard let footprint = try tiledFootprint(tileset: t), p.areaM2 > 0 else { return (t, nil, nil) }
+            guard let footprint = try footprints.footprint(of: t), p.areaM2 > 0 else { return (t, nil, nil) }
             let present = try perimeter.intersection(footprint).area
             let missing = try perimeter.difference(footprint)
             return (t, min(1, present / p.areaM2), missing)

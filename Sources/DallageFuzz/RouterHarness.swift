@@ -35,7 +35,8 @@ final class RouterHarness: Sendable {
         do {
             let catalog = PyramidCatalog(store: FolderStore(store), logger: logger)
             let coverage = CoverageService(
-                store: try SQLiteCoverageStore(path: c.databasePath), adminTokens: [], pyramidStore: store)
+                store: try SQLiteCoverageStore(path: c.databasePath), adminTokens: [],
+                footprints: StoreFootprints(store: store))
             let service = TileService(
                 catalog: catalog, settings: c.serving, gate: PublicationGate(coverage: coverage, logger: logger),
                 logger: logger)

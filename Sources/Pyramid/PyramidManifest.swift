@@ -50,8 +50,9 @@ public struct PyramidManifest: Sendable, Codable {
     public var title: String?
     public var abstract: String?
     public var attribution: String?
-    /// `all`, or `by-status`: served only inside the perimeters of published projects.
-    public var publish: String?
+    /// Who may see the tiles; absent in manifests written before the field existed, which
+    /// means `.all`.
+    public var publish: Publication?
     public var tileMatrixSet: TileMatrixSet
     public var tileSize: Int
     public var format: TileFormat

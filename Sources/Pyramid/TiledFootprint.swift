@@ -63,7 +63,10 @@ public enum TiledFootprint {
     }
 
     /// Reads a footprint, in Lambert-93.
-    public static func read(path: String) throws -> Geometry {
+    public static func read(path: String) throws -> Geometry { try load(path: path).lambert93 }
+
+    /// Reads a footprint: the CRS of the grid it was traced on, and the area in Lambert-93.
+    public static func load(path: String) throws -> (crs: String, lambert93: Geometry) {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
             let crs = object["crs"] as? String, let geometry = object["geometry"]
@@ -72,6 +75,6 @@ public enum TiledFootprint {
             String(decoding: try JSONSerialization.data(withJSONObject: geometry), as: UTF8.self))
         let source = try SpatialReference(crs)
         let l93 = try SpatialReference(epsg: 2154)
-        return source.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: source, to: l93))
+        return (crs, source.isSame(as: l93) ? g : try g.transformed(CoordinateTransform(from: source, to: l93)))
     }
 }

@@ -64,9 +64,9 @@ public func buildApplication(
     let catalog = PyramidCatalog(
         store: store ?? FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
     let database = try SQLiteCoverageStore(path: configuration.databasePath)
-    let coverage = CoverageService(
-        store: database, adminTokens: configuration.adminTokens, pyramidStore: configuration.store,
-        knownTilesets: { Set(catalog.tilesets) })
+    let footprints = StoreFootprints(
+        store: configuration.store, grid: configuration.renderGrid, tilesets: { Set(catalog.tilesets) })
+    let coverage = CoverageService(store: database, adminTokens: configuration.adminTokens, footprints: footprints)
     let gate = PublicationGate(coverage: coverage, logger: logger)
     let service = TileService(catalog: catalog, settings: configuration.serving, gate: gate, logger: logger)
     let extracts = ExtractService(

@@ -1,4 +1,5 @@
 import Foundation
+import Pyramid
 import Render
 import Serving
 import Yams
@@ -40,6 +41,10 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var wmsMaxSize = 4096
     /// Most layers one WMS GetMap may draw (`LayerLimit` in the capabilities).
     public var wmsMaxLayers = ServerConfiguration.defaultWMSMaxLayers
+    /// The grid a tileset is read from where one pyramid stands for all its grids: WMS GetMap in a
+    /// CRS none of its grids is in, WMS capabilities, extracts, tiled progress. A tileset without
+    /// a pyramid on it uses its first Lambert-93 grid, else its first grid (`preferredPyramid`).
+    public var renderGrid = ServerConfiguration.defaultRenderGrid
     /// Connections open at once; beyond, a new connection is answered 503 and closed. Nil: from
     /// the process's file limit (half of it, at most 10,000).
     public var maxConnections: Int?
@@ -72,6 +77,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultHotTileCacheBytes = 128 << 20
     public static let defaultCacheControl = ServingSettings.defaultCacheControl
     public static let defaultWMSMaxLayers = 16
+    public static let defaultRenderGrid = Pyramid.defaultRenderGrid
     public static let defaultIdleTimeoutSeconds = 60.0
     public static let defaultHeaderTimeoutSeconds = 10.0
 
@@ -89,6 +95,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case adminTokens = "admin_tokens"
         case wmsMaxSize = "wms_max_size"
         case wmsMaxLayers = "wms_max_layers"
+        case renderGrid = "render_grid"
         case maxConnections = "max_connections"
         case idleTimeoutSeconds = "idle_timeout_seconds"
         case headerTimeoutSeconds = "header_timeout_seconds"
@@ -121,6 +128,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         adminTokens = try c.decodeIfPresent([String].self, forKey: .adminTokens) ?? []
         wmsMaxSize = try c.decodeIfPresent(Int.self, forKey: .wmsMaxSize) ?? d.wmsMaxSize
         wmsMaxLayers = try c.decodeIfPresent(Int.self, forKey: .wmsMaxLayers) ?? d.wmsMaxLayers
+        renderGrid = try c.decodeIfPresent(String.self, forKey: .renderGrid) ?? d.renderGrid
         maxConnections = try c.decodeIfPresent(Int.self, forKey: .maxConnections)
         idleTimeoutSeconds = try c.decodeIfPresent(Double.self, forKey: .idleTimeoutSeconds) ?? d.idleTimeoutSeconds
         headerTimeoutSeconds =
@@ -197,6 +205,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         s.jobsPerClient = extractJobsPerClient
         s.bytesPerClient = extractBytesPerClient
         s.limits = extractLimits
+        s.renderGrid = renderGrid
         return s
     }
 }

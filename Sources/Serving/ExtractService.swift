@@ -64,10 +64,12 @@ public final class ExtractService: Sendable {
         self.logger = logger
     }
 
-    /// The pyramid extracts read: the Lambert-93 one when there is one.
+    /// The pyramid extracts read: the one on `render_grid` (`preferredPyramid`).
     func pyramid(_ tileset: String) throws(ServingError) -> ServedPyramid {
         let all = catalog.pyramids(of: tileset)
-        guard let p = all.first(where: { $0.grid.hasPrefix("2154") }) ?? all.first else {
+        let preferred = preferredPyramid(
+            among: all, setting: settings.renderGrid, grid: \.grid, crs: \.manifest.tileMatrixSet.crs)
+        guard let p = preferred else {
             throw ServingError(.notFound, "unknown tileset '\(tileset)'")
         }
         return p
@@ -106,7 +108,7 @@ public final class ExtractService: Sendable {
                 CoordinateTransform(from: gridCRS, to: SpatialReference(epsg: 2154)))
         }
         var allowed: Geometry?
-        if m.publish == "by-status", !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
+        if m.publish == .byStatus, !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
         let plan = try Extractor.plan(
             tileset: r.tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: r.bufferM ?? 0,
             crs: r.crs ?? "EPSG:2154", resolution: r.resolution, format: r.format ?? .gtiff,

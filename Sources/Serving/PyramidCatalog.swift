@@ -80,7 +80,7 @@ public final class PyramidCatalog: Sendable {
     /// Tilesets served only inside published project perimeters (`publish: by-status`).
     public var gatedTilesets: [String] {
         state.withLock { s in
-            s.keys.sorted().filter { t in (s[t] ?? [:]).values.contains { $0.manifest.publish == "by-status" } }
+            s.keys.sorted().filter { t in (s[t] ?? [:]).values.contains { $0.manifest.publish == .byStatus } }
         }
     }
 

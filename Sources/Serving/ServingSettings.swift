@@ -38,6 +38,8 @@ public struct ExtractSettings: Sendable, Equatable {
     public var jobsPerClient = 2
     public var bytesPerClient = 20 << 30
     public var limits = ExtractLimits()
+    /// The grid whose pyramid extracts read (`preferredPyramid`).
+    public var renderGrid = defaultRenderGrid
 
     public init(directory: String) { self.directory = directory }
 }

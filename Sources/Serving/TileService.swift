@@ -207,7 +207,7 @@ public final class TileService: Sendable {
         _ t: ResolvedTile, viewer: Viewer, memo: inout PublicationMemo, quick: Bool = false
     ) throws(ServingError) -> TileAnswer? {
         let m = t.pyramid.manifest
-        if m.publish == "by-status", viewer != .administrator {
+        if m.publish == .byStatus, viewer != .administrator {
             guard let gate else { return .empty }
             if !gate.isWhollyPublished(t.pyramid, t.tile, memo: &memo) {
                 if quick { return nil }

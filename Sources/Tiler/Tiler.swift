@@ -17,11 +17,6 @@ public struct TileOptions: Sendable {
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
     public var cacheMB = 48
-    /// Milliseconds to wait after each shard: lets tests kill a run mid-way
-    /// (`DALLAGE_TEST_SHARD_DELAY_MS`).
-    public var delayAfterShard: Int? = ProcessInfo.processInfo.environment["DALLAGE_TEST_SHARD_DELAY_MS"].flatMap {
-        Int($0)
-    }
 
     public init(store: String, tmsDirectory: String) {
         self.store = store
@@ -223,7 +218,6 @@ public final class Tiler {
                         if parts > 1, let builder { try builder.merge(job, merged: merged) }
                         let summary = try job.writer.finish()
                         journalRef.record(shard, summary)
-                        if let delay = options.delayAfterShard { usleep(UInt32(delay * 1000)) }
                         results.set(slot[shard] ?? 0, (shard, .success((summary, job.pixelsRead))))
                         progress.advance(pixels: job.pixelsRead, bytes: summary?.bytes ?? 0)
                     } catch {
@@ -264,7 +258,7 @@ public final class Tiler {
             manifest.title = definition.title
             manifest.abstract = definition.abstract
             manifest.attribution = definition.attribution
-            manifest.publish = definition.publish.rawValue
+            manifest.publish = definition.publish
             try manifest.save(directory: directory)
             // What is really there, from the masks: coverage progress reads it.
             try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)

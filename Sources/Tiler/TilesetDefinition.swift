@@ -5,12 +5,6 @@ import Yams
 
 /// A tileset as an administrator writes it in `tilesets/<id>.yaml`.
 public struct TilesetDefinition: Sendable, Codable, Hashable {
-    /// Who may see the tiles: everyone, or only inside published (`disponible`) project perimeters.
-    public enum Publication: String, Sendable, Codable, Hashable {
-        case all
-        case byStatus = "by-status"
-    }
-
     public var id: String
     public var title: String
     public var abstract: String
@@ -29,6 +23,7 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
     /// Resampling for overviews (area averaging by default) and for reprojection.
     public var overviewResampling: Resampling
     public var reprojectionResampling: Resampling
+    /// Who may see the tiles: everyone, or only inside published (`disponible`) project perimeters.
     public var publish: Publication
 
     public static let defaultQuality = 85

@@ -1,17 +1,23 @@
 import ArgumentParser
 import Coverage
 import Foundation
+import Pyramid
+import Serving
 
 /// Where the coverage database is: `--db`, else `DALLAGE_DB`, else `<store>/dallage.sqlite`.
 struct DatabaseOptions: ParsableArguments {
     @Option(help: "Coverage database (SQLite). Default: DALLAGE_DB, else <store>/dallage.sqlite.") var db: String?
     @Option(help: "Store of pyramids (for tiled progress).") var store = "store"
 
-    func service() throws -> CoverageService {
+    /// The coverage service on this database, with tiled progress read from `store` on `grid`'s
+    /// pyramids (`render_grid`).
+    func service(grid: String = defaultRenderGrid) throws -> CoverageService {
         let path =
             db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
             ?? (store as NSString).appendingPathComponent("dallage.sqlite")
-        return CoverageService(store: try SQLiteCoverageStore(path: path), adminTokens: [], pyramidStore: store)
+        return CoverageService(
+            store: try SQLiteCoverageStore(path: path), adminTokens: [],
+            footprints: StoreFootprints(store: store, grid: grid))
     }
 }
 

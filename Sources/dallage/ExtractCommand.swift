@@ -22,6 +22,12 @@ struct ExtractCommand: AsyncParsableCommand {
     @Option(help: "Output CRS, e.g. EPSG:2154 or EPSG:3949 (CC49).") var crs = "EPSG:2154"
     @Option(help: "Pixel size in metres (default: the pyramid's native resolution).") var resolution: Double?
     @Option(help: "gtiff, cog, jpeg, png or jp2.") var format: ExtractFormat = .gtiff
+    @Option(
+        help: """
+            Grid whose pyramid is read (the server's render_grid); without one, the tileset's first \
+            Lambert-93 grid, else its first.
+            """)
+    var grid = defaultRenderGrid
     @Option(help: "Output file.") var out: String
     @OptionGroup var database: DatabaseOptions
 
@@ -31,7 +37,8 @@ struct ExtractCommand: AsyncParsableCommand {
         // Written here, whatever its size: the queue is the server's.
         var settings = ExtractSettings(directory: NSTemporaryDirectory())
         settings.limits.directPixels = .max
-        let coverage = try database.service()
+        settings.renderGrid = grid
+        let coverage = try database.service(grid: grid)
         let catalog = PyramidCatalog(store: FolderStore(database.store), logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
         let service = ExtractService(

@@ -51,7 +51,7 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         // The configuration may hold the hash instead of the secret: the secret still works.
         let hashed = CoverageService(
             store: service.store, adminTokens: ["other", "sha256:\(CoverageService.hashToken("admin-secret"))"],
-            pyramidStore: nil)
+            footprints: FixedFootprints())
         #expect(try await hashed.authenticate(authorization: "Token admin-secret") == .admin("2"))
     }
 
@@ -160,7 +160,7 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
         let store = try SQLiteCoverageStore(path: dir + "/db.sqlite", readonly: true)
         #expect(store.isReadOnly)
-        let readOnly = CoverageService(store: store, adminTokens: ["admin-secret"], pyramidStore: nil)
+        let readOnly = CoverageService(store: store, adminTokens: ["admin-secret"], footprints: FixedFootprints())
         do {
             _ = try await readOnly.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
             Issue.record("a write to a read-only database was acknowledged")

@@ -1,4 +1,5 @@
 import Foundation
+import GeoGrid
 import Raster
 import Testing
 
@@ -12,8 +13,11 @@ private func square(_ code: String, _ name: String, x: Double, y: Double, side: 
 }
 
 /// A coverage service on a fresh database with three communes of département 59 (each 1 km²,
-/// the last two adjacent) and one of 62, imported from a Lambert-93 GeoJSON file.
-func makeService(today: String = "2025-06-01") async throws -> (CoverageService, String) {
+/// the last two adjacent) and one of 62, imported from a Lambert-93 GeoJSON file. The server has
+/// the tileset `pcrs`, tiled over `footprints` (nothing by default).
+func makeService(today: String = "2025-06-01", footprints: [String: Geometry] = [:]) async throws -> (
+    CoverageService, String
+) {
     let dir = NSTemporaryDirectory() + "dallage-coverage-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let features = [
@@ -27,8 +31,8 @@ func makeService(today: String = "2025-06-01") async throws -> (CoverageService,
     {"type":"FeatureCollection","crs":{"type":"name","properties":{"name":"urn:ogc:def:crs:EPSG::2154"}},"features":[\(features.joined(separator: ","))]}
     """.write(toFile: file, atomically: true, encoding: .utf8)
     let service = CoverageService(
-        store: try SQLiteCoverageStore(path: dir + "/db.sqlite"), adminTokens: ["admin-secret"], pyramidStore: dir,
-        knownTilesets: { ["pcrs"] }, today: { today })
+        store: try SQLiteCoverageStore(path: dir + "/db.sqlite"), adminTokens: ["admin-secret"],
+        footprints: FixedFootprints(known: ["pcrs"], areas: footprints), today: { today })
     let (inserted, updated, skipped) = try await service.importTerritories(
         path: file, level: .commune, codeField: "insee", nameField: "nom")
     #expect(inserted == 4 && updated == 0 && skipped.isEmpty)
@@ -125,6 +129,21 @@ extension Livrable {
 }
 
 @Suite struct ProjectStoreTests {
+    @Test func tiledProgressIsThePartOfThePerimeterInsideTheFootprint() async throws {
+        // The western 400 m of Lille (1 km²) are tiled in pcrs.
+        let tiled = Geometry.rectangle(BoundingBox(minX: 704_000, minY: 7_058_000, maxX: 704_400, maxY: 7_059_000))
+        let (service, _) = try await makeService(footprints: ["pcrs": tiled])
+        let livrables = [Livrable(nom: "ortho", tileset: "pcrs"), Livrable(nom: "ailleurs", tileset: "other")]
+        let (p, _) = try await service.create(
+            ProjectFields(nom: "Lille", perimetres: ["commune:59350"], livrables: livrables), by: admin)
+        let progress = try service.progress(p)
+        #expect(progress.map(\.tileset) == ["pcrs", "other"])
+        #expect(abs((progress[0].fraction ?? 0) - 0.4) < 1e-9)
+        #expect(abs((progress[0].missing?.area ?? 0) - 600_000) < 1)
+        // Nothing tiled in a tileset: no progress to show, rather than 0 %.
+        #expect(progress[1].fraction == nil && progress[1].missing == nil)
+    }
+
     @Test func perimeterAreaIsTheUnionOfTerritoriesAndDrawing() async throws {
         let (service, _) = try await makeService()
         // Two adjacent 1 km² communes: 2 km².

@@ -149,7 +149,8 @@ import Testing
         }
         // Restarted: nothing refused shows up.
         let service = CoverageService(
-            store: try SQLiteCoverageStore(path: database), adminTokens: [], pyramidStore: nil)
+            store: try SQLiteCoverageStore(path: database), adminTokens: [],
+            footprints: StoreFootprints(store: dir + "/store"))
         let stored = try await service.projects()
         if how == "replaced" {
             #expect(stored.map(\.id) == [Int64(projectID)])
@@ -167,7 +168,8 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let database = dir + "/coverage.sqlite"
         let writable = CoverageService(
-            store: try SQLiteCoverageStore(path: database), adminTokens: ["s3cret"], pyramidStore: nil)
+            store: try SQLiteCoverageStore(path: database), adminTokens: ["s3cret"],
+            footprints: StoreFootprints(store: dir + "/store"))
         var fields = ProjectFields(nom: "P")
         fields.geometrie = try JSONValue.parse(Self.square)
         let (p, _) = try await writable.create(fields, by: .admin("1"))
@@ -180,7 +182,7 @@ import Testing
         configuration.tmsDirectory = ServerFixture.root + "/config/tms"
         let coverage = CoverageService(
             store: try SQLiteCoverageStore(path: database, readonly: true), adminTokens: ["s3cret"],
-            pyramidStore: configuration.store)
+            footprints: StoreFootprints(store: configuration.store))
         let gate = PublicationGate(coverage: coverage, logger: logger)
         let service = TileService(
             catalog: PyramidCatalog(store: FolderStore(configuration.store), logger: logger),

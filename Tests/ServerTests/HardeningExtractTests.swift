@@ -283,12 +283,10 @@ struct HardeningExtractTests {
                 return Self.object(r.body)["id"] as? String ?? ""
             }
             var job: [String: Any] = [:]
-            let deadline = ContinuousClock.now + .seconds(60)
-            while job["state"] as? String != "failed", ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100))
+            try await eventually("the job to fail", timeout: .seconds(60)) {
                 job = try await client.execute(uri: "/api/extracts/\(id)", method: .get) { Self.object($0.body) }
+                return job["state"] as? String == "failed"
             }
-            #expect(job["state"] as? String == "failed")
             let message = job["message"] as? String ?? ""
             #expect(!message.isEmpty && !message.contains("/"), "\(message)")
         }

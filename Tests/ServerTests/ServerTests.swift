@@ -149,10 +149,11 @@ struct ServerTests {
             }
             // Every case above took the fast lane once (the /healthz request itself does not count).
             #expect(try await fastLaneCount() - before == paths.count * cases.count)
-            // Prometheus hears of them within a second (each event loop hands over its tally; the
+            // Prometheus hears of them: each event loop hands its tally over every second (the
             // counter is shared with other servers in this process, hence at least).
-            try await Task.sleep(for: .milliseconds(1200))
-            #expect(try await fastLaneMetric() - metricBefore >= Double(paths.count * cases.count))
+            try await eventually("the fast lane's requests in /metrics") {
+                try await fastLaneMetric() - metricBefore >= Double(paths.count * cases.count)
+            }
             // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
             for uri in [
                 "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row - 500).jpg", "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).png",
@@ -202,7 +203,7 @@ struct ServerTests {
             let etag = try await client.execute(uri: tile, method: .get) { $0.headers[.eTag] ?? "" }
             let before = try await ServerFixture.fastLaneCount(client)
             let script = #"""
-                import socket, sys, time
+                import json, socket, sys, time
                 port, tile, etag = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].encode()
                 def connect():
                     s = socket.create_connection(("127.0.0.1", port)); s.settimeout(30); return s
@@ -227,11 +228,20 @@ struct ServerTests {
                     return out
                 def get(path, extra=b""):
                     return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n"
+                def fast_lane_tiles():
+                    # This server's fast lane count, from /healthz on a connection of its own.
+                    h = connect(); h.sendall(get(b"/healthz", b"Connection: close\r\n")); data = b""
+                    while True:
+                        chunk = h.recv(65536)
+                        if not chunk: break
+                        data += chunk
+                    return json.loads(data.split(b"\r\n\r\n", 1)[1])["fast_lane_tiles"]
                 results = []
                 # A: a request in three packets, then another on the same connection (2 fast).
                 s = connect()
                 r = get(tile)
                 for part in (r[:7], r[7:30], r[30:]):
+                    # Sent apart, so they arrive as separate packets: the behaviour under test.
                     s.sendall(part); time.sleep(0.05)
                 s.sendall(get(tile))
                 results.append(read_responses(s, 2))
@@ -244,9 +254,18 @@ struct ServerTests {
                           + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
                           + get(tile) + get(tile, b"If-None-Match: " + etag + b"\r\n"))
                 results.append(read_responses(s, 4))
-                time.sleep(0.2)  # the router's end of response may leave after its last bytes
-                s.sendall(get(tile))
-                results.append(read_responses(s, 1))
+                # The router's end of response may leave after its last bytes: until it has, a tile
+                # still goes to the router. Ask again until one is the fast lane's (10 s at most).
+                deadline = time.monotonic() + 10
+                while True:
+                    before = fast_lane_tiles()
+                    s.sendall(get(tile))
+                    answer = read_responses(s, 1)
+                    if fast_lane_tiles() > before: break
+                    if time.monotonic() > deadline:
+                        answer = "the router kept the connection for 10 s"; break
+                    time.sleep(0.02)
+                results.append(answer)
                 # C: a chunked POST, then a tile: both the router's (0 fast).
                 s = connect()
                 s.sendall(b"POST /api/extracts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -268,7 +287,7 @@ struct ServerTests {
                 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 s.connect(("127.0.0.1", port)); s.settimeout(30)
                 s.sendall(get(tile) * 400 + get(b"/healthz"))
-                time.sleep(0.5)
+                time.sleep(0.5)  # reading late is the behaviour under test: the fast lane must wait
                 answers = read_responses(s, 401)
                 results.append([len(answers), len(set(answers[:400]))] + list(answers[0]) + [answers[-1][0]])
                 # H: 300 tiles, then the client closes its sending side: every answer still arrives
@@ -468,11 +487,11 @@ struct ServerTests {
             try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { r in
                 #expect(r.status == .badRequest)
             }
-            // A pyramid that appears while the server runs is served without a restart.
+            // A pyramid that appears while the server runs is served without a restart (the
+            // store is rescanned every `rescan_seconds`).
             try FileManager.default.moveItem(atPath: dir + "/PM-later", toPath: pmDir)
-            try await Task.sleep(for: .milliseconds(800))
-            try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { r in
-                #expect(r.status == .ok)
+            try await eventually("the PM pyramid that appeared to be served") {
+                try await client.execute(uri: "/tiles/pcrs/PM/tilejson.json", method: .get) { $0.status } == .ok
             }
         }
     }
@@ -551,10 +570,13 @@ struct ServerTests {
 struct ServerOperationsTests {
     @Test func configurationMergesFileEnvironmentAndFlags() throws {
         let path = NSTemporaryDirectory() + "dallage-\(UUID().uuidString).yaml"
-        try "port: 9000\nstore: /data/store\nhot_tile_cache_bytes: 0\ncache_control:\n  pcrs: public, max-age=86400\n"
-            .write(toFile: path, atomically: true, encoding: .utf8)
+        let yaml =
+            "port: 9000\nstore: /data/store\nhot_tile_cache_bytes: 0\nrender_grid: PM\n"
+            + "cache_control:\n  pcrs: public, max-age=86400\n"
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         let file = try ServerConfiguration.load(path: path)
         #expect(file.port == 9000 && file.store == "/data/store" && file.host == "127.0.0.1")
+        #expect(file.renderGrid == "PM" && ServerConfiguration().renderGrid == "2154_5cm")
         #expect(file.hotTileCacheBytes == 0 && file.tileCacheBytes == ServerConfiguration.defaultTileCacheBytes)
         #expect(file.cacheControl(for: "pcrs") == "public, max-age=86400")
         #expect(file.cacheControl(for: "other") == ServerConfiguration.defaultCacheControl)
@@ -588,7 +610,10 @@ struct ServerOperationsTests {
                 progress: Progress(logger: logger, interactive: false)
             )
             .run()
-            try await Task.sleep(for: .milliseconds(800))
+            // The server sees the rebuild at its next rescan of the store (every `rescan_seconds`).
+            try await eventually("the rebuilt pyramid to be served") {
+                try await client.execute(uri: uri, method: .get) { $0.headers[.eTag] } != before
+            }
             let rebuilt = try PyramidReader(directory: dir + "/store/pcrs/2154_5cm").tileData(t)
             let after = try await client.execute(uri: uri, method: .get) { r in
                 #expect(r.status == .ok)
@@ -604,7 +629,7 @@ struct ServerOperationsTests {
         }
     }
 
-    @Test func sigtermStopsTheServerCleanlyWithoutCuttingAnswers() throws {
+    @Test func sigtermStopsTheServerCleanlyWithoutCuttingAnswers() async throws {
         let binary = ServerFixture.root + "/.build/debug/dallage"
         try #require(FileManager.default.isExecutableFile(atPath: binary))
         let port = 18_000 + Int.random(in: 0..<1000)
@@ -617,25 +642,21 @@ struct ServerOperationsTests {
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
-        var up = false
-        for _ in 0..<200 where !up {
-            usleep(50_000)
-            up = (try? ServerFixture.runBlocking("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/healthz"]).0) == 0
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        let healthz = "http://127.0.0.1:\(port)/healthz"
+        // Every 100 ms here: each try starts a curl process.
+        try await eventually("the server to answer /healthz", every: .milliseconds(100)) {
+            try await ServerFixture.run("/usr/bin/curl", ["-sf", healthz]).0 == 0
         }
-        #expect(up)
         // A client pipelines 300 tiles and reads late, so the fast lane is waiting for its socket
         // when SIGTERM comes: every answer that arrives is whole, then the connection closes.
         let t = ServerFixture.innerTile
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        client.arguments = [
-            "-c",
-            #"""
+        let script = #"""
             import socket, sys, time
             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", int(sys.argv[1]))); s.settimeout(30)
             s.sendall((b"GET " + sys.argv[2].encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n") * 300)
-            time.sleep(1.5)
+            time.sleep(1.5)  # reading late is the behaviour under test: SIGTERM comes meanwhile
             data, answers = b"", []
             while True:
                 chunk = s.recv(65536)
@@ -647,18 +668,19 @@ struct ServerOperationsTests {
                     if len(rest) < size: break
                     answers.append((int(head.split(b" ")[1]), size)); data = rest[size:]
             print(len(answers), len(set(answers)), answers[0][0] if answers else 0, len(data))
-            """#,
-            String(port), "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
-        ]
-        let output = Pipe()
-        client.standardOutput = output
-        try client.run()
-        usleep(700_000)
+            """#
+        async let client = ServerFixture.run(
+            "/usr/bin/python3", ["-c", script, String(port), "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg"])
+        // SIGTERM once the fast lane is answering that client (while the client is not reading yet).
+        try await eventually("the fast lane to answer the pipelined tiles", every: .milliseconds(100)) {
+            let (code, body) = try await ServerFixture.run("/usr/bin/curl", ["-sf", healthz])
+            let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+            return code == 0 && (object?["fast_lane_tiles"] as? Int ?? 0) > 0
+        }
         kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
+        try await eventually("the server to stop after SIGTERM") { !p.isRunning }
         #expect(p.terminationReason == .exit && p.terminationStatus == 0)
-        client.waitUntilExit()
-        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let (_, report) = try await client
         let fields = report.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         // Some answers (all 200, all alike), no partial one left when the connection closed.
         #expect(fields.count == 4 && fields[0] > 0 && fields[1] == 1 && fields[2] == 200 && fields[3] == 0, "\(report)")
@@ -694,7 +716,7 @@ struct PublicationTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let pyramidDir = dir + "/store/pcrs/2154_5cm"
         var manifest = try PyramidManifest.load(directory: pyramidDir)
-        manifest.publish = "by-status"
+        manifest.publish = .byStatus
         try manifest.save(directory: pyramidDir)
         let ungated = try PyramidReader(directory: pyramidDir)
         // Row 385939 lies wholly inside the data; columns 55000…55003 are four z22 tiles of 12.8 m.
@@ -1044,16 +1066,14 @@ struct RenderAndExtractTests {
         try await jobs.updateJob(job)
         // Second server: the job is run again, to the end, and downloadable until it expires.
         try await ServerFixture.app(store: store, configure: configure).test(.live) { client in
-            var state = ""
-            for _ in 0..<300 where state != "done" {
-                try await Task.sleep(for: .milliseconds(100))
-                state = try await client.execute(uri: "/api/extracts/\(id)", method: .get) { r in
+            func state() async throws -> String {
+                try await client.execute(uri: "/api/extracts/\(id)", method: .get) { r in
                     (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["state"]
                         as? String
                         ?? ""
                 }
             }
-            #expect(state == "done")
+            try await eventually("the job left running to be done") { try await state() == "done" }
             try await client.execute(uri: "/api/extracts/\(id)/download", method: .get) { r in
                 #expect(r.status == .ok)
                 let path = NSTemporaryDirectory() + "job-\(UUID().uuidString).tif"
@@ -1063,15 +1083,7 @@ struct RenderAndExtractTests {
                 #expect(ds.width == 512 && ds.height == 768)
             }
             #expect(FileManager.default.fileExists(atPath: results + "/\(id).tif"))
-            for _ in 0..<100 where state != "expired" {
-                try await Task.sleep(for: .milliseconds(100))
-                state = try await client.execute(uri: "/api/extracts/\(id)", method: .get) { r in
-                    (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["state"]
-                        as? String
-                        ?? ""
-                }
-            }
-            #expect(state == "expired")
+            try await eventually("the job to expire after extract_ttl_seconds") { try await state() == "expired" }
             #expect(!FileManager.default.fileExists(atPath: results + "/\(id).tif"))
             try await client.execute(uri: "/api/extracts/\(id)/download", method: .get) {
                 #expect($0.status == .conflict)

@@ -31,7 +31,7 @@ struct ServingCoreTests {
         try FileManager.default.copyItem(atPath: store + "/pcrs", toPath: store + "/gated")
         var manifest = try PyramidManifest.load(directory: store + "/gated/2154_5cm")
         manifest.tileset = "gated"
-        manifest.publish = "by-status"
+        manifest.publish = .byStatus
         try manifest.save(directory: store + "/gated/2154_5cm")
         return store
     }

@@ -49,6 +49,15 @@ enum Fixture {
         ).run()
     }
 
+    /// Runs blocking work (a tiling run, which builds on the calling thread) on a Dispatch thread:
+    /// Swift concurrency has only as many threads as cores, and a server under test in another
+    /// suite answers on them, so a long synchronous run there makes its requests time out.
+    static func onDispatchThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async { c.resume(with: Result { try work() }) }
+        }
+    }
+
     static func grid(_ id: String) throws -> TileMatrixSet {
         try #require(try TileMatrixSetCatalog.load(directory: tmsDirectory).sets[id])
     }

@@ -185,6 +185,25 @@ struct TilerTests {
         #expect(kept == 0)
     }
 
+    @Test func tilesetFilesSpellPublicationAsManifestsDo() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func load(_ publish: String) throws -> TilesetDefinition {
+            let path = dir + "/t.yaml"
+            try "id: t\nsources: [src/*.tif]\npublish: \(publish)\n".write(
+                toFile: path, atomically: true, encoding: .utf8)
+            return try TilesetDefinition.load(path: path)
+        }
+        #expect(try load("by-status").publish == .byStatus)
+        #expect(try load("all").publish == .all)
+        do {
+            _ = try load("by_status")
+            Issue.record("a tileset publishing 'by_status' was accepted")
+        } catch {
+            #expect("\(error)".contains("publish must be all or by-status, not 'by_status'"), "\(error)")
+        }
+    }
+
     @Test func dryRunWritesNothingAndPlansOnlyWhereDallesAre() throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -200,20 +219,23 @@ struct TilerTests {
 
 @Suite(.serialized)
 struct ResumeTests {
-    @Test func killedRunResumesToTheSamePyramid() throws {
+    @Test func killedRunResumesToTheSamePyramid() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        // Four dalles 2 km apart: four shards in the first band.
-        var sources: [String] = []
-        for (i, origin) in [(704_000.0, 7_060_000.0), (706_000, 7_060_000), (704_000, 7_058_000), (706_000, 7_058_000)]
-            .enumerated()
-        {
-            sources += try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
+        // Eight dalles 2 km apart: eight shards in the first band, built one after the other (one
+        // thread), then the upper bands. Enough work that the run is still going when it is
+        // killed after its first shard (about 4 s left in a debug build), with no pause written
+        // into the tiler for tests.
+        let sources = try (0..<8).flatMap { i in
+            let origin = (704_000 + Double(i % 4) * 2000, 7_060_000 - Double(i / 4) * 2000)
+            return try Fixture.sample(in: dir + "/src\(i)", columns: 1, rows: 1, origin: origin)
         }
-        let reference = try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
-        #expect(reference.plans[0].shards[0].count == 4)
+        let reference = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
+        }
+        #expect(reference.plans[0].shards[0].count == 8)
 
-        // The same run, killed with SIGKILL after its first shard is recorded.
+        // The same run, killed with SIGKILL as soon as its first shard is recorded.
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Fixture.executable)
         p.arguments =
@@ -222,24 +244,34 @@ struct ResumeTests {
                 Fixture.tmsDirectory,
             ]
             + sources
-        p.environment = ProcessInfo.processInfo.environment.merging(["DALLAGE_TEST_SHARD_DELAY_MS": "3000"]) { $1 }
         p.standardError = FileHandle.nullDevice
         p.standardOutput = FileHandle.nullDevice
         try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
         let journal = dir + "/b/t/2154_5cm/.journal"
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline {
-            let lines = (try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 0
-            if lines >= 2 { break }
-            usleep(20_000)
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
+        var recorded = 0
+        // Polls the journal (its header, then one line per finished shard) every 20 ms.
+        while clock.now < deadline, p.isRunning, recorded < 1 {
+            recorded = ((try? String(contentsOfFile: journal, encoding: .utf8))?.split(separator: "\n").count ?? 1) - 1
+            if recorded < 1 { try await Task.sleep(for: .milliseconds(20)) }
         }
+        try #require(recorded >= 1, "no shard finished within 120 s")
+        try #require(
+            p.isRunning, "the run ended before it could be killed: the input is too small to interrupt on this machine")
         kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        // Foundation reaps it on its own thread: poll rather than block one of the test's.
+        let killed = clock.now
+        while p.isRunning, clock.now < killed + .seconds(30) { try await Task.sleep(for: .milliseconds(20)) }
+        try #require(!p.isRunning, "the killed run was not reaped within 30 s")
         #expect(p.terminationReason == .uncaughtSignal)
         #expect(!FileManager.default.fileExists(atPath: dir + "/b/t/2154_5cm/pyramid.json"))
 
         // Resuming redoes only what was not finished and ends with the same shards, byte for byte.
-        let resumed = try Fixture.tile(sources, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
+        let resumed = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
+        }
         let grid = try #require(resumed.grids.first)
         #expect(grid.shardsReused >= 1 && grid.shardsReused < reference.grids[0].shards)
         let a = try PyramidManifest.load(directory: dir + "/a/t/2154_5cm")

@@ -127,7 +127,9 @@ struct WMSController: Sendable {
             }
             let pyramid =
                 pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
-                ?? pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids[0]
+                ?? preferredPyramid(
+                    among: pyramids, setting: configuration.renderGrid, grid: \.grid,
+                    crs: \.manifest.tileMatrixSet.crs) ?? pyramids[0]
             let renderer: Renderer
             do {
                 renderer = try Renderer(pyramid: pyramid.source, crs: crs)
@@ -143,7 +145,7 @@ struct WMSController: Sendable {
                     try renderer.render(window, into: $0.baseAddress!)
                 }
                 guard drawn else { continue }
-                if pyramid.manifest.publish == "by-status", !admin {
+                if pyramid.manifest.publish == .byStatus, !admin {
                     try clipToPublished(layer, crs: crs, window: window, pixels: &layerPixels)
                 }
             } catch {
@@ -226,7 +228,10 @@ struct WMSController: Sendable {
         var all: BoundingBox?
         for t in tilesets {
             let pyramids = service.catalog.pyramids(of: t)
-            guard let m = (pyramids.first { $0.grid.hasPrefix("2154") } ?? pyramids.first)?.manifest else { continue }
+            let preferred = preferredPyramid(
+                among: pyramids, setting: configuration.renderGrid, grid: \.grid,
+                crs: \.manifest.tileMatrixSet.crs)
+            guard let m = preferred?.manifest else { continue }
             let w = m.wgs84Bounds
             all = all.map { $0.union(w) } ?? w
             let attribution =

@@ -66,7 +66,7 @@ struct WebController: Sendable {
                 "id": t, "title": m.title ?? t, "attribution": m.attribution ?? "",
                 "grids": pyramids.map(\.grid),
                 "bounds": [m.wgs84Bounds.minX, m.wgs84Bounds.minY, m.wgs84Bounds.maxX, m.wgs84Bounds.maxY],
-                "max_zoom_pm": pm?.maxZoom ?? 21, "publish": m.publish ?? "all",
+                "max_zoom_pm": pm?.maxZoom ?? 21, "publish": (m.publish ?? .all).rawValue,
             ]
         }
         return try Document.json(list, request: request)

@@ -5,7 +5,6 @@ Usage: check_page.py BASE_URL ADMIN_TOKEN PROJECT_ID OUT_DIR
 import base64
 import json
 import sys
-import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -29,7 +28,10 @@ try:
     WebDriverWait(driver, 30).until(lambda d: d.execute_script(
         "const t = [...document.querySelectorAll('img.leaflet-tile')];"
         "return t.length > 0 && t.every(i => i.complete) && t.some(i => i.naturalWidth > 0);"))
-    time.sleep(0.5)
+    # Leaflet fades tiles in: the screenshot waits until the loaded ones are opaque.
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "const t = [...document.querySelectorAll('img.leaflet-tile-loaded')];"
+        "return t.length > 0 && t.every(i => getComputedStyle(i).opacity === '1');"))
     driver.save_screenshot(out + "/screen.png")
     report["legend"] = driver.find_element(By.ID, "legend").text
     report["labels"] = driver.execute_script(
@@ -72,7 +74,8 @@ try:
     report["reloaded"] = driver.execute_script("return performance.getEntriesByType('navigation').length;")
     # A phone-sized viewport keeps the map and the panel usable.
     driver.set_window_size(390, 844)
-    time.sleep(0.3)
+    # Measured once the window has its new size (layout is computed when the sizes are asked).
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return window.innerWidth <= 390;"))
     report["phone"] = driver.execute_script(
         "const m = document.getElementById('map').getBoundingClientRect(), p = document.getElementById('panel').getBoundingClientRect();"
         " return [m.width, m.height, p.width, p.height];")
