@@ -43,7 +43,7 @@ struct FastLaneChannelTests {
                     catalog: PyramidCatalog(store: configuration.store, logger: logger),
                     configuration: configuration, logger: logger)
             self.service = service
-            self.loop = loop ?? FastLaneLoop(hotTileBytes: 1 << 20, tilesServed: service.tilesServed)
+            self.loop = loop ?? FastLaneLoop(hot: HotTiles(capacity: 1 << 20), tilesServed: service.tilesServed)
             lane = TileFastLane(
                 service: service, loop: self.loop,
                 limits: ConnectionLimits(maxConnections: 8, idleTimeout: .seconds(600), headerTimeout: .seconds(600)),
@@ -199,6 +199,19 @@ struct FastLaneChannelTests {
         #expect(whole.loop.tally.hotHits == request.count - 1)
     }
 
+    /// The hot tiles are the server's: a tile answered on one event loop is ready on the others.
+    @Test func aTileAnsweredOnOneLoopIsHotOnAnother() throws {
+        let first = try Lane()
+        try first.send(Self.get(Self.tilePath))
+        let answer = Self.withoutDate(try first.written())
+        #expect(first.loop.tally.hotMisses == 1)
+        let other = try Lane(
+            service: first.service, loop: FastLaneLoop(hot: first.loop.hot, tilesServed: first.service.tilesServed))
+        try other.send(Self.get(Self.tilePath))
+        #expect(Self.withoutDate(try other.written()) == answer)
+        #expect(other.loop.tally.hotHits == 1 && other.loop.tally.hotMisses == 0)
+    }
+
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         let l = try Lane()
         let (a, b) = (try Self.stored(l.service), try Self.stored(l.service, col: Self.inner.col + 1))
@@ -324,6 +337,20 @@ struct FastLaneChannelTests {
         #expect(try heard().isEmpty)
         #expect(Self.answers(try l.written())?.map(\.status) == [200])
         #expect(l.answered == 1)
+    }
+
+    /// Every head ends with the date and the server (CORS first when asked), made anew each
+    /// second: a response still waiting for the socket keeps the date it was made with.
+    @Test func headEndsAreMadeOnceASecond() {
+        var ends = HeadEnds(serverName: "dallage")
+        let allocator = ByteBufferAllocator()
+        ends.update(1_700_000_000, allocator: allocator)
+        let pending = ends.plain
+        #expect(String(buffer: pending) == "Date: Tue, 14 Nov 2023 22:13:20 GMT\r\nServer: dallage\r\n\r\n")
+        #expect(String(buffer: ends.withCORS) == "Access-Control-Allow-Origin: *\r\n" + String(buffer: pending))
+        ends.update(1_700_000_001, allocator: allocator)
+        #expect(String(buffer: ends.plain) == "Date: Tue, 14 Nov 2023 22:13:21 GMT\r\nServer: dallage\r\n\r\n")
+        #expect(String(buffer: pending) == "Date: Tue, 14 Nov 2023 22:13:20 GMT\r\nServer: dallage\r\n\r\n")
     }
 
     /// Counts the reads asked of the socket.
