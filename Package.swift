@@ -125,6 +125,9 @@ let package = Package(
                 "Server", "Serving", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             // The browser test's selenium script, run with python3 by the web page test.

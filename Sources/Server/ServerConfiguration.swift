@@ -20,8 +20,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var publicURL: String?
     /// In-memory cache of transcoded tiles (PNG, WebP, clipped), in bytes.
     public var tileCacheBytes: Int = ServerConfiguration.defaultTileCacheBytes
-    /// Stored tiles the fast lane keeps ready in memory, in bytes in all (0: none); each event
-    /// loop keeps its share.
+    /// Stored tiles the fast lane keeps ready in memory, in bytes in all (0: none), shared by the
+    /// event loops.
     public var hotTileCacheBytes: Int = ServerConfiguration.defaultHotTileCacheBytes
     /// Shards kept mapped at once (each holds a file descriptor and a mapping).
     public var openShards: Int = 4096

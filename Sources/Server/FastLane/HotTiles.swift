@@ -5,22 +5,30 @@ import NIOCore
 import Serving
 import Synchronization
 
-/// Stored tiles the fast lane answered lately on one event loop, kept as ready responses: the
-/// bytes copied out of the shard once, the response head up to `Content-Length` written once. A
-/// hit writes the same buffers again — no shard lookup, no copy, no header formatting. Used only
-/// on its event loop (no lock), bounded in bytes (oldest out first), emptied when the catalog
-/// changes so a rebuilt pyramid is never answered from an old copy.
-final class HotTiles {
-    struct Key: Hashable {
+/// Stored tiles the fast lane answered lately, kept as ready responses (``Entry``) and shared by
+/// every event loop: a hit writes the same buffers again — no shard lookup, no copy, no
+/// allocation, no header formatting. One budget in bytes for the server, and a tile is kept once
+/// whichever loop asked for it: kept per loop, the budget was cut in as many parts as there are
+/// cores and each part held the same popular tiles, so a working set twice a loop's part missed
+/// about half the time (20 KB tiles, `bench/server`). Cut into stripes by tile, each with its own
+/// lock and a sixteenth of the budget (a larger tile is not kept), so two loops seldom meet on one
+/// lock (as the pyramid reader's open shards); oldest out first within a stripe; emptied when the
+/// catalog changes so a rebuilt pyramid is never answered from an old copy.
+final class HotTiles: Sendable {
+    struct Key: Hashable, Sendable {
         /// The served pyramid (the catalog keeps it alive as long as its version holds).
         var pyramid: ObjectIdentifier
         var tile: TileCoordinate
     }
 
-    final class Entry {
+    /// A tile's bytes and validator with its response heads up to the date, made once: never
+    /// changed after, so every loop may write them at once.
+    final class Entry: Sendable {
         let response: TileResponse
-        /// `HTTP/1.1 200 OK`, the tile's own headers and its `Content-Length`, CRLF-terminated.
+        /// `HTTP/1.1 200 OK`, the tile's own fields and its `Content-Length`, CRLF-terminated.
         let head: ByteBuffer
+        /// `HTTP/1.1 304 Not Modified` and the tile's own fields for a 304, CRLF-terminated.
+        let notModifiedHead: ByteBuffer
         let cost: Int
 
         init(_ response: TileResponse, allocator: ByteBufferAllocator) {
@@ -30,51 +38,78 @@ final class HotTiles {
             response.headerFields(current: false) { head.writeField($0.canonicalName, $1) }
             head.writeField("Content-Length", String(response.bytes.readableBytes))
             self.head = head
-            cost = response.bytes.readableBytes + head.readableBytes + 160
+            var notModified = allocator.buffer(capacity: 128)
+            notModified.writeStaticString("HTTP/1.1 304 Not Modified\r\n")
+            response.headerFields(current: true) { notModified.writeField($0.canonicalName, $1) }
+            notModifiedHead = notModified
+            cost = response.bytes.readableBytes + head.capacity + notModified.capacity + 160
         }
     }
 
+    private struct Tiles {
+        var entries: [Key: Entry] = [:]
+        var order = CircularBuffer<Key>()
+        var bytes = 0
+        var catalogVersion = -1
+    }
+
+    private final class Stripe: Sendable {
+        let tiles = Mutex(Tiles())
+    }
+
     let capacity: Int
-    private var entries: [Key: Entry] = [:]
-    private var order = CircularBuffer<Key>()
-    private var bytes = 0
-    private var catalogVersion = -1
+    private let stripeCapacity: Int
+    private let stripes: [Stripe]
+    private static let stripeCount = 16
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(capacity: Int) {
+        self.capacity = capacity
+        stripeCapacity = capacity / Self.stripeCount
+        stripes = (0..<Self.stripeCount).map { _ in Stripe() }
+    }
 
-    /// The ready response for a tile, nil when it is not kept; everything kept is dropped first
-    /// when the catalog's version has moved.
+    private func stripe(_ key: Key) -> Stripe {
+        let t = key.tile
+        return stripes[(t.col &* 31 &+ t.row &* 17 &+ t.z) & (Self.stripeCount - 1)]
+    }
+
+    /// The ready response for a tile, nil when it is not kept. Asked with a newer catalog version,
+    /// the stripe drops what it kept first; with an older one (a loop that has not seen the
+    /// change yet), it answers nothing.
     func get(_ key: Key, catalogVersion version: Int) -> Entry? {
-        guard capacity > 0 else { return nil }
-        if version != catalogVersion {
-            entries.removeAll()
-            order.removeAll()
-            bytes = 0
-            catalogVersion = version
+        guard stripeCapacity > 0 else { return nil }
+        return stripe(key).tiles.withLock { t in
+            if version > t.catalogVersion {
+                t = Tiles()
+                t.catalogVersion = version
+            }
+            return version == t.catalogVersion ? t.entries[key] : nil
         }
-        return entries[key]
     }
 
     /// Keeps a tile's ready response, made from the catalog at `catalogVersion`.
     func put(_ key: Key, _ entry: Entry, catalogVersion version: Int) {
-        guard version == catalogVersion, entry.cost <= capacity, entries.updateValue(entry, forKey: key) == nil
-        else { return }
-        order.append(key)
-        bytes += entry.cost
-        while bytes > capacity, let oldest = order.popFirst() {
-            if let gone = entries.removeValue(forKey: oldest) { bytes -= gone.cost }
+        guard entry.cost <= stripeCapacity else { return }
+        stripe(key).tiles.withLock { t in
+            guard version == t.catalogVersion, t.entries[key] == nil else { return }
+            t.entries[key] = entry
+            t.order.append(key)
+            t.bytes += entry.cost
+            while t.bytes > stripeCapacity, let oldest = t.order.popFirst() {
+                if let gone = t.entries.removeValue(forKey: oldest) { t.bytes -= gone.cost }
+            }
         }
     }
 }
 
-/// What the fast lane keeps per event loop: its ready tiles and its metrics tally. Used only on
-/// that loop, so neither needs a lock.
+/// What the fast lane keeps per event loop: its metrics tally, used only on that loop (no lock),
+/// and the server's hot tiles.
 final class FastLaneLoop {
     let hot: HotTiles
     let tally: FastLaneTally
 
-    init(hotTileBytes: Int, tilesServed: Counter) {
-        hot = HotTiles(capacity: hotTileBytes)
+    init(hot: HotTiles, tilesServed: Counter) {
+        self.hot = hot
         tally = FastLaneTally(tilesServed: tilesServed)
     }
 }
@@ -82,14 +117,13 @@ final class FastLaneLoop {
 /// One ``FastLaneLoop`` per event loop, made on its loop at the first connection there; each
 /// hands its tally to the shared metrics every second.
 final class FastLaneLoops: Sendable {
-    private let hotTileBytes: Int
+    private let hot: HotTiles
     private let tilesServed: Counter
     private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
 
-    /// `hotTileBytes` in all, shared out between `loopCount` event loops (Hummingbird runs one
-    /// per core).
-    init(hotTileBytes: Int, tilesServed: Counter, loopCount: Int = System.coreCount) {
-        self.hotTileBytes = hotTileBytes / max(1, loopCount)
+    /// `hotTileBytes` in all, for the hot tiles every loop shares.
+    init(hotTileBytes: Int, tilesServed: Counter) {
+        hot = HotTiles(capacity: hotTileBytes)
         self.tilesServed = tilesServed
     }
 
@@ -97,7 +131,7 @@ final class FastLaneLoops: Sendable {
     func state(on loop: any EventLoop) -> FastLaneLoop {
         loops.withLock { loops in
             if let bound = loops[ObjectIdentifier(loop)] { return bound.value }
-            let state = FastLaneLoop(hotTileBytes: hotTileBytes, tilesServed: tilesServed)
+            let state = FastLaneLoop(hot: hot, tilesServed: tilesServed)
             let bound = NIOLoopBound(state, eventLoop: loop)
             loops[ObjectIdentifier(loop)] = bound
             loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in bound.value.tally.flush() }
@@ -116,21 +150,38 @@ extension ByteBuffer {
     }
 }
 
-/// The `Date` header, formatted once a second.
-struct HTTPDate {
-    private var second = 0
-    private var text = ""
+/// What ends every head the fast lane writes, after a tile's own fields: CORS when the request had
+/// an `Origin`, then `Date` and `Server` as Hummingbird writes them, and the blank line. Made anew
+/// once a second, never changed after (a response still waiting for the socket keeps its own), and
+/// written as is: an answer copies no head bytes.
+struct HeadEnds {
+    let serverName: String
+    /// The second the date stands for, in seconds since 1970.
+    private(set) var second = -1
+    /// `Date`, `Server`, blank line.
+    private(set) var plain = ByteBuffer()
+    /// `Access-Control-Allow-Origin: *` first.
+    private(set) var withCORS = ByteBuffer()
 
-    mutating func now() -> String {
-        var t = time(nil)
-        if t != second {
-            var parts = tm()
-            gmtime_r(&t, &parts)
-            var buffer = [CChar](repeating: 0, count: 40)
-            let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
-            text = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            second = t
-        }
-        return text
+    init(serverName: String) { self.serverName = serverName }
+
+    /// Brings both up to the second `now`.
+    mutating func update(_ now: Int = time(nil), allocator: ByteBufferAllocator) {
+        guard now != second else { return }
+        var t = now
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        var text = [CChar](repeating: 0, count: 40)
+        let n = strftime(&text, text.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
+        var end = allocator.buffer(capacity: 64)
+        end.writeStaticString("Date: ")
+        end.writeBytes(text[..<n].map { UInt8(bitPattern: $0) })
+        end.writeStaticString("\r\n")
+        end.writeField("Server", serverName)
+        end.writeStaticString("\r\n")
+        var cors = allocator.buffer(capacity: end.readableBytes + 32)
+        cors.writeField("Access-Control-Allow-Origin", "*")
+        cors.writeImmutableBuffer(end)
+        (plain, withCORS, second) = (end, cors, now)
     }
 }

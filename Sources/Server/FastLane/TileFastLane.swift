@@ -34,7 +34,6 @@ final class TileFastLane: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     private let service: TileService
-    private let serverName: String
     private let logger: Logger
     private let logRequests: Bool
     /// Bytes received and not yet answered or handed on.
@@ -60,8 +59,9 @@ final class TileFastLane: ChannelDuplexHandler {
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
     private var catalog = CatalogSnapshot.empty
-    private var date = HTTPDate()
-    /// Ready responses of the tiles answered lately on this connection's event loop.
+    /// The end of this connection's response heads (date and server), made once a second.
+    private var ends: HeadEnds
+    /// Ready responses of the tiles answered lately, shared by the event loops.
     private let hot: HotTiles
     /// This event loop's count of what the fast lane did, for the shared metrics.
     private let tally: FastLaneTally
@@ -87,7 +87,7 @@ final class TileFastLane: ChannelDuplexHandler {
         self.limits = limits
         hot = loop.hot
         tally = loop.tally
-        self.serverName = serverName
+        ends = HeadEnds(serverName: serverName)
         self.logger = logger
         logRequests = logger.logLevel <= .info
     }
@@ -214,9 +214,11 @@ final class TileFastLane: ChannelDuplexHandler {
                     paused = true
                     break
                 }
-                if withRouter == 0, let (header, body) = answer(head, in: buffer, context: context) {
+                if withRouter == 0, let (start, end, body) = answer(head, in: buffer, context: context) {
                     buffer.moveReaderIndex(forwardBy: head.length)
-                    context.write(wrapOutboundOut(header), promise: nil)
+                    // Shared buffers, none copied: NIO hands them to the socket in one writev.
+                    context.write(wrapOutboundOut(start), promise: nil)
+                    context.write(wrapOutboundOut(end), promise: nil)
                     if let body { context.write(wrapOutboundOut(body), promise: nil) }
                     answered = true
                     continue
@@ -292,10 +294,11 @@ final class TileFastLane: ChannelDuplexHandler {
         context.fireChannelRead(wrapInboundOut(bytes))
     }
 
-    /// The response head and body when the request is a plain stored tile, else nil.
+    /// The response when the request is a plain stored tile, else nil: its head in two parts (the
+    /// tile's, then the date's), and its body.
     private func answer(
         _ head: RequestHead, in buffer: ByteBuffer, context: ChannelHandlerContext
-    ) -> (ByteBuffer, ByteBuffer?)? {
+    ) -> (ByteBuffer, ByteBuffer, ByteBuffer?)? {
         let started = DispatchTime.now().uptimeNanoseconds
         guard head.method != nil, head.keepAlive, head.contentLength == 0, !head.authorization, !head.expect,
             let (route, tile) = buffer.withUnsafeReadableBytes({ FastRoute.parse($0[head.target]) })
@@ -327,17 +330,9 @@ final class TileFastLane: ChannelDuplexHandler {
             } ?? false
         // The head as NIO writes the router's: the tile's own headers, the length (Hummingbird
         // adds it from the body), CORS, then Hummingbird's date and server.
-        var out = context.channel.allocator.buffer(capacity: ready.head.readableBytes + 128)
-        if current {
-            out.writeStaticString("HTTP/1.1 304 Not Modified\r\n")
-            ready.response.headerFields(current: true) { out.writeField($0.canonicalName, $1) }
-        } else {
-            out.writeImmutableBuffer(ready.head)
-        }
-        if head.origin { out.writeField("Access-Control-Allow-Origin", "*") }
-        out.writeField("Date", date.now())
-        out.writeField("Server", serverName)
-        out.writeStaticString("\r\n")
+        ends.update(allocator: context.channel.allocator)
+        let start = current ? ready.notModifiedHead : ready.head
+        let end = head.origin ? ends.withCORS : ends.plain
         let body = !current && head.method == .get ? ready.response.bytes : nil
         let method: HTTPMethod = head.method == .get ? .GET : .HEAD
         if logRequests {
@@ -355,7 +350,7 @@ final class TileFastLane: ChannelDuplexHandler {
         tally.add(
             route, method: method, status: current ? .notModified : .ok, bytes: body?.readableBytes ?? 0,
             nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
-        return (out, body)
+        return (start, end, body)
     }
 }
 
