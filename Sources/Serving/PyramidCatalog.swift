@@ -11,15 +11,40 @@ public final class ServedPyramid: Sendable {
     public let source: any PyramidSource
     /// The store's stamp of `pyramid.json` when loaded: a change means a rebuild.
     let stamp: Double
+    /// The source's manifest, kept here: read in place, never copied per request.
+    public let manifest: PyramidManifest
+    /// The encoding of the stored streams.
+    public let storedEncoding: TileEncoding
+    /// Served only inside published perimeters (`publish: by-status`).
+    public let gated: Bool
 
-    public var manifest: PyramidManifest { source.manifest }
+    /// What the tile chain checks of a level: its matrix size and the data's limits there.
+    public struct Level: Sendable {
+        public var width: Int
+        public var height: Int
+        public var limits: PyramidManifest.LevelLimits?
+    }
+    /// By level number, nil for levels the grid does not have.
+    private let levels: [Level?]
 
     init(tileset: String, grid: String, source: any PyramidSource, stamp: Double) {
         self.tileset = tileset
         self.grid = grid
         self.source = source
         self.stamp = stamp
+        let manifest = source.manifest
+        self.manifest = manifest
+        storedEncoding = manifest.format == .jpeg ? .jpeg : .webp
+        gated = manifest.publish == .byStatus
+        levels = manifest.tileMatrixSet.tileMatrices.indices.map { z in
+            manifest.tileMatrixSet.matrix(z).map {
+                Level(width: $0.matrixWidth, height: $0.matrixHeight, limits: manifest.limits(z: z))
+            }
+        }
     }
+
+    /// Level `z`'s size and limits; nil when the grid has no such level.
+    public func level(_ z: Int) -> Level? { levels.indices.contains(z) ? levels[z] : nil }
 }
 
 /// The catalog as it was at one moment: the pyramids by tileset and grid, and the catalog's version

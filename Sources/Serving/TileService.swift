@@ -169,21 +169,21 @@ public final class TileService: Sendable {
         throws(ServingError) -> ResolvedTile
     {
         let (pyramid, levels) = try resolve(tileset: r.tileset, grid: r.grid, in: snapshot)
-        let m = pyramid.manifest
-        guard levels.contains(r.z), let matrix = m.tileMatrixSet.matrix(r.z) else {
+        // Read from the pyramid's per-level table: this runs for every tile, the fast lane's too.
+        guard levels.contains(r.z), let level = pyramid.level(r.z) else {
             throw ServingError(
                 .tileOutOfRange, locator: "TileMatrix",
                 "level \(r.z) is outside \(levels.lowerBound)…\(levels.upperBound)")
         }
-        guard r.col >= 0, r.col < matrix.matrixWidth else {
+        guard r.col >= 0, r.col < level.width else {
             throw ServingError(
-                .tileOutOfRange, locator: "TileCol", "column \(r.col) is outside 0…\(matrix.matrixWidth - 1)")
+                .tileOutOfRange, locator: "TileCol", "column \(r.col) is outside 0…\(level.width - 1)")
         }
-        guard r.row >= 0, r.row < matrix.matrixHeight else {
+        guard r.row >= 0, r.row < level.height else {
             throw ServingError(
-                .tileOutOfRange, locator: "TileRow", "row \(r.row) is outside 0…\(matrix.matrixHeight - 1)")
+                .tileOutOfRange, locator: "TileRow", "row \(r.row) is outside 0…\(level.height - 1)")
         }
-        if strictLimits, let l = m.limits(z: r.z) {
+        if strictLimits, let l = level.limits {
             if r.col < l.minCol || r.col > l.maxCol {
                 throw ServingError(
                     .tileOutOfRange, locator: "TileCol",
@@ -206,8 +206,7 @@ public final class TileService: Sendable {
     public func answer(
         _ t: ResolvedTile, viewer: Viewer, memo: inout PublicationMemo, quick: Bool = false
     ) throws(ServingError) -> TileAnswer? {
-        let m = t.pyramid.manifest
-        if m.publish == .byStatus, viewer != .administrator {
+        if t.pyramid.gated, viewer != .administrator {
             guard let gate else { return .empty }
             if !gate.isWhollyPublished(t.pyramid, t.tile, memo: &memo) {
                 if quick { return nil }
@@ -377,11 +376,6 @@ public final class TileService: Sendable {
         cache.set(key, r, cost: bytes.count)
         return r
     }
-}
-
-extension ServedPyramid {
-    /// The encoding of the stored streams.
-    public var storedEncoding: TileEncoding { manifest.format == .jpeg ? .jpeg : .webp }
 }
 
 /// Encodes decoded RGBA images (transcoded tiles, clipped tiles, WMS maps).
