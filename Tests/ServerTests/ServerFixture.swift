@@ -50,6 +50,8 @@ enum ServerFixture {
         var c = ServerConfiguration()
         c.store = store
         c.database = NSTemporaryDirectory() + "dallage-test-\(UUID().uuidString).sqlite"
+        // Never inside the store: tests copy the shared store while others extract from it.
+        c.extractsDirectory = NSTemporaryDirectory() + "dallage-extracts-\(UUID().uuidString)"
         c.tmsDirectory = root + "/config/tms"
         c.rescanSeconds = 0.2
         configure(&c)
