@@ -81,15 +81,26 @@ public struct ServingError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { message }
 
-    /// The OGC exception code: the one given, else the one the kind implies.
+    /// The OGC exception code (also the JSON `error`): the one given, else the kind's name, as
+    /// the API has always spelt it.
     public var exceptionCode: String {
         if let ogcCode { return ogcCode.rawValue }
         return switch kind {
         case .badInput: OGCCode.invalidParameterValue.rawValue
-        case .notImplemented: OGCCode.operationNotSupported.rawValue
         case .notFound: "NotFound"
+        case .methodNotAllowed: "MethodNotAllowed"
+        case .unauthorized: "Unauthorized"
+        case .forbidden: "Forbidden"
+        case .conflict: "Conflict"
+        case .tooLarge: "TooLarge"
+        case .unprocessable: "ValidationFailed"
+        case .tooMany: "TooManyRequests"
+        case .notImplemented: OGCCode.operationNotSupported.rawValue
+        case .unavailable: "Unavailable"
+        case .insufficientStorage: "InsufficientStorage"
+        case .timedOut: "RequestTimeout"
+        case .clientGone: "ClientGone"
         case .internal: OGCCode.noApplicableCode.rawValue
-        default: kind.rawValue.prefix(1).uppercased() + kind.rawValue.dropFirst()
         }
     }
 }

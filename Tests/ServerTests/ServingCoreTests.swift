@@ -223,6 +223,15 @@ struct ServingCoreTests {
             .unavailable: 503, .insufficientStorage: 507, .timedOut: 408, .clientGone: 499, .internal: 500,
         ]
         #expect(statuses.first == expected[kind])
+        // The names JSON clients and OGC clients read, as the API spelt them before kinds.
+        let names: [ServingError.Kind: String] = [
+            .badInput: "InvalidParameterValue", .notFound: "NotFound", .methodNotAllowed: "MethodNotAllowed",
+            .unauthorized: "Unauthorized", .forbidden: "Forbidden", .conflict: "Conflict", .tooLarge: "TooLarge",
+            .unprocessable: "ValidationFailed", .tooMany: "TooManyRequests", .notImplemented: "OperationNotSupported",
+            .unavailable: "Unavailable", .insufficientStorage: "InsufficientStorage", .timedOut: "RequestTimeout",
+            .clientGone: "ClientGone", .internal: "NoApplicableCode",
+        ]
+        #expect(error.exceptionCode == names[kind])
     }
 
     /// A request per error kind and route group, through the router: the status the kind implies
