@@ -28,18 +28,7 @@ public final class StoreFootprints: TiledFootprints {
 
     public func tilesets() -> Set<String> {
         if let knownTilesets { return knownTilesets() }
-        let fm = FileManager.default
-        var out: Set<String> = []
-        for t in (try? fm.contentsOfDirectory(atPath: store)) ?? [] where !t.hasPrefix(".") {
-            let dir = (store as NSString).appendingPathComponent(t)
-            let grids = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
-            if grids.contains(where: {
-                fm.fileExists(atPath: (dir as NSString).appendingPathComponent("\($0)/\(PyramidManifest.fileName)"))
-            }) {
-                out.insert(t)
-            }
-        }
-        return out
+        return Set(((try? FolderStore(store).list()) ?? []).map(\.tileset))
     }
 
     public func footprint(of tileset: String) throws -> Geometry? {

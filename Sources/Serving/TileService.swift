@@ -202,14 +202,18 @@ public final class TileService: Sendable {
     /// The rest of the chain: the gate, then the stored stream, a transcoded or clipped tile, or
     /// nothing. With `quick` it stops, returning nil, at the first step that is more than a lookup
     /// (a clip, a transcode, a gate decision not yet known): the fast lane then hands the request
-    /// to the router, which runs the same chain whole. `memo` keeps gate decisions between calls.
+    /// to the router, which runs the same chain whole. `memo` keeps the quick path's gate decisions
+    /// between calls.
     public func answer(
         _ t: ResolvedTile, viewer: Viewer, memo: inout PublicationMemo, quick: Bool = false
     ) throws(ServingError) -> TileAnswer? {
         if t.pyramid.gated, viewer != .administrator {
             guard let gate else { return .empty }
-            if !gate.isWhollyPublished(t.pyramid, t.tile, memo: &memo) {
-                if quick { return nil }
+            if quick {
+                // The lane's variant of the decision below, remembered per block: wholly inside or
+                // not the lane's to answer.
+                guard gate.isWhollyPublished(t.pyramid, t.tile, memo: &memo) else { return nil }
+            } else {
                 let decision: PublicationGate.Decision
                 let epoch: Int
                 do {
