@@ -64,12 +64,13 @@ struct ServingCoreTests {
         return zip(
             zip(
                 RequestPropertyTests.one(of: ["pcrs", "gated", "gated", "nope"]),
-                RequestPropertyTests.one(of: ["2154_5cm", "2154_5cm", "2154_5cm_20_22", "2154_5cm_0_5", "PM", "x_1_2"]),
+                RequestPropertyTests.mostly(["2154_5cm"], else: ["2154_5cm_20_22", "2154_5cm_0_5", "PM", "x_1_2"]),
                 RequestPropertyTests.mostly([22], else: [0, 20, 21, 23]),
                 Gen<Int>.int(in: -3...4), Gen<Int>.int(in: -2...3)
             ),
             RequestPropertyTests.mostly(["jpg"], else: ["png", "webp", "jpeg", "gif"]),
-            Gen<Bool>.bool, RequestPropertyTests.one(of: ["", "Token s3cret", "Token wrong"]), Gen<Int>.int(in: 0...2)
+            Gen<Bool>.bool, RequestPropertyTests.mostly([""], else: ["Token s3cret", "Token wrong"]),
+            Gen<Int>.int(in: 0...2)
         ).map { place, ext, xyz, token, validator in
             let (tileset, grid, z, dc, dr) = place
             // At z22 around the inner tile; elsewhere the same place at that level.
@@ -88,10 +89,9 @@ struct ServingCoreTests {
         }
     }
 
-    /// The same request through the fast lane (its plain URL) and through the router (a query
-    /// string keeps the lane out, and a connection of its own: a request right after a routed one
-    /// on the same connection goes to the router too): identical status, headers (but `Date`)
-    /// and bytes.
+    /// The same request through the fast lane (its plain URL, first on a new connection: a request
+    /// right after a routed one on the same connection goes to the router too) and through the
+    /// router (a query string keeps the lane out): identical status, headers (but `Date`) and bytes.
     @Test func fastLaneAndRouterAnswerEveryTileRequestAlike() async throws {
         let store = try Self.gatedStore()
         defer { try? FileManager.default.removeItem(atPath: (store as NSString).deletingLastPathComponent) }
@@ -103,16 +103,18 @@ struct ServingCoreTests {
             try await TestClient.withClient(host: "127.0.0.1", port: port) { router in
                 await propertyCheck(count: 150, input: Self.tileRequests) { request in
                     let (uri, list) = request
-                    var headers = HTTPFields()
-                    for (name, value) in list { headers[name] = value }
-                    let fast = try await client.execute(uri: uri, method: .get, headers: headers) { $0 }
+                    let headers = HTTPFields(list.map { HTTPField(name: $0.0, value: $0.1) })
+                    // First on a connection of its own: the lane takes it whenever it may.
+                    let fast = try await TestClient.withClient(host: "127.0.0.1", port: port) {
+                        try await $0.execute(.init(uri, method: .get, headers: headers))
+                    }
                     let routed = try await router.execute(.init(uri + "?via=router", method: .get, headers: headers))
-                    #expect(fast.status == routed.head.status, "\(uri) \(list)")
-                    var (a, b) = (fast.headers, routed.head.headerFields)
+                    #expect(fast.head.status == routed.head.status, "\(uri) \(list)")
+                    var (a, b) = (fast.head.headerFields, routed.head.headerFields)
                     (a[.date], b[.date]) = (nil, nil)
                     #expect(a == b, "\(uri) \(list)")
-                    #expect(fast.body == routed.body ?? ByteBuffer(), "\(uri) \(list)")
-                    statuses.withLock { _ = $0.insert(fast.status.code) }
+                    #expect(fast.body ?? ByteBuffer() == routed.body ?? ByteBuffer(), "\(uri) \(list)")
+                    statuses.withLock { _ = $0.insert(fast.head.status.code) }
                 }
             }
             // The run met the lane's answers, the router's tiles and its errors.
