@@ -44,7 +44,12 @@ public struct PyramidManifest: Sendable, Codable {
         public var coordinate: TileCoordinate { TileCoordinate(z: z, col: col, row: row) }
     }
 
+    /// 1 before generations, 2 since (see `PyramidFolder.formatVersion`).
     public var formatVersion = 1
+    /// The build this manifest switched to: +1 per build or rollback; nil in format 1.
+    public var generation: Int?
+    /// For a rollback, the generation whose shards it serves again.
+    public var restores: Int?
     public var tileset: String
     /// Human-facing description from the tileset file, shown in capabilities and TileJSON.
     public var title: String?
@@ -103,12 +108,13 @@ public struct PyramidManifest: Sendable, Codable {
         return try JSONDecoder().decode(PyramidManifest.self, from: data)
     }
 
-    /// Writes `pyramid.json` atomically (temporary file, then rename).
+    /// Writes `pyramid.json` atomically (temporary file, then rename), with no check of what it
+    /// replaces: for stores made outside the tiler (tests, exports). Builds commit through
+    /// `PyramidFolder.commit`.
     public func save(directory: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = try encoder.encode(self)
-        try data.write(to: URL(fileURLWithPath: directory).appendingPathComponent(Self.fileName), options: .atomic)
+        try PyramidFolder.writeAtomically(
+            try PyramidFolder.encode(self, pretty: true),
+            to: (directory as NSString).appendingPathComponent(Self.fileName))
     }
 
     /// The limits of level `z`, nil when the pyramid has no tile there.

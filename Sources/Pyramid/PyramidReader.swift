@@ -8,9 +8,8 @@ import Synchronization
 public final class PyramidReader: Sendable {
     public let directory: String
     public let manifest: PyramidManifest
-    private let existing: Set<TileCoordinate>
-    /// Each shard's CRC-32 (hex) from `pyramid.json`, for tile validators.
-    private let shardChecksums: [TileCoordinate: String]
+    /// Each shard's file (relative path) and CRC-32 (hex, for tile validators), from `pyramid.json`.
+    private let shards: [TileCoordinate: (path: String, crc32: String)]
     private let openLimit: Int
 
     private struct Open {
@@ -37,24 +36,24 @@ public final class PyramidReader: Sendable {
         self.openLimit = max(1, (openLimit + Self.stripeCount - 1) / Self.stripeCount)
         stripes = (0..<Self.stripeCount).map { _ in Stripe() }
         manifest = try PyramidManifest.load(directory: directory)
-        existing = Set(manifest.shards.map(\.coordinate))
-        shardChecksums = Dictionary(
-            manifest.shards.map { ($0.coordinate, $0.crc32) }, uniquingKeysWith: { a, _ in a })
+        shards = Dictionary(
+            manifest.shards.map { ($0.coordinate, ($0.path, $0.crc32)) }, uniquingKeysWith: { a, _ in a })
     }
 
     private func stripe(_ shard: TileCoordinate) -> Stripe {
         stripes[(shard.col &* 31 &+ shard.row &* 17 &+ shard.z) & (Self.stripeCount - 1)]
     }
 
+    /// The file of a shard the manifest lists (its path there: generations give rebuilt shards new names).
     private func path(of shard: TileCoordinate) -> String {
-        (directory as NSString).appendingPathComponent(ShardScheme.path(of: shard))
+        (directory as NSString).appendingPathComponent(shards[shard]?.path ?? ShardScheme.path(of: shard))
     }
 
     /// The shard holding a tile, opened on first use; nil when the pyramid has no shard there. A
     /// shard that cannot be read throws the same error each time, marked `repeated` after the
     /// first (so it is logged once), until its file changes on disk: then it is opened again.
     public func shard(for tile: TileCoordinate) throws -> (ShardReader, ShardLocation)? {
-        guard let loc = manifest.shardScheme.locate(tile), existing.contains(loc.shard) else { return nil }
+        guard let loc = manifest.shardScheme.locate(tile), shards[loc.shard] != nil else { return nil }
         let stripe = stripe(loc.shard)
         let cached: ShardReader? = try stripe.open.withLock { o in
             if let f = o.failed[loc.shard] {
@@ -155,7 +154,7 @@ public final class PyramidReader: Sendable {
         return try reading(r, loc) {
             guard let range = try r.tileRange(overview: loc.overview, col: loc.col, row: loc.row) else { return nil }
             let bytes = try allocate(range.count) { try r.read(at: range.offset, into: $0) }
-            let crc = shardChecksums[loc.shard] ?? "0"
+            let crc = shards[loc.shard]?.crc32 ?? "0"
             return (bytes, "\"\(crc)-\(loc.overview)-\(loc.col)-\(loc.row)-\(range.count)\"")
         }
     }

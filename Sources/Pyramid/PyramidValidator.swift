@@ -24,12 +24,20 @@ public enum PyramidValidator {
                 Problem(path: shard.path, reason: $0)
             }
         }
-        // Files that no manifest lists are not served; say so.
+        // Older kept generations' shards stay for `dallage rollback`; files that no kept
+        // generation lists are not served: say so.
+        let folder = PyramidFolder(directory)
+        for g in folder.generations() {
+            if let m = try? folder.manifest(generation: g) { listed.formUnion(m.shards.map(\.path)) }
+        }
         let root = (directory as NSString).appendingPathComponent("shards")
         if let e = FileManager.default.enumerator(atPath: root) {
             while let f = e.nextObject() as? String {
                 guard f.hasSuffix(".tif"), !listed.contains("shards/\(f)") else { continue }
-                problems.append(Problem(path: "shards/\(f)", reason: "on disk but not listed in pyramid.json"))
+                problems.append(
+                    Problem(
+                        path: "shards/\(f)",
+                        reason: "on disk but listed by no kept generation (`dallage gc` removes it)"))
             }
         }
         return (manifest.shards.count, problems)

@@ -26,6 +26,10 @@ public final class ServedPyramid: Sendable {
     }
     /// By level number, nil for levels the grid does not have.
     private let levels: [Level?]
+    /// Each shard's content key: the same for the same file in every generation that lists it
+    /// (a shard is never rewritten under its path), so caches keyed by it survive a rebuild for
+    /// every shard it did not touch.
+    private let shardKeys: [TileCoordinate: UInt64]
 
     init(tileset: String, grid: String, source: any PyramidSource, stamp: Double) {
         self.tileset = tileset
@@ -41,6 +45,25 @@ public final class ServedPyramid: Sendable {
                 Level(width: $0.matrixWidth, height: $0.matrixHeight, limits: manifest.limits(z: z))
             }
         }
+        shardKeys = Dictionary(
+            manifest.shards.map { ($0.coordinate, Self.contentKey(tileset, grid, $0)) }, uniquingKeysWith: { a, _ in a }
+        )
+    }
+
+    /// FNV-1a over the shard's identity: pyramid, file and checksum (64 bits: two different
+    /// shards meet on one key for the same tile with odds of 2⁻⁶⁴).
+    static func contentKey(_ tileset: String, _ grid: String, _ shard: PyramidManifest.Shard) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "\(tileset)/\(grid)/\(shard.path)#\(shard.crc32)/\(shard.bytes)".utf8 {
+            h = (h ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        return h
+    }
+
+    /// The content key of the shard holding `tile`; nil when the pyramid has no shard there.
+    public func contentKey(of tile: TileCoordinate) -> UInt64? {
+        guard let shard = manifest.shardScheme.locate(tile)?.shard else { return nil }
+        return shardKeys[shard]
     }
 
     /// Level `z`'s size and limits; nil when the grid has no such level.

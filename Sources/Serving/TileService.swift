@@ -310,7 +310,7 @@ public final class TileService: Sendable {
     private func transcoded(_ t: ResolvedTile) throws -> TileResponse? {
         let m = t.pyramid.manifest
         let key =
-            "\(t.pyramid.tileset)/\(t.pyramid.grid)/\(t.pyramid.stamp)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
+            "\(t.pyramid.contentKey(of: t.tile) ?? 0)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
         return try cached(key) {
             guard let rgba = try t.pyramid.source.decodeTile(t.tile) else { return nil }
             let encoded = try Transcoder.encode(rgba: rgba, size: m.tileSize, as: t.encoding, quality: m.quality)
@@ -323,7 +323,7 @@ public final class TileService: Sendable {
     private func clipped(_ t: ResolvedTile, published: Geometry, epoch: Int) throws -> TileResponse? {
         let m = t.pyramid.manifest
         let key =
-            "clip/\(epoch)/\(t.pyramid.tileset)/\(t.pyramid.grid)/\(t.pyramid.stamp)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
+            "clip/\(epoch)/\(t.pyramid.contentKey(of: t.tile) ?? 0)/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
         return try cached(key) {
             guard var rgba = try t.pyramid.source.decodeTile(t.tile) else { return nil }
             let size = m.tileSize

@@ -237,26 +237,63 @@ final class DalleReader: LeafReader {
     }
 }
 
+/// Decodes stored tiles (with their mask as alpha) of a shard into a canvas: the band above reads
+/// the top level of the band below, an incremental build the unchanged blocks of a shard's
+/// previous version. One per worker (it owns a codec).
+final class StoredTileDecoder {
+    let format: TileFormat
+    private let codec: JPEGCodec
+    private let maskBits = UnsafeMutablePointer<UInt8>.allocate(capacity: 8192)
+
+    init(format: TileFormat) throws {
+        self.format = format
+        codec = try JPEGCodec()
+    }
+
+    deinit { maskBits.deallocate() }
+
+    /// Decodes one tile of `reader` into `dst` (256×256 RGBA, `stride` bytes per line); false
+    /// when the shard has no tile there (`dst` untouched).
+    func decode(
+        _ reader: ShardReader, overview: Int, col: Int, row: Int, into dst: UnsafeMutablePointer<UInt8>, stride: Int
+    )
+        throws -> Bool
+    {
+        guard let bytes = try reader.tile(overview: overview, col: col, row: row) else { return false }
+        try bytes.withUnsafeBytes { bytes in
+            switch format {
+            case .jpeg:
+                try codec.decode(bytes, into: dst, width: 256, height: 256, stride: stride)
+                if let mask = try reader.maskTile(overview: overview, col: col, row: row) {
+                    try mask.withUnsafeBytes {
+                        try Deflate.decompress($0, into: UnsafeMutableRawBufferPointer(start: maskBits, count: 8192))
+                    }
+                    PixelOps.applyMask(maskBits, to: dst, stride: stride, size: 256)
+                }
+            case .webp:
+                try WebPCodec.decode(bytes, into: dst, width: 256, height: 256, stride: stride)
+            }
+        }
+        return true
+    }
+}
+
 /// Reads a level from the coarsest level of the band below (already written shards), two times
 /// finer, and halves it: how bands after the first are built.
 final class PyramidLevelReader: LeafReader {
     let directory: String
     let below: ShardScheme.Band
-    let format: TileFormat
-    let existing: Set<TileCoordinate>
-    private let codec: JPEGCodec
+    /// The shards of the band below in the generation being built, with their files.
+    let shards: [TileCoordinate: String]
+    private let stored: StoredTileDecoder
     private var scratch: Canvas?
-    private let maskBits = UnsafeMutablePointer<UInt8>.allocate(capacity: 8192)
 
-    init(directory: String, below: ShardScheme.Band, format: TileFormat, existing: Set<TileCoordinate>) throws {
+    init(directory: String, below: ShardScheme.Band, format: TileFormat, shards: [TileCoordinate: String]) throws {
         self.directory = directory
         self.below = below
-        self.format = format
-        self.existing = existing
-        codec = try JPEGCodec()
+        self.shards = shards
+        stored = try StoredTileDecoder(format: format)
     }
-
-    deinit { maskBits.deallocate() }
 
     func begin(shard: BoundingBox) throws {}
 
@@ -266,8 +303,8 @@ final class PyramidLevelReader: LeafReader {
         let r = TileRange(
             z: below.top, minCol: range.minCol << up, minRow: range.minRow << up,
             maxCol: ((range.maxCol + 1) << up) - 1, maxRow: ((range.maxRow + 1) << up) - 1)
-        if r.count <= existing.count { return r.tiles.contains { existing.contains($0) } }
-        return existing.contains { r.contains($0) }
+        if r.count <= shards.count { return r.tiles.contains { shards[$0] != nil } }
+        return shards.keys.contains { r.contains($0) }
     }
 
     func read(_ range: TileRange, into canvas: Canvas) throws -> Bool {
@@ -278,32 +315,18 @@ final class PyramidLevelReader: LeafReader {
         let side = fine.colCount * 256
         if scratch?.side != side { scratch = Canvas(side: side) }
         guard let big = scratch else { return false }
-        let present = fine.tiles.filter { existing.contains($0) }
+        let present = fine.tiles.compactMap { t in shards[t].map { (t, $0) } }
         guard !present.isEmpty else { return false }
         big.clear()
         var any = false
-        for t in present {
-            let path = (directory as NSString).appendingPathComponent(ShardScheme.path(of: t))
-            let reader = try ShardReader(path: path)
-            let last = reader.images.count - 1
-            guard let stored = try reader.tile(overview: last, col: 0, row: 0) else { continue }
+        for (t, file) in present {
+            let reader = try ShardReader(path: (directory as NSString).appendingPathComponent(file))
             let dst = big.pixels + (t.row - fine.minRow) * 256 * big.stride + (t.col - fine.minCol) * 256 * 4
-            try stored.withUnsafeBytes { bytes in
-                switch format {
-                case .jpeg:
-                    try codec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
-                    if let mask = try reader.maskTile(overview: last, col: 0, row: 0) {
-                        try mask.withUnsafeBytes {
-                            try Deflate.decompress(
-                                $0, into: UnsafeMutableRawBufferPointer(start: maskBits, count: 8192))
-                        }
-                        PixelOps.applyMask(maskBits, to: dst, stride: big.stride, size: 256)
-                    }
-                case .webp:
-                    try WebPCodec.decode(bytes, into: dst, width: 256, height: 256, stride: big.stride)
-                }
+            if try stored.decode(
+                reader, overview: reader.images.count - 1, col: 0, row: 0, into: dst, stride: big.stride)
+            {
+                any = true
             }
-            any = true
         }
         guard any else { return false }
         PixelOps.downsample(

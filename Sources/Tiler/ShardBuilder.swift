@@ -2,6 +2,7 @@ import Foundation
 import GeoGrid
 import Pyramid
 import Raster
+import Synchronization
 
 /// Builds shards for one worker: a quadtree walk over the shard that reads blocks of
 /// `blockTiles`×`blockTiles` tiles at the deepest level, encodes them, and halves them into
@@ -22,6 +23,9 @@ final class ShardBuilder {
     private let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 256 * 256 * 4)
     private let bits = UnsafeMutablePointer<UInt8>.allocate(capacity: 256 * 256 / 8)
     private var writer: ShardWriter?
+    /// The job being built: its previous version and change area, its tallies.
+    private var job: ShardJob?
+    private let stored: StoredTileDecoder
     private var pixelsRead = 0
     private var currentShard: TileCoordinate?
 
@@ -41,6 +45,7 @@ final class ShardBuilder {
         guard let epsg = tms.epsg else { throw RasterError("grid \(tms.id) has no EPSG code for GeoTIFF keys") }
         self.epsg = epsg
         codec = try JPEGCodec()
+        stored = try StoredTileDecoder(format: format)
     }
 
     deinit {
@@ -63,6 +68,7 @@ final class ShardBuilder {
 
     private func prepare(_ job: ShardJob) throws {
         writer = job.writer
+        self.job = job
         pixelsRead = 0
         if currentShard != job.shard {
             try reader.begin(shard: tms.bounds(of: job.shard))
@@ -73,7 +79,7 @@ final class ShardBuilder {
     /// Builds every level of a shard in one go (bands too short to split).
     func buildWhole(_ job: ShardJob) throws -> Int {
         try prepare(job)
-        defer { writer = nil }
+        defer { (writer, self.job) = (nil, nil) }
         _ = try node(z: band.top, col: job.shard.col, row: job.shard.row, tiles: 1, shard: job.shard, depth: 0)
         return pixelsRead
     }
@@ -82,7 +88,7 @@ final class ShardBuilder {
     /// returns its top canvas, now owned by the caller, and the source pixels read.
     func buildQuadrant(_ job: ShardJob, quadrant q: Int) throws -> (Canvas?, Int) {
         try prepare(job)
-        defer { writer = nil }
+        defer { (writer, self.job) = (nil, nil) }
         let n = 1 << 3
         let c = try node(
             z: band.top + 4, col: job.shard.col * 2 * n + (q & 1) * n, row: job.shard.row * 2 * n + (q >> 1) * n,
@@ -94,7 +100,8 @@ final class ShardBuilder {
     /// Writes the band's top four levels from the job's merged canvas (the four quadrants, halved).
     func merge(_ job: ShardJob, merged: Canvas?) throws {
         writer = job.writer
-        defer { writer = nil }
+        self.job = job
+        defer { (writer, self.job) = (nil, nil) }
         guard var current = merged else { return }
         var z = band.top + 3
         var tiles = 1 << 3
@@ -126,6 +133,9 @@ final class ShardBuilder {
     /// and returns the canvas holding it, or nil when the block is empty.
     private func node(z: Int, col: Int, row: Int, tiles: Int, shard: TileCoordinate, depth: Int) throws -> Canvas? {
         let range = TileRange(z: z, minCol: col, minRow: row, maxCol: col + tiles - 1, maxRow: row + tiles - 1)
+        if let job, let previous = job.previous, let area = job.area, !area.touches(box(of: range)) {
+            return try keep(range, from: previous, shard: shard, depth: depth)
+        }
         guard reader.mayHaveData(range) else { return nil }
         let side = tiles * 256
         let out = canvas(depth: depth, side: side)
@@ -168,14 +178,84 @@ final class ShardBuilder {
         return out
     }
 
+    /// The area of a block of tiles in the grid's CRS.
+    private func box(of range: TileRange) -> BoundingBox {
+        tms.bounds(of: TileCoordinate(z: range.z, col: range.minCol, row: range.minRow)).union(
+            tms.bounds(of: TileCoordinate(z: range.z, col: range.maxCol, row: range.maxRow)))
+    }
+
+    /// A block no changed dalle reaches: its stored tiles, at its level and every deeper one of
+    /// the band, are copied from the shard's previous version as they are; the block's own level
+    /// is decoded for the levels above, which do change. Nil when the previous version has no
+    /// tile there (then nothing deeper either: an overview exists wherever a tile below does).
+    private func keep(_ range: TileRange, from previous: ShardReader, shard: TileCoordinate, depth: Int) throws
+        -> Canvas?
+    {
+        let out = canvas(depth: depth, side: range.colCount * 256)
+        out.clear()
+        var any = false
+        for t in range.tiles {
+            let (overview, lc, lr) = place(t, in: shard)
+            let dst = out.pixels + (t.row - range.minRow) * 256 * out.stride + (t.col - range.minCol) * 256 * 4
+            guard try stored.decode(previous, overview: overview, col: lc, row: lr, into: dst, stride: out.stride)
+            else { continue }
+            try copy(t, from: previous, shard: shard)
+            any = true
+        }
+        guard any else { return nil }
+        var z = range.z + 1
+        while z <= band.deepest {
+            let up = z - range.z
+            let below = TileRange(
+                z: z, minCol: range.minCol << up, minRow: range.minRow << up, maxCol: ((range.maxCol + 1) << up) - 1,
+                maxRow: ((range.maxRow + 1) << up) - 1)
+            for t in below.tiles { try copy(t, from: previous, shard: shard) }
+            z += 1
+        }
+        return out
+    }
+
+    /// A tile's overview index and column and row inside `shard`.
+    private func place(_ t: TileCoordinate, in shard: TileCoordinate) -> (overview: Int, col: Int, row: Int) {
+        let up = t.z - band.top
+        return (band.deepest - t.z, t.col - (shard.col << up), t.row - (shard.row << up))
+    }
+
+    /// Copies one tile's stored bytes and mask from the previous version of the shard; false
+    /// when it had none there.
+    @discardableResult
+    private func copy(_ t: TileCoordinate, from previous: ShardReader, shard: TileCoordinate) throws -> Bool {
+        guard let writer else { return false }
+        let (overview, lc, lr) = place(t, in: shard)
+        guard let bytes = try previous.tile(overview: overview, col: lc, row: lr) else { return false }
+        let mask = try previous.maskTile(overview: overview, col: lc, row: lr)
+        try bytes.withUnsafeBytes { b in
+            if let mask, !mask.elementsEqual(ShardWriter.fullMask) {
+                try mask.withUnsafeBytes { try writer.add(overview: overview, col: lc, row: lr, tile: b, mask: $0) }
+            } else {
+                try writer.add(overview: overview, col: lc, row: lr, tile: b, mask: nil)
+            }
+        }
+        job?.copied.add(1, ordering: .relaxed)
+        return true
+    }
+
     private func encode(_ c: Canvas, range: TileRange, shard: TileCoordinate) throws {
         guard let writer else { return }
         let up = range.z - band.top
         let overview = band.deepest - range.z
+        let previous = job?.previous
+        let area = job?.area
         for t in range.tiles {
+            if let previous, let area, !area.touches(tms.bounds(of: t)) {
+                // Untouched: the previous bytes, not a second encoding of the same pixels.
+                try copy(t, from: previous, shard: shard)
+                continue
+            }
             let p = c.pixels + (t.row - range.minRow) * 256 * c.stride + (t.col - range.minCol) * 256 * 4
             let valid = PixelOps.validCount(p, stride: c.stride, size: 256)
             if valid == 0 { continue }
+            job?.encoded.add(1, ordering: .relaxed)
             let lc = t.col - (shard.col << up)
             let lr = t.row - (shard.row << up)
             switch format {
@@ -207,6 +287,13 @@ final class ShardBuilder {
 final class ShardJob: @unchecked Sendable {
     let shard: TileCoordinate
     let writer: ShardWriter
+    /// The shard as the base generation has it, when only part of it is rebuilt, and where the
+    /// dalles changed: tiles out of that area are copied from it.
+    let previous: ShardReader?
+    let area: ChangeArea?
+    /// Tiles copied from `previous`, and tiles encoded.
+    let copied = Atomic<Int>(0)
+    let encoded = Atomic<Int>(0)
     private let lock = NSLock()
     /// The shard at the band's top level + 3 (8×8 tiles): each quadrant is halved into its
     /// quarter as soon as it is built, so a job holds one canvas, not four.
@@ -215,9 +302,11 @@ final class ShardJob: @unchecked Sendable {
     private(set) var pixelsRead = 0
     private(set) var error: Error?
 
-    init(shard: TileCoordinate, writer: ShardWriter, parts: Int) {
+    init(shard: TileCoordinate, writer: ShardWriter, parts: Int, previous: ShardReader?, area: ChangeArea?) {
         self.shard = shard
         self.writer = writer
+        self.previous = previous
+        self.area = area
         remaining = parts
     }
 

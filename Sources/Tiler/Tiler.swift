@@ -30,8 +30,18 @@ public struct TilingSummary: Sendable {
         public var grid: String
         public var minZoom: Int
         public var maxZoom: Int
+        /// The generation this build made current.
+        public var generation: Int
+        /// Shards in the new generation; of them, built by this run, taken from the base
+        /// generation untouched, and finished by an interrupted run (`--resume`).
         public var shards: Int
+        public var shardsBuilt: Int
         public var shardsReused: Int
+        public var shardsResumed: Int
+        /// Tiles of the rebuilt shards copied as stored bytes from their previous version, and
+        /// tiles encoded from the sources.
+        public var tilesCopied: Int
+        public var tilesEncoded: Int
         public var tiles: Int
         public var bytes: Int
         public var pixelsRead: Int
@@ -44,12 +54,15 @@ public struct TilingSummary: Sendable {
     public var skipped: [(path: String, reason: String)]
     public var grids: [GridResult]
     public var plans: [GridPlan]
+    /// Per planned grid, what changed since its current generation and the shards rebuilt and reused.
+    public var updates: [GridUpdate]
     public var seconds: Double
 }
 
-/// The tiling run: index the sources, plan the shards, build them in parallel band by band,
-/// and record `pyramid.json`. Killed at any moment, a rerun with `resume` redoes only the
-/// shards not yet finished.
+/// The tiling run: index the sources, plan the shards, compare with the pyramid's current
+/// generation, build the shards the changed dalles reach in parallel band by band (the others are
+/// reused as they are), and switch `pyramid.json` to the new generation. Killed at any moment, a
+/// rerun with `resume` redoes only the shards not yet finished.
 public final class Tiler {
     public let definition: TilesetDefinition
     public let options: TileOptions
@@ -96,17 +109,25 @@ public final class Tiler {
         let usable = index.usable
         logger.info("\(usable.count) source dalle(s) usable, \(index.skipped.count) skipped")
 
-        // 2. Plans.
+        // 2. Plans, and what each changes in the store.
         var plans: [GridPlan] = []
+        var updates: [GridUpdate] = []
         for grid in grids {
             let plan = try Planner.plan(
                 grid: grid.g.tms, sources: usable, minZoom: definition.minZoom ?? grid.g.minZoom,
                 maxZoom: definition.maxZoom ?? grid.g.maxZoom)
             plans.append(plan)
+            let folder = PyramidFolder(directory(of: plan))
+            let previous = try folder.current()
+            updates.append(
+                GridUpdate.make(
+                    plan: plan, sources: generationSources(plan, usable: usable), previous: previous,
+                    previousSources: previous?.generation.flatMap { folder.sources(generation: $0) }))
         }
         var summary = TilingSummary(
             sources: usable.count, sourcePixels: usable.reduce(0) { $0 + $1.width * $1.height },
-            skipped: index.skipped.map { ($0.path, $0.error ?? "") }, grids: [], plans: plans, seconds: 0)
+            skipped: index.skipped.map { ($0.path, $0.error ?? "") }, grids: [], plans: plans, updates: updates,
+            seconds: 0)
         if options.dryRun { return summary }
 
         // 3. Build, grid by grid.
@@ -122,41 +143,145 @@ public final class Tiler {
         return summary
     }
 
+    private func directory(of plan: GridPlan) -> String {
+        (tilesetDirectory as NSString).appendingPathComponent(plan.tms.id)
+    }
+
+    /// The dalles of a plan as the generation records them.
+    private func generationSources(_ plan: GridPlan, usable: [SourceEntry]) -> GenerationSources {
+        GenerationSources(
+            settings: settings(plan),
+            dalles: zip(usable, plan.footprints).map { e, box in
+                GenerationSources.Dalle(
+                    path: e.path, bytes: e.fileSize, modified: e.modified, footprint: box,
+                    resolution: e.width > 0 ? max(box.width / Double(e.width), box.height / Double(e.height)) : 0)
+            })
+    }
+
+    /// Everything but the dalles that decides a pyramid's bytes: a build with other settings
+    /// reuses nothing.
+    private func settings(_ plan: GridPlan) -> String {
+        "grid=\(plan.tms.id) z=\(plan.scheme.minZoom)-\(plan.scheme.maxZoom) bands=\(plan.scheme.levelsPerBand) "
+            + "format=\(definition.format.rawValue) quality=\(definition.quality) "
+            + "resampling=\(definition.reprojectionResampling.rawValue) overviews=\(definition.overviewResampling.rawValue)"
+    }
+
     private func build(_ plan: GridPlan, usable: [SourceEntry], digest: String, bad: BadDalles) throws
         -> TilingSummary.GridResult
     {
         let started = Date()
         let tms = plan.tms
-        let directory = (tilesetDirectory as NSString).appendingPathComponent(tms.id)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = directory(of: plan)
+        let folder = PyramidFolder(directory)
+        // One build (or rollback, or gc) of a pyramid at a time; the kernel drops the lock of a
+        // killed process.
+        let lock = try FileLock.build(folder, doing: "this build")
+        defer { withExtendedLifetime(lock) {} }
         Self.removeTemporaryFiles(in: directory)
-        let journal = try Journal(
-            directory: directory, header: journalHeader(plan, digest: digest), resume: options.resume)
-        var done = journal.done
-        let reused = done.count
-        if reused > 0 { logger.info("\(tms.id): resuming, \(reused) shard(s) already finished") }
+        // Read again under the lock: the generation built on is the one current now.
+        let previous = try folder.current()
+        let sources = generationSources(plan, usable: usable)
+        let update = GridUpdate.make(
+            plan: plan, sources: sources, previous: previous,
+            previousSources: previous?.generation.flatMap { folder.sources(generation: $0) })
+        let generation = update.generation
+        let planID = Self.planID(settings: sources.settings, digest: digest, base: update.base)
+        if let previous, update.isNoChange(previous: previous),
+            previous.title == definition.title, previous.abstract == definition.abstract,
+            previous.attribution == definition.attribution, previous.publish == definition.publish,
+            folder.missingShards(of: previous).isEmpty
+        {
+            // Nothing to build and nothing to say: the current generation stays (a new one
+            // listing the same shards would only make servers reload).
+            logger.info("\(tms.id): nothing changed since generation \(update.base)")
+            return TilingSummary.GridResult(
+                grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: update.base,
+                shards: previous.shards.count, shardsBuilt: 0, shardsReused: previous.shards.count, shardsResumed: 0,
+                tilesCopied: 0, tilesEncoded: 0, tiles: previous.shards.reduce(0) { $0 + $1.tiles },
+                bytes: previous.shards.reduce(0) { $0 + $1.bytes }, pixelsRead: 0, failed: [],
+                seconds: Date().timeIntervalSince(started))
+        }
+        if let reason = update.fullReason {
+            logger.info("\(tms.id): generation \(generation), every shard built (\(reason))")
+        } else {
+            logger.info(
+                "\(tms.id): generation \(generation) over \(update.base): dalles \(update.added.count) added, \(update.changed.count) changed, \(update.removed.count) removed; \(update.rebuildCount) shard(s) to build, \(update.reuseCount) reused"
+            )
+        }
+
+        // Shards an interrupted run of this same plan finished.
+        var resumed: [TileCoordinate: ShardRecord] = [:]
+        if options.resume {
+            let records = folder.records()
+            resumed = records.filter { _, r in
+                guard r.plan == planID else { return false }
+                guard let path = r.path else { return true }
+                // Trust a record only if its file is there with the recorded size.
+                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
+                return size == r.bytes
+            }
+            if resumed.isEmpty, !records.isEmpty {
+                throw TilerError.resumeMismatch(
+                    "the sources or settings changed since the interrupted run in \(directory); rerun without --resume")
+            }
+            if !resumed.isEmpty { logger.info("\(tms.id): resuming, \(resumed.count) shard(s) already finished") }
+        } else {
+            folder.clearRecords()
+        }
+
+        // The new generation's shards as they become known: reused, resumed, built.
+        var shardsNow: [TileCoordinate: PyramidManifest.Shard] = [:]
+        let previousShards = Dictionary(
+            (previous?.shards ?? []).map { ($0.coordinate, $0) }, uniquingKeysWith: { a, _ in a })
+        var reused = 0
+        var built = 0
+        var copied = 0
+        var encoded = 0
+        func add(_ c: TileCoordinate, _ r: ShardRecord) {
+            copied += r.copied
+            encoded += r.encoded
+            guard let path = r.path else { return }
+            shardsNow[c] = PyramidManifest.Shard(
+                z: c.z, col: c.col, row: c.row, path: path, bytes: r.bytes, crc32: r.crc32, tiles: r.tiles)
+        }
 
         // Footprints in the grid's CRS, each tied to its dalle.
         let footprints = RectIndex(Array(zip(plan.footprints, usable)))
         var failed: [String] = []
         var pixelsRead = 0
         for (b, band) in plan.scheme.bands.enumerated() {
-            let todo = plan.shards[b].filter { done[$0] == nil }
+            // Reused as they are, unless the file is not what the base generation recorded.
+            var rebuild = update.rebuild[b]
+            for old in update.reuse[b] {
+                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(old.path)))?[.size] as? Int
+                if size == old.bytes {
+                    shardsNow[old.coordinate] = old
+                    reused += 1
+                } else {
+                    logger.warning(
+                        "\(tms.id): \(old.path) of generation \(update.base) is missing or damaged; building it again")
+                    rebuild.append(old.coordinate)
+                }
+            }
+            for s in rebuild { if let r = resumed[s] { add(s, r) } }
+            let todo = rebuild.filter { resumed[$0] == nil }
             let label = "\(definition.id)/\(tms.id) z\(band.deepest)→\(band.top)"
             progress.start(label, total: plan.shards[b].count)
             progress.advance(units: plan.shards[b].count - todo.count)
-            let existing = Set(done.compactMap { $0.value == nil ? nil : $0.key })
+            let below = b > 0 ? plan.scheme.bands[b - 1] : nil
+            let belowShards = Dictionary(
+                shardsNow.filter { below != nil && $0.key.z == below?.top }.map { ($0.key, $0.value.path) },
+                uniquingKeysWith: { a, _ in a })
             // Work items: whole shards, or each shard's four quadrants (so two cores share even one shard).
             let parts = ShardBuilder.splits(band) ? 4 : 1
             let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }
-            let results = ResultSlots<(TileCoordinate, Result<(ShardSummary?, Int), Error>)>(count: todo.count)
+            let results = ResultSlots<(TileCoordinate, Result<(ShardRecord, Int), Error>)>(count: todo.count)
             let jobs = Mutex<[TileCoordinate: ShardJob]>([:])
             let counter = Counter()
             let options = self.options
             let definition = self.definition
             let progress = self.progress
-            let below = b > 0 ? plan.scheme.bands[b - 1] : nil
-            let journalRef = journal
+            let area = update.area
             let slot = Dictionary(uniqueKeysWithValues: todo.enumerated().map { ($1, $0) })
             DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, items.count))) { _ in
                 var builder: ShardBuilder?
@@ -165,7 +290,7 @@ public final class Tiler {
                     let reader: LeafReader =
                         if let below {
                             try PyramidLevelReader(
-                                directory: directory, below: below, format: definition.format, existing: existing)
+                                directory: directory, below: below, format: definition.format, shards: belowShards)
                         } else {
                             try DalleReader(
                                 tms: tms, footprints: footprints, resampling: definition.reprojectionResampling,
@@ -181,14 +306,18 @@ public final class Tiler {
                     let i = counter.next()
                     if i >= items.count { break }
                     let (shard, quadrant) = items[i]
-                    let path = (directory as NSString).appendingPathComponent(ShardScheme.path(of: shard))
+                    let relative = PyramidFolder.shardPath(shard, generation: generation)
                     let job: ShardJob
                     do {
                         guard let builder else { throw setupError ?? RasterError("worker set-up failed") }
                         job = try jobs.withLock { all in
                             if let j = all[shard] { return j }
+                            // The shard as the base generation has it: what no changed dalle
+                            // reaches is copied from there.
+                            let previous = try previousShards[shard].map { try ShardReader(path: folder.path($0.path)) }
                             let j = ShardJob(
-                                shard: shard, writer: try builder.makeWriter(shard: shard, path: path), parts: parts)
+                                shard: shard, writer: try builder.makeWriter(shard: shard, path: folder.path(relative)),
+                                parts: parts, previous: previous, area: previous == nil ? nil : area)
                             all[shard] = j
                             return j
                         }
@@ -217,8 +346,12 @@ public final class Tiler {
                         if let error = job.error { throw error }
                         if parts > 1, let builder { try builder.merge(job, merged: merged) }
                         let summary = try job.writer.finish()
-                        journalRef.record(shard, summary)
-                        results.set(slot[shard] ?? 0, (shard, .success((summary, job.pixelsRead))))
+                        let record = ShardRecord(
+                            plan: planID, path: summary == nil ? nil : relative, bytes: summary?.bytes ?? 0,
+                            crc32: String(format: "%08x", summary?.crc32 ?? 0), tiles: summary?.tiles ?? 0,
+                            copied: job.copied.load(ordering: .relaxed), encoded: job.encoded.load(ordering: .relaxed))
+                        try folder.record(record, for: shard)
+                        results.set(slot[shard] ?? 0, (shard, .success((record, job.pixelsRead))))
                         progress.advance(pixels: job.pixelsRead, bytes: summary?.bytes ?? 0)
                     } catch {
                         results.set(slot[shard] ?? 0, (shard, .failure(error)))
@@ -229,8 +362,9 @@ public final class Tiler {
             progress.finish()
             for (shard, r) in results.values {
                 switch r {
-                case .success(let (summary, pixels)):
-                    done[shard] = summary
+                case .success(let (record, pixels)):
+                    add(shard, record)
+                    built += 1
                     pixelsRead += pixels
                 case .failure(let error):
                     logger.error("shard \(tms.id) \(shard) failed: \(error)")
@@ -240,39 +374,39 @@ public final class Tiler {
             if !failed.isEmpty && !options.keepGoing { break }
         }
 
-        // 4. The manifest lists what exists; files of earlier plans that are no longer wanted go.
-        let shards = done.compactMap { (c, s) -> PyramidManifest.Shard? in
-            guard let s else { return nil }
-            return PyramidManifest.Shard(
-                z: c.z, col: c.col, row: c.row, path: ShardScheme.path(of: c), bytes: s.bytes,
-                crc32: String(format: "%08x", s.crc32), tiles: s.tiles)
-        }.sorted { ($0.z, $0.row, $0.col) < ($1.z, $1.row, $1.col) }
+        // 4. The switch: the new generation's manifest, made current only over the one built on.
+        let shards = shardsNow.values.sorted { ($0.z, $0.row, $0.col) < ($1.z, $1.row, $1.col) }
         if failed.isEmpty || options.keepGoing {
-            removeStaleShards(directory: directory, keep: Set(shards.map(\.path)))
             var manifest = PyramidManifest(
                 tileset: definition.id, tileMatrixSet: tms, tileSize: 256, format: definition.format,
                 quality: definition.quality, resampling: definition.overviewResampling.rawValue,
                 minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, levels: plan.levels, bounds: plan.bounds,
                 wgs84Bounds: plan.wgs84Bounds, shardScheme: plan.scheme, shards: shards, sourcesDigest: digest,
                 created: ISO8601DateFormatter().string(from: Date()), tool: "dallage \(DallageVersion.current)")
+            manifest.formatVersion = PyramidFolder.formatVersion
+            manifest.generation = generation
             manifest.title = definition.title
             manifest.abstract = definition.abstract
             manifest.attribution = definition.attribution
             manifest.publish = definition.publish
-            try manifest.save(directory: directory)
+            try folder.commit(manifest, sources: sources)
+            folder.clearRecords()
             // What is really there, from the masks: coverage progress reads it.
             try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)
         }
         return TilingSummary.GridResult(
-            grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, shards: shards.count,
-            shardsReused: reused, tiles: shards.reduce(0) { $0 + $1.tiles }, bytes: shards.reduce(0) { $0 + $1.bytes },
-            pixelsRead: pixelsRead, failed: failed, seconds: Date().timeIntervalSince(started))
+            grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: generation,
+            shards: shards.count, shardsBuilt: built, shardsReused: reused, shardsResumed: resumed.count,
+            tilesCopied: copied, tilesEncoded: encoded, tiles: shards.reduce(0) { $0 + $1.tiles },
+            bytes: shards.reduce(0) { $0 + $1.bytes }, pixelsRead: pixelsRead, failed: failed,
+            seconds: Date().timeIntervalSince(started))
     }
 
-    private func journalHeader(_ plan: GridPlan, digest: String) -> String {
-        "sources=\(digest) grid=\(plan.tms.id) z=\(plan.scheme.minZoom)-\(plan.scheme.maxZoom) "
-            + "format=\(definition.format.rawValue) quality=\(definition.quality) "
-            + "resampling=\(definition.reprojectionResampling.rawValue) tool=\(DallageVersion.current)"
+    /// Names one build: the same sources and settings over the same generation give the same
+    /// id, so a resumed or repeated run recognises the records of its own plan.
+    static func planID(settings: String, digest: String, base: Int) -> String {
+        let text = "\(settings)|sources=\(digest)|base=\(base)|tool=\(DallageVersion.current)"
+        return String(format: "%08x", Array(text.utf8).withUnsafeBytes { Deflate.crc32($0) })
     }
 
     /// Deletes half-written shards and spools left by a killed run (hidden names).
@@ -285,71 +419,9 @@ public final class Tiler {
             }
         }
     }
-
-    private func removeStaleShards(directory: String, keep: Set<String>) {
-        let root = (directory as NSString).appendingPathComponent("shards")
-        guard let e = FileManager.default.enumerator(atPath: root) else { return }
-        while let f = e.nextObject() as? String {
-            guard f.hasSuffix(".tif"), !keep.contains("shards/\(f)") else { continue }
-            logger.info("removing stale shard shards/\(f)")
-            try? FileManager.default.removeItem(atPath: (root as NSString).appendingPathComponent(f))
-        }
-    }
 }
 
 /// The tool's version, recorded in every manifest.
 public enum DallageVersion {
     public static let current = "0.1.0"
-}
-
-/// An append-only record of finished shards (`.journal`), fsynced per line, read back by `--resume`.
-final class Journal: Sendable {
-    private let path: String
-    private let handle: Mutex<FileHandle?>
-    let done: [TileCoordinate: ShardSummary?]
-
-    init(directory: String, header: String, resume: Bool) throws {
-        path = (directory as NSString).appendingPathComponent(".journal")
-        var done: [TileCoordinate: ShardSummary?] = [:]
-        if resume, let text = try? String(contentsOfFile: path, encoding: .utf8) {
-            let lines = text.split(separator: "\n")
-            guard let first = lines.first, first == "# " + header else {
-                throw TilerError.resumeMismatch(
-                    "the sources or settings changed since the interrupted run in \(directory); rerun without --resume")
-            }
-            for line in lines.dropFirst() {
-                let f = line.split(separator: " ")
-                guard f.count == 6, let z = Int(f[0]), let c = Int(f[1]), let r = Int(f[2]), let bytes = Int(f[3]),
-                    let crc = UInt32(f[4], radix: 16), let tiles = Int(f[5])
-                else { continue }
-                let coord = TileCoordinate(z: z, col: c, row: r)
-                if tiles == 0 {
-                    done[coord] = .some(nil)
-                    continue
-                }
-                // Trust the line only if the file is there with the recorded size.
-                let file = (directory as NSString).appendingPathComponent(ShardScheme.path(of: coord))
-                if let size = (try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? Int, size == bytes {
-                    done[coord] = ShardSummary(bytes: bytes, crc32: crc, tiles: tiles)
-                }
-            }
-        }
-        self.done = done
-        if !resume || done.isEmpty {
-            try Data("# \(header)\n".utf8).write(to: URL(fileURLWithPath: path))
-        }
-        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        h.seekToEndOfFile()
-        handle = Mutex(h)
-    }
-
-    /// Records a finished shard (nil: planned but empty).
-    func record(_ shard: TileCoordinate, _ s: ShardSummary?) {
-        let line =
-            "\(shard.z) \(shard.col) \(shard.row) \(s?.bytes ?? 0) \(String(format: "%08x", s?.crc32 ?? 0)) \(s?.tiles ?? 0)\n"
-        handle.withLock { h in
-            h?.write(Data(line.utf8))
-            try? h?.synchronize()
-        }
-    }
 }

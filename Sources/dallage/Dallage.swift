@@ -10,7 +10,8 @@ struct Dallage: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             TileCommand.self, ServeCommand.self, SampleDataCommand.self, InspectCommand.self, ValidateCommand.self,
-            ExportCommand.self, TerritoriesCommand.self, ProjectsCommand.self, ExtractCommand.self,
+            ExportCommand.self, CollectCommand.self, RollbackCommand.self, TerritoriesCommand.self,
+            ProjectsCommand.self, ExtractCommand.self,
         ])
 }
 

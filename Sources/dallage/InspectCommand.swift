@@ -36,6 +36,20 @@ struct InspectCommand: ParsableCommand {
             shards      \(m.shards.count), \(m.shards.reduce(0) { $0 + $1.tiles }) tiles, \(Progress.bytes(m.shards.reduce(0) { $0 + $1.bytes }))
             created     \(m.created) by \(m.tool), sources \(m.sourcesDigest)
             """)
+        let history = (try? PyramidFolder(pyramid).history()) ?? []
+        if history.isEmpty {
+            print("generations none (written before generations: format \(m.formatVersion))")
+        } else {
+            print("generation  created               shards  new  size")
+            for g in history.reversed() {
+                let mark = g.isCurrent ? "*" : " "
+                let restores = g.restores.map { "  restores \($0)" } ?? ""
+                print(
+                    "\(mark) \(String(g.generation).padding(toLength: 9, withPad: " ", startingAt: 0)) "
+                        + "\(g.created.padding(toLength: 21, withPad: " ", startingAt: 0)) "
+                        + String(format: "%6d %4d  ", g.shards, g.newShards) + Progress.bytes(g.bytes) + restores)
+            }
+        }
         print("level  tiles (cols × rows limits)")
         for l in m.levels {
             print(String(format: "z%-5d cols %d–%d, rows %d–%d", l.z, l.minCol, l.maxCol, l.minRow, l.maxRow))

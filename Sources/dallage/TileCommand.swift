@@ -33,8 +33,10 @@ struct TileCommand: ParsableCommand {
             "GDAL block cache in MB. Tiled dalles are read about once, so little is needed; raise it for strip-organised dalles."
     ) var cacheMB = 48
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
-    @Flag(help: "Continue from an interrupted run, redoing only unfinished shards.") var resume = false
-    @Flag(name: .customLong("dry-run"), help: "Print the plan and stop.") var dryRun = false
+    @Flag(help: "Continue an interrupted run from its shard records, redoing only unfinished shards.") var resume =
+        false
+    @Flag(name: .customLong("dry-run"), help: "Print the plan and what changed since the current generation, and stop.")
+    var dryRun = false
     @Flag(name: .customLong("keep-going"), help: "Exit 0 even when dalles or shards were skipped.")
     var keepGoing = false
 
@@ -83,6 +85,35 @@ struct TileCommand: ParsableCommand {
         if (failed > 0 || !summary.skipped.isEmpty) && !keepGoing { throw ExitCode(1) }
     }
 
+    /// What a build does to one grid's pyramid: the dalles that changed since its current
+    /// generation and the shards rebuilt and reused.
+    static func describe(_ u: GridUpdate, dryRun: Bool) -> [String] {
+        var out: [String] = []
+        let verb = dryRun ? "would make" : "makes"
+        if u.fullReason == nil, u.rebuildCount == 0, u.dropped == 0, u.added.isEmpty, u.changed.isEmpty,
+            u.removed.isEmpty
+        {
+            out.append(
+                "  \(u.grid): no dalle changed since generation \(u.base); \(u.reuseCount) shard(s) kept as they are")
+            return out
+        }
+        if let reason = u.fullReason {
+            out.append(
+                "  \(u.grid): \(verb) generation \(u.generation), building all \(u.rebuildCount) shard(s): \(reason)")
+            return out
+        }
+        out.append(
+            "  \(u.grid): \(verb) generation \(u.generation) over \(u.base): dalles \(u.added.count) added, "
+                + "\(u.changed.count) changed, \(u.removed.count) removed; shards \(u.rebuildCount) to build, "
+                + "\(u.reuseCount) reused, \(u.dropped) dropped")
+        for (label, names) in [("added", u.added), ("changed", u.changed), ("removed", u.removed)] where !names.isEmpty
+        {
+            let shown = names.prefix(10).joined(separator: ", ")
+            out.append("    \(label): \(shown)\(names.count > 10 ? ", … (\(names.count - 10) more)" : "")")
+        }
+        return out
+    }
+
     static func report(_ s: TilingSummary, definition: TilesetDefinition, dryRun: Bool, store: String) -> String {
         var out: [String] = []
         out.append(
@@ -95,11 +126,17 @@ struct TileCommand: ParsableCommand {
                     + "[\(plan.shards.map { String($0.count) }.joined(separator: ", "))], ~\(plan.estimatedTiles) tiles, "
                     + "~\(Progress.bytes(plan.estimatedBytes))")
         }
+        for u in s.updates {
+            out.append(contentsOf: Self.describe(u, dryRun: dryRun))
+        }
         for g in s.grids {
             let rate = g.seconds > 0 ? Double(g.pixelsRead) / g.seconds / 1e6 : 0
             out.append(
-                "  built \(g.grid) z\(g.minZoom)–\(g.maxZoom): \(g.shards) shard(s) (\(g.shardsReused) reused), "
-                    + "\(g.tiles) tiles, \(Progress.bytes(g.bytes)) in \(Progress.duration(g.seconds)), "
+                "  built \(g.grid) z\(g.minZoom)–\(g.maxZoom): generation \(g.generation), \(g.shards) shard(s): "
+                    + "\(g.shardsBuilt) built, \(g.shardsReused) reused"
+                    + (g.shardsResumed > 0 ? ", \(g.shardsResumed) finished before (--resume)" : "") + "; "
+                    + "tiles \(g.tilesEncoded) encoded, \(g.tilesCopied) copied; \(g.tiles) tiles, "
+                    + "\(Progress.bytes(g.bytes)) in \(Progress.duration(g.seconds)), "
                     + "\(String(format: "%.1f", rate)) Mpx/s read")
             for f in g.failed { out.append("  FAILED shard \(f)") }
         }

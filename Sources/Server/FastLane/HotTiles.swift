@@ -12,12 +12,14 @@ import Synchronization
 /// cores and each part held the same popular tiles, so a working set twice a loop's part missed
 /// about half the time (20 KB tiles, `bench/server`). Cut into stripes by tile, each with its own
 /// lock and a sixteenth of the budget (a larger tile is not kept), so two loops seldom meet on one
-/// lock (as the pyramid reader's open shards); oldest out first within a stripe; emptied when the
-/// catalog changes so a rebuilt pyramid is never answered from an old copy.
+/// lock (as the pyramid reader's open shards); oldest out first within a stripe. Keyed by the
+/// shard's content (pyramid, file, checksum: a shard is never rewritten under its path), not by the
+/// catalog's version: a new generation leaves every tile of the shards it did not rebuild in
+/// place, and a rebuilt shard's tiles are new keys, so no old copy can answer for them.
 final class HotTiles: Sendable {
     struct Key: Hashable, Sendable {
-        /// The served pyramid (the catalog keeps it alive as long as its version holds).
-        var pyramid: ObjectIdentifier
+        /// `ServedPyramid.contentKey(of:)` of the tile.
+        var shard: UInt64
         var tile: TileCoordinate
     }
 
@@ -50,7 +52,6 @@ final class HotTiles: Sendable {
         var entries: [Key: Entry] = [:]
         var order = CircularBuffer<Key>()
         var bytes = 0
-        var catalogVersion = -1
     }
 
     private final class Stripe: Sendable {
@@ -73,25 +74,17 @@ final class HotTiles: Sendable {
         return stripes[(t.col &* 31 &+ t.row &* 17 &+ t.z) & (Self.stripeCount - 1)]
     }
 
-    /// The ready response for a tile, nil when it is not kept. Asked with a newer catalog version,
-    /// the stripe drops what it kept first; with an older one (a loop that has not seen the
-    /// change yet), it answers nothing.
-    func get(_ key: Key, catalogVersion version: Int) -> Entry? {
+    /// The ready response for a tile, nil when it is not kept.
+    func get(_ key: Key) -> Entry? {
         guard stripeCapacity > 0 else { return nil }
-        return stripe(key).tiles.withLock { t in
-            if version > t.catalogVersion {
-                t = Tiles()
-                t.catalogVersion = version
-            }
-            return version == t.catalogVersion ? t.entries[key] : nil
-        }
+        return stripe(key).tiles.withLock { $0.entries[key] }
     }
 
-    /// Keeps a tile's ready response, made from the catalog at `catalogVersion`.
-    func put(_ key: Key, _ entry: Entry, catalogVersion version: Int) {
+    /// Keeps a tile's ready response.
+    func put(_ key: Key, _ entry: Entry) {
         guard entry.cost <= stripeCapacity else { return }
         stripe(key).tiles.withLock { t in
-            guard version == t.catalogVersion, t.entries[key] == nil else { return }
+            guard t.entries[key] == nil else { return }
             t.entries[key] = entry
             t.order.append(key)
             t.bytes += entry.cost

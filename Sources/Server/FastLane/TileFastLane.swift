@@ -309,9 +309,10 @@ final class TileFastLane: ChannelDuplexHandler {
         guard let t = try? service.resolve(tile, in: catalog, strictLimits: route == .wmtsREST),
             case .stored? = try? service.answer(t, viewer: .anyone, memo: &published, quick: true)
         else { return nil }
-        let key = HotTiles.Key(pyramid: ObjectIdentifier(t.pyramid), tile: t.tile)
+        guard let shard = t.pyramid.contentKey(of: t.tile) else { return nil }
+        let key = HotTiles.Key(shard: shard, tile: t.tile)
         let ready: HotTiles.Entry
-        if let hit = hot.get(key, catalogVersion: catalog.version) {
+        if let hit = hot.get(key) {
             ready = hit
             tally.hotHits += 1
         } else {
@@ -321,7 +322,7 @@ final class TileFastLane: ChannelDuplexHandler {
             guard case .ready(.success(let stored?)) = service.readNow(t, allocator: context.channel.allocator)
             else { return nil }
             ready = HotTiles.Entry(service.response(t, stored), allocator: context.channel.allocator)
-            hot.put(key, ready, catalogVersion: catalog.version)
+            hot.put(key, ready)
         }
         let current =
             head.ifNoneMatch.map {
