@@ -74,6 +74,8 @@ extension PyramidFolder {
         target.restores = target.restores ?? g
         target.created = ISO8601DateFormatter().string(from: Date())
         try commit(target, sources: sources(generation: g))
+        // The area really tiled is the restored generation's: coverage progress reads it.
+        try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)
         return target
     }
 

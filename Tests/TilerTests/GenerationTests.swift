@@ -115,7 +115,10 @@ import Testing
         // The rebuilt one has a new path; the old file is still there for servers on generation 1.
         let newPath = try #require(after[rebuilt]?.path)
         #expect(newPath == PyramidFolder.shardPath(rebuilt, generation: 2))
-        #expect(FileManager.default.fileExists(atPath: pyramid + "/" + (before[rebuilt]?.path ?? "?")))
+        let oldFile = try #require(before[rebuilt])
+        #expect(newPath != oldFile.path)
+        let kept = try ShardReader(path: pyramid + "/" + oldFile.path).readAll()
+        #expect(String(format: "%08x", kept.withUnsafeBytes { Deflate.crc32($0) }) == oldFile.crc32)
 
         // Tiles of the rebuilt shard that the new dalle does not reach are the same bytes as before.
         let tms = try Fixture.grid("2154_5cm")
