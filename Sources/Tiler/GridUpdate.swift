@@ -7,13 +7,23 @@ import Pyramid
 /// reach of a resampling kernel. A tile (at any level) that meets none of them has the pixels it
 /// had, so its stored bytes are copied; a shard that meets none is reused as it is.
 struct ChangeArea: Sendable {
-    private let index: RectIndex<Int>
+    /// Asked once per tile of a rebuilt shard: a tranche's few boxes are scanned in a row (no
+    /// hashing, no allocation); a bucket index past a few dozen.
+    private let boxes: [BoundingBox]
+    private let index: RectIndex<Int>?
 
-    init(_ boxes: [BoundingBox]) { index = RectIndex(boxes.enumerated().map { ($1, $0) }) }
+    init(_ boxes: [BoundingBox]) {
+        self.boxes = boxes
+        index = boxes.count > 32 ? RectIndex(boxes.enumerated().map { ($1, $0) }) : nil
+    }
 
-    var isEmpty: Bool { index.items.isEmpty }
+    var isEmpty: Bool { boxes.isEmpty }
 
-    func touches(_ box: BoundingBox) -> Bool { index.intersectsAny(box) }
+    func touches(_ box: BoundingBox) -> Bool {
+        if let index { return index.intersectsAny(box) }
+        for b in boxes where b.intersects(box) { return true }
+        return false
+    }
 }
 
 /// What one build of a grid does against the generation it starts from: the plan applied to
