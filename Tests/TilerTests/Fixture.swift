@@ -58,6 +58,20 @@ enum Fixture {
         }
     }
 
+    /// Waits, on the calling (Dispatch) thread, until `condition` holds or `timeout` passes, asking
+    /// every `interval`; false at the deadline. For a watcher that must react within milliseconds
+    /// while Swift concurrency's threads are busy with other suites.
+    static func poll(
+        timeout: TimeInterval, every interval: TimeInterval = 0.002, until condition: () -> Bool
+    ) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !condition() {
+            guard Date() < deadline else { return false }
+            Thread.sleep(forTimeInterval: interval)
+        }
+        return true
+    }
+
     static func grid(_ id: String) throws -> TileMatrixSet {
         try #require(try TileMatrixSetCatalog.load(directory: tmsDirectory).sets[id])
     }

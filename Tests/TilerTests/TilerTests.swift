@@ -258,9 +258,10 @@ struct ResumeTests {
             p.standardOutput = FileHandle.nullDevice
             try p.run()
             atKill = try await Fixture.onDispatchThread {
-                let deadline = Date().addingTimeInterval(120)
-                while Date() < deadline, p.isRunning, folder.records().isEmpty { usleep(2000) }
+                // The first record, or the run's end (then the test tries again).
+                let seen = Fixture.poll(timeout: 120) { !p.isRunning || !folder.records().isEmpty }
                 if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                guard seen else { return 0 }
                 p.waitUntilExit()
                 return p.terminationReason == .uncaughtSignal ? folder.records().count : total
             }
