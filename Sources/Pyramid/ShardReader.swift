@@ -142,10 +142,14 @@ public final class ShardReader: @unchecked Sendable {
 
     /// The DEFLATE-compressed 1-bit mask of one tile; nil when the shard has no mask or the tile is absent.
     public func maskTile(overview: Int, col: Int, row: Int) throws -> [UInt8]? {
-        guard masks.indices.contains(overview), let r = try range(masks[overview], col: col, row: row) else {
-            return nil
-        }
+        guard let r = try maskRange(overview: overview, col: col, row: row) else { return nil }
         return try bytes(r)
+    }
+
+    /// Where a tile's mask lies in the file; nil when the shard has no mask or the tile is absent.
+    public func maskRange(overview: Int, col: Int, row: Int) throws -> (offset: UInt64, count: Int)? {
+        guard masks.indices.contains(overview) else { return nil }
+        return try range(masks[overview], col: col, row: row)
     }
 
     private func bytes(_ r: (offset: UInt64, count: Int)) throws -> [UInt8] {

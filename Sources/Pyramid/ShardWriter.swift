@@ -90,6 +90,8 @@ public final class ShardWriter: @unchecked Sendable {
         var length: Int = 0
         var maskOffset: Int = 0
         var maskLength: Int = 0  // 0 = fully opaque
+        /// Where the bytes are: -1 in the spool, else an index in `sources`.
+        var source: Int = -1
     }
 
     private let spoolPath: String
@@ -97,6 +99,8 @@ public final class ShardWriter: @unchecked Sendable {
     private var spoolSize = 0
     private var entries: [[Entry]]
     private var anyPartial = false
+    /// Shards whose tiles are copied by reference: read once, straight into the final file.
+    private var sources: [ShardReader] = []
     private var finished = false
     /// Serialises `add` from the workers that build a shard's quadrants.
     private let lock = NSLock()
@@ -167,6 +171,38 @@ public final class ShardWriter: @unchecked Sendable {
             anyPartial = true
         }
         entries[overview][row * n.across + col] = e
+    }
+
+    /// Adds the tile stored at the same place in `previous` (a version of this shard), copying its
+    /// bytes and mask straight into the final file at `finish()` rather than through the spool.
+    /// False when `previous` has no tile there.
+    @discardableResult
+    public func add(overview: Int, col: Int, row: Int, from previous: ShardReader) throws -> Bool {
+        let n = geometry.tiles(overview: overview)
+        precondition(col >= 0 && col < n.across && row >= 0 && row < n.down, "tile outside the shard")
+        guard let tile = try previous.tileRange(overview: overview, col: col, row: row) else { return false }
+        var e = Entry(offset: Int(tile.offset), length: tile.count)
+        if let mask = try previous.maskRange(overview: overview, col: col, row: row) {
+            // A stored full mask means "every pixel valid": kept as no mask, like a fresh tile.
+            var full = mask.count == Self.fullMask.count
+            if full {
+                var bytes = [UInt8](repeating: 0, count: mask.count)
+                try bytes.withUnsafeMutableBytes { try previous.read(at: mask.offset, into: $0) }
+                full = bytes == Self.fullMask
+            }
+            if !full { (e.maskOffset, e.maskLength) = (Int(mask.offset), mask.count) }
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let i = sources.firstIndex(where: { $0 === previous }) {
+            e.source = i
+        } else {
+            e.source = sources.count
+            sources.append(previous)
+        }
+        if e.maskLength > 0 { anyPartial = true }
+        entries[overview][row * n.across + col] = e
+        return true
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
@@ -270,24 +306,29 @@ public final class ShardWriter: @unchecked Sendable {
             // Read tiles back with pread rather than a mapping: mapped spool pages would count in the
             // process's resident memory and grow with the shard.
             var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            func copy(offset: Int, length: Int) throws {
+            func copy(offset: Int, length: Int, source: Int) throws {
                 if chunk.count < length { chunk = [UInt8](repeating: 0, count: length) }
                 try chunk.withUnsafeMutableBytes { buf in
-                    var done = 0
-                    while done < length {
-                        let n = pread(spool, buf.baseAddress! + done, length - done, off_t(offset + done))
-                        guard n > 0 else { throw RasterError("cannot read back \(spoolPath)") }
-                        done += n
+                    let part = UnsafeMutableRawBufferPointer(start: buf.baseAddress, count: length)
+                    if source >= 0 {
+                        try sources[source].read(at: UInt64(offset), into: part)
+                    } else {
+                        var done = 0
+                        while done < length {
+                            let n = pread(spool, buf.baseAddress! + done, length - done, off_t(offset + done))
+                            guard n > 0 else { throw RasterError("cannot read back \(spoolPath)") }
+                            done += n
+                        }
                     }
-                    try out.write(UnsafeRawBufferPointer(start: buf.baseAddress, count: length))
+                    try out.write(UnsafeRawBufferPointer(part))
                 }
             }
             for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
                 for e in entries[o] where e.length > 0 {
-                    try copy(offset: e.offset, length: e.length)
+                    try copy(offset: e.offset, length: e.length, source: e.source)
                     if hasMask {
                         if e.maskLength > 0 {
-                            try copy(offset: e.maskOffset, length: e.maskLength)
+                            try copy(offset: e.maskOffset, length: e.maskLength, source: e.source)
                         } else {
                             try fullMask.withUnsafeBytes { try out.write($0) }
                         }

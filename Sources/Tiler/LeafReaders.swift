@@ -285,13 +285,19 @@ final class PyramidLevelReader: LeafReader {
     let below: ShardScheme.Band
     /// The shards of the band below in the generation being built, with their files.
     let shards: [TileCoordinate: String]
+    /// Halving takes the top-left pixel of each 2×2 (nearest) rather than their average.
+    let nearest: Bool
     private let stored: StoredTileDecoder
     private var scratch: Canvas?
 
-    init(directory: String, below: ShardScheme.Band, format: TileFormat, shards: [TileCoordinate: String]) throws {
+    init(
+        directory: String, below: ShardScheme.Band, format: TileFormat, shards: [TileCoordinate: String],
+        nearest: Bool
+    ) throws {
         self.directory = directory
         self.below = below
         self.shards = shards
+        self.nearest = nearest
         stored = try StoredTileDecoder(format: format)
     }
 
@@ -331,7 +337,7 @@ final class PyramidLevelReader: LeafReader {
         guard any else { return false }
         PixelOps.downsample(
             big.pixels, srcStride: big.stride, into: canvas.pixels, dstStride: canvas.stride, width: canvas.side,
-            height: canvas.side)
+            height: canvas.side, nearest: nearest)
         return true
     }
 }

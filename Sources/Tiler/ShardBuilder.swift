@@ -53,8 +53,10 @@ final class ShardBuilder {
         bits.deallocate()
     }
 
-    /// True when shards of `band` are built as four quadrants (separate jobs) and a merge.
-    static func splits(_ band: ShardScheme.Band) -> Bool { band.deepest - band.top >= 4 }
+    /// Parts per side a shard of `band` is cut into at the band's top level + 4 (16×16 tiles
+    /// there): 4, so that 16 separate jobs of 4×4 tiles and a merge share a shard between cores
+    /// even when a tranche touches a small part of it; 1 (built whole) when the band is too short.
+    static func partsPerSide(_ band: ShardScheme.Band) -> Int { band.deepest - band.top >= 4 ? 4 : 1 }
 
     /// A writer for `shard` at `path`, with the shard's georeferencing.
     func makeWriter(shard: TileCoordinate, path: String) throws -> ShardWriter {
@@ -84,20 +86,21 @@ final class ShardBuilder {
         return pixelsRead
     }
 
-    /// Builds one quadrant (0…3, row-major) of a shard down from the band's top level + 4, and
-    /// returns its top canvas, now owned by the caller, and the source pixels read.
-    func buildQuadrant(_ job: ShardJob, quadrant q: Int) throws -> (Canvas?, Int) {
+    /// Builds one part (row-major among `partsPerSide`²) of a shard down from the band's top
+    /// level + 4, and returns its top canvas, now owned by the caller, and the source pixels read.
+    func buildPart(_ job: ShardJob, part p: Int) throws -> (Canvas?, Int) {
         try prepare(job)
         defer { (writer, self.job) = (nil, nil) }
-        let n = 1 << 3
+        let k = Self.partsPerSide(band)
+        let n = 16 / k
         let c = try node(
-            z: band.top + 4, col: job.shard.col * 2 * n + (q & 1) * n, row: job.shard.row * 2 * n + (q >> 1) * n,
+            z: band.top + 4, col: job.shard.col * 16 + (p % k) * n, row: job.shard.row * 16 + (p / k) * n,
             tiles: n, shard: job.shard, depth: 0)
         // The canvas stays this builder's: the caller halves it into the job before the next build.
         return (c, pixelsRead)
     }
 
-    /// Writes the band's top four levels from the job's merged canvas (the four quadrants, halved).
+    /// Writes the band's top four levels from the job's merged canvas (the parts, halved).
     func merge(_ job: ShardJob, merged: Canvas?) throws {
         writer = job.writer
         self.job = job
@@ -151,7 +154,7 @@ final class ShardBuilder {
             else { return nil }
             PixelOps.downsample(
                 child.pixels, srcStride: child.stride, into: out.pixels, dstStride: out.stride, width: side,
-                height: side)
+                height: side, nearest: nearestOverviews)
         } else {
             // Four children, each halved into its quadrant.
             var any = false
@@ -227,15 +230,7 @@ final class ShardBuilder {
     private func copy(_ t: TileCoordinate, from previous: ShardReader, shard: TileCoordinate) throws -> Bool {
         guard let writer else { return false }
         let (overview, lc, lr) = place(t, in: shard)
-        guard let bytes = try previous.tile(overview: overview, col: lc, row: lr) else { return false }
-        let mask = try previous.maskTile(overview: overview, col: lc, row: lr)
-        try bytes.withUnsafeBytes { b in
-            if let mask, !mask.elementsEqual(ShardWriter.fullMask) {
-                try mask.withUnsafeBytes { try writer.add(overview: overview, col: lc, row: lr, tile: b, mask: $0) }
-            } else {
-                try writer.add(overview: overview, col: lc, row: lr, tile: b, mask: nil)
-            }
-        }
+        guard try writer.add(overview: overview, col: lc, row: lr, from: previous) else { return false }
         job?.copied.add(1, ordering: .relaxed)
         return true
     }
@@ -282,8 +277,8 @@ final class ShardBuilder {
     }
 }
 
-/// One shard under construction, shared by the workers building its quadrants: the last
-/// quadrant to finish merges them and writes the file.
+/// One shard under construction, shared by the workers building its parts: the last part to
+/// finish merges them and writes the file.
 final class ShardJob: @unchecked Sendable {
     let shard: TileCoordinate
     let writer: ShardWriter
@@ -295,39 +290,40 @@ final class ShardJob: @unchecked Sendable {
     let copied = Atomic<Int>(0)
     let encoded = Atomic<Int>(0)
     private let lock = NSLock()
-    /// The shard at the band's top level + 3 (8×8 tiles): each quadrant is halved into its
-    /// quarter as soon as it is built, so a job holds one canvas, not four.
+    /// The shard at the band's top level + 3 (8×8 tiles): each part is halved into its place as
+    /// soon as it is built, so a job holds one canvas, not one per part.
     private var merged: Canvas?
     private var remaining: Int
     private(set) var pixelsRead = 0
     private(set) var error: Error?
 
-    init(shard: TileCoordinate, writer: ShardWriter, parts: Int, previous: ShardReader?, area: ChangeArea?) {
+    private let partsPerSide: Int
+
+    init(shard: TileCoordinate, writer: ShardWriter, partsPerSide: Int, previous: ShardReader?, area: ChangeArea?) {
         self.shard = shard
         self.writer = writer
         self.previous = previous
         self.area = area
-        remaining = parts
+        self.partsPerSide = partsPerSide
+        remaining = partsPerSide * partsPerSide
     }
 
     /// Records one part, halving its canvas (if any) into the merged canvas; returns the merged
-    /// canvas when it was the last part (nil when every quadrant was empty).
-    func complete(quadrant: Int?, canvas: Canvas?, pixels: Int, error: Error?, nearest: Bool) -> (
+    /// canvas when it was the last part (nil when every part was empty).
+    func complete(part: Int?, canvas: Canvas?, pixels: Int, error: Error?, nearest: Bool) -> (
         last: Bool, merged: Canvas?
     ) {
         lock.lock()
         defer { lock.unlock() }
-        if let quadrant, let canvas, error == nil {
-            if merged == nil {
-                let m = Canvas(side: canvas.side)
-                merged = m
-            }
+        if let part, let canvas, error == nil {
+            let k = partsPerSide
+            if merged == nil { merged = Canvas(side: canvas.side * k / 2) }
             if let m = merged {
-                let half = m.side / 2
+                let side = m.side / k
                 PixelOps.downsample(
                     canvas.pixels, srcStride: canvas.stride,
-                    into: m.pixels + (quadrant >> 1) * half * m.stride + (quadrant & 1) * half * 4, dstStride: m.stride,
-                    width: half, height: half, nearest: nearest)
+                    into: m.pixels + (part / k) * side * m.stride + (part % k) * side * 4, dstStride: m.stride,
+                    width: side, height: side, nearest: nearest)
             }
         }
         pixelsRead += pixels

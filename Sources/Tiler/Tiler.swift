@@ -272,8 +272,9 @@ public final class Tiler {
             let belowShards = Dictionary(
                 shardsNow.filter { below != nil && $0.key.z == below?.top }.map { ($0.key, $0.value.path) },
                 uniquingKeysWith: { a, _ in a })
-            // Work items: whole shards, or each shard's four quadrants (so two cores share even one shard).
-            let parts = ShardBuilder.splits(band) ? 4 : 1
+            // Work items: whole shards, or each shard's parts (so two cores share even one shard).
+            let partsPerSide = ShardBuilder.partsPerSide(band)
+            let parts = partsPerSide * partsPerSide
             let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }
             let results = ResultSlots<(TileCoordinate, Result<(ShardRecord, Int), Error>)>(count: todo.count)
             let jobs = Mutex<[TileCoordinate: ShardJob]>([:])
@@ -290,7 +291,8 @@ public final class Tiler {
                     let reader: LeafReader =
                         if let below {
                             try PyramidLevelReader(
-                                directory: directory, below: below, format: definition.format, shards: belowShards)
+                                directory: directory, below: below, format: definition.format, shards: belowShards,
+                                nearest: definition.overviewResampling == .nearest)
                         } else {
                             try DalleReader(
                                 tms: tms, footprints: footprints, resampling: definition.reprojectionResampling,
@@ -305,7 +307,7 @@ public final class Tiler {
                 while true {
                     let i = counter.next()
                     if i >= items.count { break }
-                    let (shard, quadrant) = items[i]
+                    let (shard, part) = items[i]
                     let relative = PyramidFolder.shardPath(shard, generation: generation)
                     let job: ShardJob
                     do {
@@ -317,7 +319,7 @@ public final class Tiler {
                             let previous = try previousShards[shard].map { try ShardReader(path: folder.path($0.path)) }
                             let j = ShardJob(
                                 shard: shard, writer: try builder.makeWriter(shard: shard, path: folder.path(relative)),
-                                parts: parts, previous: previous, area: previous == nil ? nil : area)
+                                partsPerSide: partsPerSide, previous: previous, area: previous == nil ? nil : area)
                             all[shard] = j
                             return j
                         }
@@ -329,8 +331,8 @@ public final class Tiler {
                     var pixels = 0
                     var failure: Error?
                     do {
-                        if let quadrant, let builder {
-                            (canvas, pixels) = try builder.buildQuadrant(job, quadrant: quadrant)
+                        if let part, let builder {
+                            (canvas, pixels) = try builder.buildPart(job, part: part)
                         } else if let builder {
                             pixels = try builder.buildWhole(job)
                         }
@@ -338,7 +340,7 @@ public final class Tiler {
                         failure = error
                     }
                     let (last, merged) = job.complete(
-                        quadrant: quadrant, canvas: canvas, pixels: pixels, error: failure,
+                        part: part, canvas: canvas, pixels: pixels, error: failure,
                         nearest: builder?.nearestOverviews ?? false)
                     guard last else { continue }
                     jobs.withLock { _ = $0.removeValue(forKey: shard) }

@@ -36,7 +36,7 @@ enum Fixture {
 
     static func tile(
         _ sources: [String], id: String = "t", store: String, grids: [String], threads: Int = 2,
-        configure: (inout TileOptions) -> Void = { _ in }
+        overviews: Resampling = .average, configure: (inout TileOptions) -> Void = { _ in }
     ) throws -> TilingSummary {
         var options = TileOptions(store: store, tmsDirectory: tmsDirectory)
         options.threads = threads
@@ -44,7 +44,8 @@ enum Fixture {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         return try Tiler(
-            definition: TilesetDefinition(id: id, sources: sources, grids: grids), options: options, logger: logger,
+            definition: TilesetDefinition(id: id, sources: sources, grids: grids, overviewResampling: overviews),
+            options: options, logger: logger,
             progress: Progress(logger: logger, interactive: false)
         ).run()
     }

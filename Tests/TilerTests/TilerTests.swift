@@ -185,6 +185,64 @@ struct TilerTests {
         #expect(kept == 0)
     }
 
+    @Test func nearestOverviewsNeverBlendPixelsAtAnyLevel() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A black and white pattern that nearest halving keeps as it is at every level: pixel X of
+        // a level (counted from the grid's origin) is white when h(X) ≠ h(Y), with h(X) the bit
+        // above X's lowest set bit, which doubling X does not change. Averaging makes greys.
+        func h(_ v: Int) -> Int { v == 0 ? 0 : (v >> (v.trailingZeroBitCount + 1)) & 1 }
+        let path = dir + "/pattern.tif"
+        let script = """
+            import numpy as np
+            from osgeo import gdal, osr
+            def h(v):
+                low = v & -v
+                return np.where(v == 0, 0, (v // np.maximum(low, 1) // 2) & 1)
+            n = 4096
+            x0, y0 = 704000 * 20, (12000000 - 7060000) * 20
+            hx, hy = h(np.arange(x0, x0 + n)), h(np.arange(y0, y0 + n))
+            grey = (255 * (hy[:, None] ^ hx[None, :])).astype(np.uint8)
+            ds = gdal.GetDriverByName('GTiff').Create('\(path)', n, n, 3, gdal.GDT_Byte)
+            ds.SetGeoTransform((704000, 0.05, 0, 7060000, 0, -0.05))
+            srs = osr.SpatialReference(); srs.ImportFromEPSG(2154); ds.SetProjection(srs.ExportToWkt())
+            for b in (1, 2, 3): ds.GetRasterBand(b).WriteArray(grey)
+            ds = None
+            """
+        #expect(try Fixture.run("/usr/bin/python3", ["-c", script]) == 0)
+        let tms = try Fixture.grid("2154_5cm")
+        let centre = BoundingBox(minX: 704_102, minY: 7_059_898, maxX: 704_102.1, maxY: 7_059_898.1)
+        /// Mean distance to the pattern over the opaque pixels of the tile at the dalle's centre.
+        func error(_ pyramid: PyramidReader, z: Int) throws -> Double {
+            let t = try #require(tms.tiles(covering: centre, z: z)?.tiles.first)
+            let tile = try #require(try pyramid.decodeTile(t), "z\(z)")
+            var (sum, n) = (0, 0)
+            for y in 0..<256 {
+                for x in 0..<256 where tile[(y * 256 + x) * 4 + 3] == 255 {
+                    let expected = h(t.col * 256 + x) != h(t.row * 256 + y) ? 255 : 0
+                    sum += abs(Int(tile[(y * 256 + x) * 4 + 1]) - expected)
+                    n += 1
+                }
+            }
+            return Double(sum) / Double(max(n, 1))
+        }
+        for (resampling, store) in [(Resampling.nearest, "/nearest"), (.average, "/average")] {
+            let summary = try Fixture.tile([path], store: dir + store, grids: ["2154_5cm"], overviews: resampling)
+            #expect(summary.grids.first?.failed.isEmpty == true)
+            let pyramid = try PyramidReader(directory: dir + store + "/t/2154_5cm")
+            // z21…z15 come from the deepest band (z19 tops its parts, z18 is their merge), z14
+            // from the band above.
+            for z in [22, 21, 19, 18, 15, 14] {
+                let e = try error(pyramid, z: z)
+                if resampling == .nearest || z == 22 {
+                    #expect(e < 40, "z\(z) \(resampling): off the pattern by \(e)")
+                } else {
+                    #expect(e > 60, "z\(z) average: \(e) from the pattern")
+                }
+            }
+        }
+    }
+
     @Test func tilesetFilesSpellPublicationAsManifestsDo() throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
