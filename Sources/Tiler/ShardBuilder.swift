@@ -146,7 +146,7 @@ final class ShardBuilder {
             out.clear()
             guard try reader.read(range, into: out) else { return nil }
             pixelsRead += side * side
-        } else if tiles * 2 <= blockTiles {
+        } else if tiles * 2 <= blockTiles, !partlyChanged(z: z + 1, col: col * 2, row: row * 2, tiles: tiles) {
             // The whole block below fits in one canvas: read it and halve it.
             guard
                 let child = try node(
@@ -179,6 +179,21 @@ final class ShardBuilder {
         }
         try encode(out, range: range, shard: shard)
         return out
+    }
+
+    /// True in an incremental build when a changed dalle reaches some quadrant of the block of
+    /// `tiles`×2 tiles at (z, col, row) but not all four: the untouched quadrants are then kept
+    /// from the previous version (decoded stored tiles) instead of read again from the sources.
+    private func partlyChanged(z: Int, col: Int, row: Int, tiles: Int) -> Bool {
+        guard let job, job.previous != nil, let area = job.area else { return false }
+        var touched = 0
+        for q in 0..<4 {
+            let c = col + (q & 1) * tiles
+            let r = row + (q >> 1) * tiles
+            let quadrant = TileRange(z: z, minCol: c, minRow: r, maxCol: c + tiles - 1, maxRow: r + tiles - 1)
+            if area.touches(box(of: quadrant)) { touched += 1 }
+        }
+        return touched < 4
     }
 
     /// The area of a block of tiles in the grid's CRS.
