@@ -6,8 +6,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the project needs (keep in step with the Dockerfile).
 DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
-# The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI).
-DEB_TEST := chromium chromium-driver
+# The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI);
+# QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 

@@ -55,6 +55,10 @@ public struct PyramidManifest: Sendable, Codable {
     public var title: String?
     public var abstract: String?
     public var attribution: String?
+    /// The layer this tileset is a vintage of, and which (`layer:` and `vintage:` of the tileset
+    /// file); both nil for a tileset that stands alone.
+    public var layer: String?
+    public var vintage: Vintage?
     /// Who may see the tiles; absent in manifests written before the field existed, which
     /// means `.all`.
     public var publish: Publication?

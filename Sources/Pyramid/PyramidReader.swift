@@ -159,6 +159,20 @@ public final class PyramidReader: Sendable {
         }
     }
 
+    /// How much of a tile holds data: one index lookup, and one small read of its mask when the
+    /// shard has masks.
+    public func cover(_ tile: TileCoordinate) throws -> TileCover {
+        guard let (r, loc) = try shard(for: tile) else { return .absent }
+        return try reading(r, loc) {
+            guard try r.tileRange(overview: loc.overview, col: loc.col, row: loc.row) != nil else { return .absent }
+            guard let mask = try r.maskRange(overview: loc.overview, col: loc.col, row: loc.row) else { return .full }
+            guard mask.count == ShardWriter.fullMask.count else { return .partial }
+            var bytes = [UInt8](repeating: 0, count: mask.count)
+            try bytes.withUnsafeMutableBytes { try r.read(at: mask.offset, into: $0) }
+            return bytes == ShardWriter.fullMask ? .full : .partial
+        }
+    }
+
     /// A copy of the stored bytes of a tile, nil when there is none.
     public func tileData(_ tile: TileCoordinate) throws -> [UInt8]? {
         try withTileData(tile) { bytes, _ in Array(bytes) }

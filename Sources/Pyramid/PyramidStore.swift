@@ -57,8 +57,26 @@ public protocol PyramidSource: AnyObject, Sendable {
         _ tile: TileCoordinate, _ body: (UnsafeRawBufferPointer, _ mask: UnsafeRawBufferPointer?) throws -> R
     ) throws -> R?
 
+    /// How much of a tile holds data, from the shard's index and the tile's mask (a small read,
+    /// no decoding): what the stacked view of a layer needs to know whether older vintages show.
+    func cover(_ tile: TileCoordinate) throws -> TileCover
+
     /// The tiled footprint (Lambert-93) the tiler wrote beside the manifest, nil when there is none.
     func tiledFootprint() throws -> Geometry?
+}
+
+/// A source whose tiles are made from others (a layer's stacked view), never stored: readers
+/// that copy stored tiles as they are (tile-aligned extracts) decode them instead.
+public protocol CompositeSource: PyramidSource {}
+
+/// How much of a stored tile has data.
+public enum TileCover: Sendable, Equatable {
+    /// No tile there.
+    case absent
+    /// Every pixel valid.
+    case full
+    /// Some pixels valid (the tile has a partial mask).
+    case partial
 }
 
 /// One pyramid a store holds, and a stamp that changes when it is rebuilt.

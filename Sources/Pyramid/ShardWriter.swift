@@ -127,6 +127,15 @@ public final class ShardWriter: @unchecked Sendable {
         }
     }
 
+    /// Dataset metadata items written in GDAL's tag (what `gdalinfo` lists): an extract's layer
+    /// and vintage.
+    public var metadata: [(key: String, value: String)] = []
+
+    static func xml(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+    }
+
     public init(path: String, geometry: ShardGeometry, format: TileFormat) throws {
         self.path = path
         self.geometry = geometry
@@ -397,6 +406,10 @@ public final class ShardWriter: @unchecked Sendable {
                 img.set(
                     TIFFTag.geoKeyDirectory,
                     .shorts([1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, UInt16(g.epsg)]))
+                if !metadata.isEmpty {
+                    let items = metadata.map { "<Item name=\"\(Self.xml($0.key))\">\(Self.xml($0.value))</Item>" }
+                    img.set(TIFFTag.gdalMetadata, .ascii("<GDALMetadata>\(items.joined())</GDALMetadata>"))
+                }
             }
             let placeholder = [UInt64](repeating: 0, count: n.across * n.down)
             setArrays(&img, offsets: placeholder, counts: placeholder, bigTIFF: bigTIFF)

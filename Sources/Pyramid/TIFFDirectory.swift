@@ -69,6 +69,8 @@ enum TIFFTag {
     static let modelPixelScale: UInt16 = 33550
     static let modelTiepoint: UInt16 = 33922
     static let geoKeyDirectory: UInt16 = 34735
+    /// GDAL's own metadata items, as XML (`<GDALMetadata><Item name="K">V</Item></GDALMetadata>`).
+    static let gdalMetadata: UInt16 = 42112
 }
 
 /// One image file directory being laid out: its fields, sorted by tag when written.

@@ -157,6 +157,11 @@ public final class Dataset {
         return GDALGetMetadataItem(obj, key, domain).map { String(cString: $0) }
     }
 
+    /// Sets a dataset metadata item (the default domain): GeoTIFF keeps it in GDAL's tag.
+    public func setMetadataItem(_ key: String, _ value: String) {
+        GDALSetMetadataItem(h, key, value, nil)
+    }
+
     /// Block size of band 1.
     public var blockSize: (width: Int, height: Int) {
         var bx: Int32 = 0

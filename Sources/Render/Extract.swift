@@ -131,6 +131,9 @@ public struct ExtractPlan: Sendable {
     public var resolution: Double
     /// The polygon was invalid and has been repaired.
     public var repaired: Bool
+    /// What the file records of its source (layer, vintage, tileset): GeoTIFF metadata items, or
+    /// a `.txt` sidecar in a zip.
+    public var metadata: [(key: String, value: String)] = []
     public var pixels: Int { window.width * window.height }
     /// A rough size of the result (JPEG-compressed imagery ≈ 0.4 byte per pixel).
     public var estimatedBytes: Int { format == .png ? pixels * 3 : pixels * 2 / 5 }
@@ -308,7 +311,7 @@ public enum Extractor {
         let folder = (path as NSString).deletingLastPathComponent
         let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
         if let aligned = TileAlignedExtract(plan: plan, pyramid: pyramid) {
-            try aligned.write(to: tmp, polygonWKT: plan.polygonWKT, progress: progress)
+            try aligned.write(to: tmp, polygonWKT: plan.polygonWKT, metadata: plan.metadata, progress: progress)
             guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
             _ = progress(1)
             return
@@ -343,6 +346,7 @@ public enum Extractor {
             originX: plan.window.bounds.minX, originY: plan.window.bounds.maxY, resolution: plan.resolution)
         out.projectionWKT = crs.wkt
         if !inMemory { try out.createMask() } else if bands == 4 { out.setColorInterpretation(band: 4, "Alpha") }
+        for (k, v) in plan.metadata { out.setMetadataItem(k, v) }
         let rgba = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip * 4)
         let mask = UnsafeMutablePointer<UInt8>.allocate(capacity: w * strip)
         defer {
@@ -389,7 +393,10 @@ public enum Extractor {
             ).close()
             try out.close()
         case .jp2:
-            try out.copy(to: tmp, driver: "JP2OpenJPEG", options: ["QUALITY=25", "REVERSIBLE=NO", "ALPHA=YES"]).close()
+            try out.copy(
+                to: tmp, driver: "JP2OpenJPEG",
+                options: ["QUALITY=25", "REVERSIBLE=NO", "ALPHA=YES", "WRITE_METADATA=YES", "MAIN_MD_DOMAIN_ONLY=YES"]
+            ).close()
         case .jpeg, .png:
             let ext = plan.format == .jpeg ? "jpg" : "png"
             let name = "\(plan.tileset)-extract"
@@ -404,12 +411,17 @@ public enum Extractor {
                 try? FileManager.default.moveItem(atPath: work + "/\(name).wld", toPath: world)
             }
             try crs.wkt.write(toFile: work + "/\(name).prj", atomically: true, encoding: .utf8)
-            try ZipArchive.write(
-                tmp,
-                files: [
-                    ("\(name).\(ext)", image), ("\((world as NSString).lastPathComponent)", world),
-                    ("\(name).prj", work + "/\(name).prj"),
-                ])
+            var files = [
+                ("\(name).\(ext)", image), ("\((world as NSString).lastPathComponent)", world),
+                ("\(name).prj", work + "/\(name).prj"),
+            ]
+            if !plan.metadata.isEmpty {
+                // What the image shows, for a DT-DICT answer to cite: KEY=value lines.
+                let text = plan.metadata.map { "\($0.key)=\($0.value)\n" }.joined()
+                try text.write(toFile: work + "/\(name).txt", atomically: true, encoding: .utf8)
+                files.append(("\(name).txt", work + "/\(name).txt"))
+            }
+            try ZipArchive.write(tmp, files: files)
         }
         guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
         _ = progress(1)

@@ -25,7 +25,7 @@ struct TileAlignedExtract {
     /// Nil when the plan does not fit the pyramid's grid (another CRS or pixel size, WebP tiles).
     init?(plan: ExtractPlan, pyramid: any PyramidSource) {
         let m = pyramid.manifest
-        guard plan.format == .gtiff || plan.format == .cog, m.format == .jpeg,
+        guard plan.format == .gtiff || plan.format == .cog, m.format == .jpeg, !(pyramid is any CompositeSource),
             let target = try? SpatialReference(plan.crs), let grid = try? SpatialReference(m.tileMatrixSet.crs),
             target.isSame(as: grid), let epsg = grid.epsg,
             let z = (m.minZoom...m.maxZoom).first(where: { z in
@@ -63,7 +63,10 @@ struct TileAlignedExtract {
     }
 
     /// Writes the GeoTIFF to `path`. `progress` gets the fraction done and returns false to cancel.
-    func write(to path: String, polygonWKT: String, progress: (Double) -> Bool) throws {
+    func write(
+        to path: String, polygonWKT: String, metadata: [(key: String, value: String)] = [],
+        progress: (Double) -> Bool
+    ) throws {
         let size = pyramid.manifest.tileSize
         let tms = pyramid.manifest.tileMatrixSet
         let writer = try ShardWriter(
@@ -72,6 +75,7 @@ struct TileAlignedExtract {
                 originX: bounds.minX, originY: bounds.maxY, resolution: cellSize, columns: range.colCount,
                 rows: range.rowCount, levelCount: overviews + 1, tileSize: size, epsg: epsg),
             format: .jpeg)
+        writer.metadata = metadata
         let polygon = try Geometry.fromWKT(polygonWKT)
         let prepared = PreparedGeometry(polygon)
         var inside: [TileCoordinate] = []

@@ -5,7 +5,29 @@ import Serving
 
 /// The WMTS 1.0.0 capabilities document for every pyramid of the catalog.
 enum WMTSCapabilities {
-    static func document(pyramids: [ServedPyramid], baseURL: String) -> String {
+    /// One WMTS layer: a tileset, or a layer of vintages (its stacked view, with a Time dimension).
+    struct Entry {
+        var id: String
+        var title: String
+        var abstract: String
+        var attribution: String?
+        var format: TileFormat
+        /// Newest first; nil for a tileset.
+        var vintages: [String]?
+        var grids: [Grid]
+    }
+
+    /// One grid of a layer: the data's extent and limits there.
+    struct Grid {
+        var tms: TileMatrixSet
+        var bounds: BoundingBox
+        var wgs84: BoundingBox
+        var minZoom: Int
+        var maxZoom: Int
+        var limits: [PyramidManifest.LevelLimits]
+    }
+
+    static func document(pyramids: [ServedPyramid], layers: [String: ServedLayer] = [:], baseURL: String) -> String {
         var x = """
             <?xml version="1.0" encoding="UTF-8"?>
             <Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" \
@@ -39,30 +61,59 @@ enum WMTSCapabilities {
         }
         x += "  </ows:OperationsMetadata>\n  <Contents>\n"
         var sets: [String: (TileMatrixSet, ClosedRange<Int>)] = [:]
-        // One layer per tileset, linked to each grid it was tiled for.
+        // One layer per tileset, linked to each grid it was tiled for; then one per layer of
+        // vintages, its stacked view, with a Time dimension.
         let byTileset = Dictionary(grouping: pyramids, by: \.tileset)
-        for tileset in byTileset.keys.sorted() {
-            guard let group = byTileset[tileset]?.sorted(by: { $0.grid < $1.grid }), let first = group.first else {
-                continue
-            }
-            let m = first.manifest
-            let w = group.dropFirst().reduce(m.wgs84Bounds) { $0.union($1.manifest.wgs84Bounds) }
+        var entries: [Entry] = byTileset.keys.sorted().compactMap { tileset in
+            guard let group = byTileset[tileset]?.sorted(by: { $0.grid < $1.grid }), let m = group.first?.manifest
+            else { return nil }
+            return Entry(
+                id: tileset, title: m.title ?? tileset, abstract: m.abstract ?? "", attribution: m.attribution,
+                format: m.format, vintages: nil,
+                grids: group.map { p in
+                    Grid(
+                        tms: p.manifest.tileMatrixSet, bounds: p.manifest.bounds, wgs84: p.manifest.wgs84Bounds,
+                        minZoom: p.manifest.minZoom, maxZoom: p.manifest.maxZoom, limits: p.manifest.levels)
+                })
+        }
+        for layer in layers.values.sorted(by: { $0.id < $1.id }) {
+            let stacks = layer.stacks.values.sorted { $0.grid < $1.grid }
+            guard let m = stacks.first?.newest.manifest else { continue }
+            let names = layer.vintages.map(\.vintage.text).joined(separator: ", ")
+            entries.append(
+                Entry(
+                    id: layer.id, title: layer.title,
+                    abstract: "Vintages \(names); latest: the newest published vintage wherever it has data.",
+                    attribution: m.attribution, format: m.format, vintages: layer.vintages.map(\.vintage.text),
+                    grids: stacks.map { s in
+                        Grid(
+                            tms: s.newest.manifest.tileMatrixSet,
+                            bounds: s.pyramids.dropFirst().reduce(s.newest.manifest.bounds) {
+                                $0.union($1.manifest.bounds)
+                            },
+                            wgs84: s.wgs84Bounds, minZoom: s.minZoom, maxZoom: s.maxZoom,
+                            limits: (s.minZoom...s.maxZoom).compactMap { s.level($0)?.limits })
+                    }))
+        }
+        entries.sort { $0.id < $1.id }
+        for e in entries {
+            let w = e.grids.dropFirst().reduce(e.grids[0].wgs84) { $0.union($1.wgs84) }
             x += """
                     <Layer>
-                      <ows:Title>\(XML.escape(m.title ?? tileset))</ows:Title>
-                      <ows:Abstract>\(XML.escape(m.abstract ?? ""))</ows:Abstract>
+                      <ows:Title>\(XML.escape(e.title))</ows:Title>
+                      <ows:Abstract>\(XML.escape(e.abstract))</ows:Abstract>
                       <ows:WGS84BoundingBox>
                         <ows:LowerCorner>\(w.minX) \(w.minY)</ows:LowerCorner>
                         <ows:UpperCorner>\(w.maxX) \(w.maxY)</ows:UpperCorner>
                       </ows:WGS84BoundingBox>
-                      <ows:Identifier>\(XML.escape(tileset))</ows:Identifier>
+                      <ows:Identifier>\(XML.escape(e.id))</ows:Identifier>
 
                 """
             // The data's own extent in each grid's CRS: clients (GDAL's WMTS driver) then ask only
             // for tiles inside the limits, instead of the larger reprojection of the WGS84 box.
-            for p in group {
-                guard let epsg = p.manifest.tileMatrixSet.epsg else { continue }
-                let b = p.manifest.bounds
+            for g in e.grids {
+                guard let epsg = g.tms.epsg else { continue }
+                let b = g.bounds
                 x += """
                           <ows:BoundingBox crs="urn:ogc:def:crs:EPSG::\(epsg)">
                             <ows:LowerCorner>\(b.minX) \(b.minY)</ows:LowerCorner>
@@ -71,26 +122,34 @@ enum WMTSCapabilities {
 
                     """
             }
-            if let a = m.attribution, !a.isEmpty {
+            if let a = e.attribution, !a.isEmpty {
                 x += "      <ows:Metadata xlink:title=\"attribution\" xlink:href=\"\(XML.escape(a))\"/>\n"
             }
             x +=
                 "      <Style isDefault=\"true\"><ows:Title>Default</ows:Title><ows:Identifier>normal</ows:Identifier></Style>\n"
-            let native: TileEncoding = m.format == .jpeg ? .jpeg : .webp
+            let native: TileEncoding = e.format == .jpeg ? .jpeg : .webp
             let formats = [native] + TileEncoding.allCases.filter { $0 != native }
             for f in formats { x += "      <Format>\(f.mimeType)</Format>\n" }
-            for p in group {
-                let pm = p.manifest
+            if let vintages = e.vintages {
+                // The vintages, newest first, and `latest`, the stacked view, by default.
+                x +=
+                    "      <Dimension>\n        <ows:Identifier>Time</ows:Identifier>\n        <ows:UOM>ISO8601</ows:UOM>\n"
+                x +=
+                    "        <Default>latest</Default>\n        <Current>true</Current>\n        <Value>latest</Value>\n"
+                for v in vintages { x += "        <Value>\(XML.escape(v))</Value>\n" }
+                x += "      </Dimension>\n"
+            }
+            for g in e.grids {
                 // The full grid, and IGN's level-limited name when the pyramid does not span it.
-                var links = [(pm.tileMatrixSet.id, 0...pm.tileMatrixSet.maxZoom)]
-                if pm.minZoom != 0 || pm.maxZoom != pm.tileMatrixSet.maxZoom {
-                    links.append(("\(pm.tileMatrixSet.id)_\(pm.minZoom)_\(pm.maxZoom)", pm.minZoom...pm.maxZoom))
+                var links = [(g.tms.id, 0...g.tms.maxZoom)]
+                if g.minZoom != 0 || g.maxZoom != g.tms.maxZoom {
+                    links.append(("\(g.tms.id)_\(g.minZoom)_\(g.maxZoom)", g.minZoom...g.maxZoom))
                 }
                 for (id, levels) in links {
-                    sets[id] = (pm.tileMatrixSet, levels)
+                    sets[id] = (g.tms, levels)
                     x += "      <TileMatrixSetLink>\n        <TileMatrixSet>\(XML.escape(id))</TileMatrixSet>\n"
                     x += "        <TileMatrixSetLimits>\n"
-                    for l in pm.levels where levels.contains(l.z) {
+                    for l in g.limits where levels.contains(l.z) {
                         x += """
                                       <TileMatrixLimits><TileMatrix>\(l.z)</TileMatrix><MinTileRow>\(l.minRow)</MinTileRow>\
                             <MaxTileRow>\(l.maxRow)</MaxTileRow><MinTileCol>\(l.minCol)</MinTileCol><MaxTileCol>\(l.maxCol)</MaxTileCol></TileMatrixLimits>
@@ -100,10 +159,11 @@ enum WMTSCapabilities {
                     x += "        </TileMatrixSetLimits>\n      </TileMatrixSetLink>\n"
                 }
             }
+            let time = e.vintages == nil ? "" : "{Time}/"
             for f in formats {
                 x += """
                           <ResourceURL format="\(f.mimeType)" resourceType="tile" \
-                    template="\(XML.escape(baseURL))/wmts/1.0.0/\(XML.escape(tileset))/{Style}/{TileMatrixSet}/{TileMatrix}/{TileRow}/{TileCol}.\(f.fileExtension)"/>
+                    template="\(XML.escape(baseURL))/wmts/1.0.0/\(XML.escape(e.id))/{Style}/\(time){TileMatrixSet}/{TileMatrix}/{TileRow}/{TileCol}.\(f.fileExtension)"/>
 
                     """
             }

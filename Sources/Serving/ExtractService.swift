@@ -21,16 +21,20 @@ public struct ExtractRequest: Codable, Sendable {
     /// Output pixel size in metres (default: the pyramid's native resolution).
     public var resolution: Double?
     public var format: ExtractFormat?
+    /// For a layer of vintages: one vintage (`2024-05`), or `latest` (the default), the stacked
+    /// view. Recorded in the file either way.
+    public var vintage: String?
 
     enum CodingKeys: String, CodingKey {
-        case tileset, geometry, territory, crs, resolution, format
+        case tileset, geometry, territory, crs, resolution, format, vintage
         case bufferM = "buffer_m"
     }
 
     public init(
         tileset: String, geometry: JSONValue? = nil, territory: String? = nil, bufferM: Double? = nil,
-        crs: String? = nil, resolution: Double? = nil, format: ExtractFormat? = nil
+        crs: String? = nil, resolution: Double? = nil, format: ExtractFormat? = nil, vintage: String? = nil
     ) {
+        self.vintage = vintage
         self.tileset = tileset
         self.geometry = geometry
         self.territory = territory
@@ -75,10 +79,81 @@ public final class ExtractService: Sendable {
         return p
     }
 
+    /// What an extract reads: a tileset's pyramid, or a layer's stacked view as the requester may
+    /// see it; and what the file records of it.
+    struct Reading {
+        var source: any PyramidSource
+        var manifest: PyramidManifest
+        var metadata: [(key: String, value: String)]
+        /// Checked against the request's area to name the vintages it really shows.
+        var vintages: [(vintage: String, footprint: Geometry?)] = []
+    }
+
+    /// The tileset, one vintage of a layer, or a layer's stacked view (`latest`).
+    func reading(_ r: ExtractRequest, admin: Bool) throws -> Reading {
+        let wanted = r.vintage.flatMap { $0.isEmpty || $0 == "latest" ? nil : $0 }
+        if let layer = catalog.layers[r.tileset] {
+            if let wanted {
+                guard let tileset = layer.tileset(vintage: wanted) else {
+                    throw ServingError(
+                        .badInput, locator: "vintage",
+                        "layer '\(layer.id)' has no vintage '\(wanted)' (\((layer.vintages.map(\.vintage.text) + ["latest"]).joined(separator: ", ")))"
+                    )
+                }
+                let p = try pyramid(tileset)
+                return Reading(
+                    source: p.source, manifest: p.manifest,
+                    metadata: [("LAYER", layer.id), ("VINTAGE", wanted), ("TILESET", tileset)])
+            }
+            let grids = layer.stacks.values.map(\.newest)
+            guard
+                let grid = preferredPyramid(
+                    among: grids, setting: settings.renderGrid, grid: \.grid, crs: \.manifest.tileMatrixSet.crs)?.grid,
+                let stack = layer.stacks[grid]
+            else { throw ServingError(.notFound, "layer '\(layer.id)' has no pyramid") }
+            var members: [StackedSource.Member] = []
+            var vintages: [(String, Geometry?)] = []
+            for p in stack.pyramids {
+                var clip: Geometry?
+                if p.gated, !admin {
+                    let published = gate?.perimeter(of: p.tileset) ?? Geometry.empty()
+                    guard !published.isEmpty else { continue }
+                    let crs = try SpatialReference(p.manifest.tileMatrixSet.crs)
+                    let l93 = try SpatialReference(epsg: 2154)
+                    clip =
+                        crs.isSame(as: l93)
+                        ? published : try published.transformed(CoordinateTransform(from: l93, to: crs))
+                }
+                members.append(StackedSource.Member(pyramid: p, clip: clip))
+                var footprint = try p.source.tiledFootprint()
+                if let f = footprint, p.gated, !admin {
+                    footprint = try f.intersection(gate?.perimeter(of: p.tileset) ?? Geometry.empty())
+                }
+                vintages.append((p.manifest.vintage?.text ?? p.tileset, footprint))
+            }
+            guard !members.isEmpty else { throw ServingError(.notFound, "nothing of layer '\(layer.id)' is published") }
+            let source = StackedSource(stack: stack, members: members)
+            return Reading(
+                source: source, manifest: source.manifest, metadata: [("LAYER", layer.id), ("VINTAGE", "latest")],
+                vintages: vintages)
+        }
+        let p = try pyramid(r.tileset)
+        if let wanted, wanted != p.manifest.vintage?.text {
+            throw ServingError(
+                .badInput, locator: "vintage",
+                p.manifest.vintage.map { "tileset '\(r.tileset)' is vintage \($0.text) only" }
+                    ?? "tileset '\(r.tileset)' has no vintages")
+        }
+        var metadata: [(key: String, value: String)] = [("TILESET", r.tileset)]
+        if let layer = p.manifest.layer { metadata.insert(("LAYER", layer), at: 0) }
+        if let v = p.manifest.vintage { metadata.append(("VINTAGE", v.text)) }
+        return Reading(source: p.source, manifest: p.manifest, metadata: metadata)
+    }
+
     /// Checks a request and computes its output grid.
-    public func plan(_ r: ExtractRequest, admin: Bool) async throws -> (ExtractPlan, ServedPyramid) {
-        let served = try pyramid(r.tileset)
-        let m = served.manifest
+    public func plan(_ r: ExtractRequest, admin: Bool) async throws -> (ExtractPlan, any PyramidSource) {
+        let reading = try reading(r, admin: admin)
+        let m = reading.manifest
         var geometry: Geometry
         var geometryCRS = "EPSG:4326"
         if let t = r.territory {
@@ -101,20 +176,31 @@ public final class ExtractService: Sendable {
         let native = m.tileMatrixSet.matrix(m.maxZoom)?.cellSize ?? 0.05
         let nativeMetres = gridCRS.isSame(as: try SpatialReference(epsg: 2154)) ? native : native * 0.7
         let coverageArea: Geometry
-        if let footprint = try served.source.tiledFootprint() {
+        if let footprint = try reading.source.tiledFootprint() {
             coverageArea = footprint
         } else {
             coverageArea = try Geometry.rectangle(m.bounds).transformed(
                 CoordinateTransform(from: gridCRS, to: SpatialReference(epsg: 2154)))
         }
         var allowed: Geometry?
-        if m.publish == .byStatus, !admin { allowed = gate?.perimeter(of: r.tileset) ?? Geometry.empty() }
-        let plan = try Extractor.plan(
+        // A stacked view is clipped per vintage in its pixels; a tileset here.
+        if m.publish == .byStatus, !admin, !(reading.source is StackedSource) {
+            allowed = gate?.perimeter(of: m.tileset) ?? Geometry.empty()
+        }
+        var plan = try Extractor.plan(
             tileset: r.tileset, geometry: geometry, geometryCRS: geometryCRS, bufferMetres: r.bufferM ?? 0,
             crs: r.crs ?? "EPSG:2154", resolution: r.resolution, format: r.format ?? .gtiff,
             nativeResolution: nativeMetres, coverage: coverageArea, allowed: allowed,
             limits: settings.limits)
-        return (plan, served)
+        plan.metadata = reading.metadata
+        if !reading.vintages.isEmpty {
+            // The vintages the stacked view really shows in this area, newest first.
+            let area = try Geometry.fromWKT(plan.polygonWKT).transformed(
+                CoordinateTransform(from: SpatialReference(plan.crs), to: SpatialReference(epsg: 2154)))
+            let shown = reading.vintages.filter { $0.footprint.map { $0.intersects(area) } ?? true }.map(\.vintage)
+            plan.metadata.append(("VINTAGES", shown.joined(separator: ",")))
+        }
+        return (plan, reading.source)
     }
 
     /// True when the plan is small enough to answer at once.
@@ -123,7 +209,7 @@ public final class ExtractService: Sendable {
     /// Writes a direct extract to a temporary file and returns its path (the caller deletes it).
     /// `cancelled` is asked between strips of rows; when it answers true the writing stops.
     public func writeNow(
-        _ plan: ExtractPlan, from served: ServedPyramid, cancelled: () -> Bool = { false }
+        _ plan: ExtractPlan, from source: any PyramidSource, cancelled: () -> Bool = { false }
     ) throws -> String {
         let dir = settings.directory
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
@@ -131,7 +217,7 @@ public final class ExtractService: Sendable {
         }
         let path = dir + "/direct-\(UUID().uuidString).\(plan.format.fileExtension)"
         do {
-            try Extractor.write(plan, pyramid: served.source, to: path) { _ in !cancelled() }
+            try Extractor.write(plan, pyramid: source, to: path) { _ in !cancelled() }
         } catch let e as ExtractError {
             throw e
         } catch {
@@ -253,7 +339,7 @@ public final class ExtractService: Sendable {
         try? await jobs.updateJob(job)
         do {
             let request = try JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8))
-            let (plan, served) = try await plan(request, admin: false)
+            let (plan, source) = try await plan(request, admin: false)
             let path = try resultPath(job)
             do {
                 try FileManager.default.createDirectory(
@@ -268,7 +354,7 @@ public final class ExtractService: Sendable {
             // The writing itself blocks: run it off the cooperative pool.
             // A shutdown stops the writing at the next strip; the job is queued again below.
             try await withTaskCancellationHandler {
-                try await write(plan, served: served, path: path, job: progressJob, store: store)
+                try await write(plan, source: source, path: path, job: progressJob, store: store)
             } onCancel: {
                 _ = self.cancelled.withLock { $0.insert(id) }
             }
@@ -301,7 +387,7 @@ public final class ExtractService: Sendable {
 
     /// Writes on a thread of its own (the work blocks), reporting progress to the database.
     private func write(
-        _ plan: ExtractPlan, served: ServedPyramid, path: String, job progressJob: ExtractJob,
+        _ plan: ExtractPlan, source: any PyramidSource, path: String, job progressJob: ExtractJob,
         store: any ExtractJobStore
     ) async throws {
         let id = progressJob.id
@@ -309,7 +395,7 @@ public final class ExtractService: Sendable {
             Thread.detachNewThread {
                 var last = 0.0
                 do {
-                    try Extractor.write(plan, pyramid: served.source, to: path) { fraction in
+                    try Extractor.write(plan, pyramid: source, to: path) { fraction in
                         if self.cancelled.withLock({ $0.contains(id) }) { return false }
                         if fraction - last >= 0.02 {
                             last = fraction

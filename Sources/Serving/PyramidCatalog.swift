@@ -70,14 +70,117 @@ public final class ServedPyramid: Sendable {
     public func level(_ z: Int) -> Level? { levels.indices.contains(z) ? levels[z] : nil }
 }
 
-/// The catalog as it was at one moment: the pyramids by tileset and grid, and the catalog's version
-/// then. Request handlers resolve against a snapshot; the fast lane keeps one per connection and
-/// takes a new one when the version moves.
+/// The tilesets sharing a `layer:`: its vintages, and per grid the stacked view of them.
+public struct ServedLayer: Sendable {
+    public struct Member: Sendable {
+        public let vintage: Vintage
+        public let tileset: String
+    }
+    public let id: String
+    /// The newest vintage's own title (not its tileset id), else the layer id.
+    public let title: String
+    /// Newest first.
+    public let vintages: [Member]
+    /// The stacked view per grid id.
+    public let stacks: [String: PyramidStack]
+    /// Each vintage alone on the layer's levels, per grid id then tileset: what `Time=<vintage>`
+    /// shows (upsampled below the vintage's deepest level, as in the stacked view).
+    public let alone: [String: [String: PyramidStack]]
+
+    /// The tileset of a vintage as written (`2024-05`); nil when the layer has none such.
+    public func tileset(vintage: String) -> String? { vintages.first { $0.vintage.text == vintage }?.tileset }
+
+    /// The newest vintage begun on or before a day (year·10⁴ + month·10² + day).
+    public func vintage(onOrBefore day: Int) -> Member? { vintages.first { $0.vintage.firstDay <= day } }
+}
+
+/// One grid of a layer's stacked view: its vintages' pyramids there, newest first; the levels are
+/// the union of theirs (a vintage without a level this deep is upsampled from its deepest).
+public final class PyramidStack: Sendable {
+    public let layer: String
+    public let grid: String
+    public let pyramids: [ServedPyramid]
+    public let minZoom: Int
+    public let maxZoom: Int
+    private let levels: [ServedPyramid.Level?]
+
+    /// One vintage of `stack` alone, on the stack's levels.
+    init(_ pyramid: ServedPyramid, on stack: PyramidStack) {
+        layer = stack.layer
+        grid = stack.grid
+        pyramids = [pyramid]
+        minZoom = stack.minZoom
+        maxZoom = stack.maxZoom
+        levels = stack.levels
+    }
+
+    init(layer: String, grid: String, pyramids: [ServedPyramid]) {
+        self.layer = layer
+        self.grid = grid
+        self.pyramids = pyramids
+        minZoom = pyramids.map(\.manifest.minZoom).min() ?? 0
+        maxZoom = pyramids.map(\.manifest.maxZoom).max() ?? 0
+        let count = pyramids.map { $0.manifest.tileMatrixSet.tileMatrices.count }.max() ?? 0
+        levels = (0..<count).map { z in
+            var merged: ServedPyramid.Level?
+            for p in pyramids {
+                guard let l = p.level(z) else { continue }
+                guard var m = merged else {
+                    merged = l
+                    continue
+                }
+                if let a = m.limits, let b = l.limits {
+                    m.limits = PyramidManifest.LevelLimits(
+                        z: z, minCol: min(a.minCol, b.minCol), maxCol: max(a.maxCol, b.maxCol),
+                        minRow: min(a.minRow, b.minRow), maxRow: max(a.maxRow, b.maxRow))
+                } else {
+                    m.limits = m.limits ?? l.limits
+                }
+                merged = m
+            }
+            // Deeper than a vintage goes, it still shows (upsampled) where its deepest level has tiles.
+            if var m = merged {
+                for p in pyramids where p.manifest.maxZoom < z {
+                    guard let deepest = p.manifest.limits(z: p.manifest.maxZoom) else { continue }
+                    let k = z - p.manifest.maxZoom
+                    let l = PyramidManifest.LevelLimits(
+                        z: z, minCol: deepest.minCol << k, maxCol: ((deepest.maxCol + 1) << k) - 1,
+                        minRow: deepest.minRow << k, maxRow: ((deepest.maxRow + 1) << k) - 1)
+                    m.limits =
+                        m.limits.map {
+                            PyramidManifest.LevelLimits(
+                                z: z, minCol: min($0.minCol, l.minCol), maxCol: max($0.maxCol, l.maxCol),
+                                minRow: min($0.minRow, l.minRow), maxRow: max($0.maxRow, l.maxRow))
+                        } ?? l
+                }
+                merged = m
+            }
+            return merged
+        }
+    }
+
+    /// Level `z`'s size and the union of the vintages' limits there; nil when no vintage's grid
+    /// has the level.
+    public func level(_ z: Int) -> ServedPyramid.Level? { levels.indices.contains(z) ? levels[z] : nil }
+
+    /// The newest vintage's manifest: the stack's tile size, encoding and grid.
+    public var newest: ServedPyramid { pyramids[0] }
+
+    /// Bounds of all vintages, WGS84.
+    public var wgs84Bounds: BoundingBox {
+        pyramids.dropFirst().reduce(newest.manifest.wgs84Bounds) { $0.union($1.manifest.wgs84Bounds) }
+    }
+}
+
+/// The catalog as it was at one moment: the pyramids by tileset and grid, the layers of vintages,
+/// and the catalog's version then. Request handlers resolve against a snapshot; the fast lane
+/// keeps one per connection and takes a new one when the version moves.
 public struct CatalogSnapshot: Sendable {
     public let version: Int
     public let pyramids: [String: [String: ServedPyramid]]
+    public let layers: [String: ServedLayer]
 
-    public static let empty = CatalogSnapshot(version: -1, pyramids: [:])
+    public static let empty = CatalogSnapshot(version: -1, pyramids: [:], layers: [:])
 }
 
 /// Every pyramid of the store, rescanned periodically: a pyramid that appears or is rebuilt is
@@ -87,6 +190,7 @@ public final class PyramidCatalog: Sendable {
     let openShards: Int
     let logger: Logger
     private let state = Mutex<[String: [String: ServedPyramid]]>([:])
+    private let layerState = Mutex<[String: ServedLayer]>([:])
     /// Bumped after every change of `state`: request handlers keep a copy of the map and read this
     /// counter, lock-free, to know when to refresh it.
     private let changes = Atomic<Int>(0)
@@ -106,11 +210,15 @@ public final class PyramidCatalog: Sendable {
     /// The pyramids as they are now, with the change counter.
     public func snapshot() -> CatalogSnapshot {
         let version = changes.load(ordering: .acquiring)
-        return CatalogSnapshot(version: version, pyramids: state.withLock { $0 })
+        return CatalogSnapshot(
+            version: version, pyramids: state.withLock { $0 }, layers: layerState.withLock { $0 })
     }
 
     /// The change counter alone: equal to a snapshot's version while that snapshot is current.
     public var version: Int { changes.load(ordering: .acquiring) }
+
+    /// The layers of vintages by id.
+    public var layers: [String: ServedLayer] { layerState.withLock { $0 } }
 
     /// Tileset ids, sorted.
     public var tilesets: [String] { state.withLock { $0.keys.sorted() } }
@@ -166,8 +274,54 @@ public final class PyramidCatalog: Sendable {
             }
         }
         guard changed else { return }
+        let layers = Self.layers(of: next, logger: logger)
         state.withLock { $0 = next }
+        layerState.withLock { $0 = layers }
         changes.add(1, ordering: .releasing)
+    }
+
+    /// The layers the pyramids' manifests declare. A layer whose id is a tileset's, or with one
+    /// vintage claimed twice, is not served as a layer (its tilesets still are) and is logged.
+    static func layers(of pyramids: [String: [String: ServedPyramid]], logger: Logger) -> [String: ServedLayer] {
+        var members: [String: [(Vintage, String)]] = [:]
+        for (tileset, byGrid) in pyramids {
+            guard let m = byGrid.values.first?.manifest, let layer = m.layer, let vintage = m.vintage else { continue }
+            members[layer, default: []].append((vintage, tileset))
+        }
+        var out: [String: ServedLayer] = [:]
+        for (layer, list) in members {
+            if pyramids[layer] != nil {
+                logger.error(
+                    "layer '\(layer)' is not served: a tileset has the same id (layers and tilesets share one namespace)"
+                )
+                continue
+            }
+            let sorted = list.sorted { $0.0 != $1.0 ? $0.0 > $1.0 : $0.1 < $1.1 }
+            if let dup = zip(sorted, sorted.dropFirst()).first(where: { $0.0.0 == $0.1.0 }) {
+                logger.error(
+                    "layer '\(layer)' is not served: tilesets '\(dup.1.1)' and '\(dup.0.1)' are both its vintage \(dup.0.0.text)"
+                )
+                continue
+            }
+            var stacks: [String: PyramidStack] = [:]
+            var alone: [String: [String: PyramidStack]] = [:]
+            let grids = Set(sorted.flatMap { pyramids[$0.1]?.keys.map { $0 } ?? [] })
+            for grid in grids {
+                let ps = sorted.compactMap { pyramids[$0.1]?[grid] }
+                let stack = PyramidStack(layer: layer, grid: grid, pyramids: ps)
+                stacks[grid] = stack
+                alone[grid] = Dictionary(
+                    ps.map { ($0.tileset, PyramidStack($0, on: stack)) }, uniquingKeysWith: { a, _ in a })
+            }
+            let titled = sorted.lazy.compactMap { v in
+                pyramids[v.1]?.values.first?.manifest.title.flatMap { $0 == v.1 || $0.isEmpty ? nil : $0 }
+            }
+            out[layer] = ServedLayer(
+                id: layer, title: titled.first ?? layer,
+                vintages: sorted.map { ServedLayer.Member(vintage: $0.0, tileset: $0.1) }, stacks: stacks,
+                alone: alone)
+        }
+        return out
     }
 
     /// Rescans every `interval` seconds until cancelled.

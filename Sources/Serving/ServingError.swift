@@ -48,6 +48,8 @@ public struct ServingError: Error, Sendable, CustomStringConvertible {
         case invalidFormat = "InvalidFormat"
         case invalidCRS = "InvalidCRS"
         case invalidPoint = "InvalidPoint"
+        /// WMS 1.3.0: a dimension (TIME) value the layer does not have.
+        case invalidDimensionValue = "InvalidDimensionValue"
         case noApplicableCode = "NoApplicableCode"
 
         /// The kind an OGC code implies.

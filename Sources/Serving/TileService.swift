@@ -46,14 +46,20 @@ public struct TileRequest: Sendable, Hashable {
     public var col: Int
     public var row: Int
     public var encoding: TileEncoding
+    /// For a layer of vintages: one vintage as written (`2024-05`); nil or `latest` for the
+    /// stacked view. For a tileset, nil, `latest` or its own vintage.
+    public var vintage: String?
 
-    public init(tileset: String, grid: String, z: Int, col: Int, row: Int, encoding: TileEncoding) {
+    public init(
+        tileset: String, grid: String, z: Int, col: Int, row: Int, encoding: TileEncoding, vintage: String? = nil
+    ) {
         self.tileset = tileset
         self.grid = grid
         self.z = z
         self.col = col
         self.row = row
         self.encoding = encoding
+        self.vintage = vintage
     }
 }
 
@@ -72,11 +78,22 @@ public struct TileResponse: Sendable {
     }
 }
 
-/// A tile request resolved against the catalog: its pyramid, the tile in the pyramid's grid.
+/// A tile request resolved against the catalog: its pyramid, the tile in the pyramid's grid, and
+/// for the stacked view of a layer the vintages under it.
 public struct ResolvedTile: Sendable {
+    /// The pyramid read; for a stacked view, its newest vintage on the grid.
     public let pyramid: ServedPyramid
     public let tile: TileCoordinate
     public let encoding: TileEncoding
+    /// The stacked view this tile is of; nil for a tileset's (or one vintage's) own tile.
+    public let stack: PyramidStack?
+
+    public init(pyramid: ServedPyramid, tile: TileCoordinate, encoding: TileEncoding, stack: PyramidStack? = nil) {
+        self.pyramid = pyramid
+        self.tile = tile
+        self.encoding = encoding
+        self.stack = stack
+    }
 }
 
 /// What the tile chain found for a request.
@@ -163,18 +180,91 @@ public final class TileService: Sendable {
         try resolve(tileset: tileset, grid: grid, in: catalog.snapshot(), layerParameter: layerParameter)
     }
 
-    /// Step one of the chain: the request's pyramid and tile. `strictLimits` makes a tile outside
-    /// the data's limits an error (WMTS) rather than empty (XYZ).
+    /// What a layer name and a `Time` value designate: a tileset (a layer's vintage, or a
+    /// tileset itself) or a layer's stacked view. An unknown vintage is an error naming `locator`.
+    public func select(_ name: String, vintage: String?, in snapshot: CatalogSnapshot, locator: String = "Time")
+        throws(ServingError) -> (tileset: String, layer: ServedLayer?)
+    {
+        let wanted = vintage.flatMap { $0.isEmpty || $0 == "latest" || $0 == "default" ? nil : $0 }
+        if let layer = snapshot.layers[name] {
+            guard let wanted else { return (name, layer) }
+            guard let tileset = layer.tileset(vintage: wanted) else {
+                throw ServingError(
+                    .invalidParameterValue, locator: locator,
+                    "layer '\(name)' has no vintage '\(wanted)' (\((layer.vintages.map(\.vintage.text) + ["latest"]).joined(separator: ", ")))"
+                )
+            }
+            return (tileset, nil)
+        }
+        if let wanted, let own = snapshot.pyramids[name]?.values.first?.manifest.vintage?.text, own != wanted {
+            throw ServingError(
+                .invalidParameterValue, locator: locator, "layer '\(name)' has only the vintage \(own) (or latest)")
+        } else if let wanted, snapshot.pyramids[name]?.values.first?.manifest.vintage == nil,
+            snapshot.pyramids[name] != nil
+        {
+            throw ServingError(
+                .invalidParameterValue, locator: locator, "layer '\(name)' has no vintages ('\(wanted)' asked)")
+        }
+        return (name, nil)
+    }
+
+    /// A layer's stacked view on a grid (a grid id or `G_a_b`) and the levels allowed.
+    public func resolve(stacked layer: ServedLayer, grid: String, vintage tileset: String? = nil)
+        throws(ServingError) -> (PyramidStack, ClosedRange<Int>)
+    {
+        func stack(_ grid: String) -> PyramidStack? {
+            tileset.map { layer.alone[grid]?[$0] } ?? layer.stacks[grid]
+        }
+        if let s = stack(grid) { return (s, s.minZoom...s.maxZoom) }
+        let parts = grid.split(separator: "_")
+        if parts.count >= 3, let a = Int(parts[parts.count - 2]), let b = Int(parts[parts.count - 1]), a <= b,
+            let s = stack(parts.dropLast(2).joined(separator: "_"))
+        {
+            let lo = max(a, s.minZoom)
+            let hi = min(b, s.maxZoom)
+            if lo <= hi { return (s, lo...hi) }
+        }
+        throw ServingError(
+            .invalidParameterValue, locator: "TileMatrixSet",
+            "layer '\(layer.id)' has no tile matrix set '\(grid)' (available: \(layer.stacks.keys.sorted().joined(separator: ", ")))"
+        )
+    }
+
+    /// Step one of the chain: the request's pyramid and tile (for a layer of vintages, the chosen
+    /// vintage's, or the stacked view). `strictLimits` makes a tile outside the data's limits an
+    /// error (WMTS) rather than empty (XYZ).
     public func resolve(_ r: TileRequest, in snapshot: CatalogSnapshot, strictLimits: Bool)
         throws(ServingError) -> ResolvedTile
     {
-        let (pyramid, levels) = try resolve(tileset: r.tileset, grid: r.grid, in: snapshot)
+        // The common case, a tileset without vintages: one dictionary lookup first.
+        var tileset = r.tileset
+        var stack: PyramidStack?
+        let pyramid: ServedPyramid
+        let levels: ClosedRange<Int>
+        let level: ServedPyramid.Level
+        if r.vintage == nil, snapshot.layers.isEmpty || snapshot.pyramids[tileset] != nil {
+            (pyramid, levels) = try resolve(tileset: tileset, grid: r.grid, in: snapshot)
+        } else {
+            let chosen = try select(r.tileset, vintage: r.vintage, in: snapshot)
+            tileset = chosen.tileset
+            if let layer = chosen.layer {
+                let (s, range) = try resolve(stacked: layer, grid: r.grid)
+                (stack, pyramid, levels) = (s, s.newest, range)
+            } else if let layer = snapshot.layers[r.tileset] {
+                // One vintage of a layer: on the layer's levels, upsampled below its own.
+                let (s, range) = try resolve(stacked: layer, grid: r.grid, vintage: tileset)
+                (stack, pyramid, levels) = (s, s.newest, range)
+            } else {
+                (pyramid, levels) = try resolve(tileset: tileset, grid: r.grid, in: snapshot)
+            }
+        }
         // Read from the pyramid's per-level table: this runs for every tile, the fast lane's too.
-        guard levels.contains(r.z), let level = pyramid.level(r.z) else {
+        guard levels.contains(r.z), let l = stack?.level(r.z) ?? pyramid.level(r.z) else {
             throw ServingError(
                 .tileOutOfRange, locator: "TileMatrix",
                 "level \(r.z) is outside \(levels.lowerBound)…\(levels.upperBound)")
         }
+        level = l
         guard r.col >= 0, r.col < level.width else {
             throw ServingError(
                 .tileOutOfRange, locator: "TileCol", "column \(r.col) is outside 0…\(level.width - 1)")
@@ -196,7 +286,7 @@ public final class TileService: Sendable {
             }
         }
         return ResolvedTile(
-            pyramid: pyramid, tile: TileCoordinate(z: r.z, col: r.col, row: r.row), encoding: r.encoding)
+            pyramid: pyramid, tile: TileCoordinate(z: r.z, col: r.col, row: r.row), encoding: r.encoding, stack: stack)
     }
 
     /// The rest of the chain: the gate, then the stored stream, a transcoded or clipped tile, or
@@ -207,6 +297,7 @@ public final class TileService: Sendable {
     public func answer(
         _ t: ResolvedTile, viewer: Viewer, memo: inout PublicationMemo, quick: Bool = false
     ) throws(ServingError) -> TileAnswer? {
+        if let stack = t.stack { return try stacked(t, stack, viewer: viewer, memo: &memo, quick: quick) }
         if t.pyramid.gated, viewer != .administrator {
             guard let gate else { return .empty }
             if quick {
@@ -327,20 +418,91 @@ public final class TileService: Sendable {
         return try cached(key) {
             guard var rgba = try t.pyramid.source.decodeTile(t.tile) else { return nil }
             let size = m.tileSize
-            let box = m.tileMatrixSet.bounds(of: t.tile)
-            var inside = [UInt8](repeating: 0, count: size * size)
-            try inside.withUnsafeMutableBufferPointer { p in
-                try published.rasterize(
-                    into: p.baseAddress!, width: size, height: size,
-                    transform: GeoTransform(originX: box.minX, originY: box.maxY, resolution: box.width / Double(size)))
-            }
-            var any = false
-            for i in 0..<(size * size) {
-                if inside[i] == 0 { rgba[i * 4 + 3] = 0 } else if rgba[i * 4 + 3] > 0 { any = true }
-            }
-            guard any else { return nil }
+            try StackedSource.clip(&rgba, to: published, tile: t.tile, in: t.pyramid, size: size)
+            guard stride(from: 3, to: rgba.count, by: 4).contains(where: { rgba[$0] > 0 }) else { return nil }
             let encoded = try Transcoder.encode(rgba: rgba, size: size, as: t.encoding, quality: m.quality)
             return made(t, encoded, etag: "\(Self.crc(encoded))-\(t.encoding.rawValue)-clip")
+        }
+    }
+
+    /// The stacked view of a layer: per pixel the newest visible (published, or any for an
+    /// administrator) vintage with data there. When the newest vintage with a tile there covers it
+    /// wholly and is not clipped by the gate, its tile is the answer, as stored (or transcoded);
+    /// otherwise the vintages are composited newest over oldest, once per content and epoch.
+    private func stacked(
+        _ t: ResolvedTile, _ stack: PyramidStack, viewer: Viewer, memo: inout PublicationMemo, quick: Bool
+    ) throws(ServingError) -> TileAnswer? {
+        // One vintage alone (`Time=2021`) at a level it has: its own tile, gated as its own.
+        if stack.pyramids.count == 1, let p = stack.pyramids.first, t.tile.z <= p.manifest.maxZoom {
+            return try answer(
+                ResolvedTile(pyramid: p, tile: t.tile, encoding: t.encoding), viewer: viewer, memo: &memo, quick: quick)
+        }
+        var layers: [(pyramid: ServedPyramid, clip: Geometry?)] = []
+        var epoch = gate?.epoch ?? 0
+        for p in stack.pyramids where t.tile.z >= p.manifest.minZoom {
+            var clip: Geometry?
+            if p.gated, viewer != .administrator {
+                guard let gate else { continue }
+                if quick {
+                    guard gate.isWhollyPublished(p, t.tile, memo: &memo) else { return nil }
+                } else {
+                    do {
+                        let (decision, at) = try gate.decide(p, t.tile)
+                        epoch = at
+                        switch decision {
+                        case .outside: continue
+                        case .inside: break
+                        case .crossing(let published): clip = published
+                        }
+                    } catch {
+                        logger.error("publication of \(p.tileset) \(t.tile): \(error)")
+                        throw ServingError(.internal, "the published area cannot be computed")
+                    }
+                }
+            }
+            if layers.isEmpty, clip == nil, t.tile.z <= p.manifest.maxZoom {
+                // Still on top: a whole tile here is the answer as it is stored.
+                let cover: TileCover
+                do {
+                    cover = try p.source.cover(t.tile)
+                } catch let e as ShardError {
+                    report(e)
+                    throw ServingError(e)
+                } catch {
+                    throw ServingError(.internal, "the tile cannot be read")
+                }
+                switch cover {
+                case .absent: continue
+                case .full:
+                    return try answer(
+                        ResolvedTile(pyramid: p, tile: t.tile, encoding: t.encoding), viewer: .administrator,
+                        memo: &memo, quick: quick)
+                case .partial: break
+                }
+            }
+            if quick { return nil }
+            layers.append((p, clip))
+        }
+        guard !layers.isEmpty else { return .empty }
+        let keys = layers.map { l in
+            "\(l.pyramid.contentKey(of: StackedSource.source(of: t.tile, in: l.pyramid)) ?? 0)\(l.clip == nil ? "" : "c")"
+        }
+        let key =
+            "stack/\(epoch)/\(keys.joined(separator: ","))/\(t.tile.z)/\(t.tile.col)/\(t.tile.row).\(t.encoding.rawValue)"
+        return try making(t) {
+            try cached(key) {
+                let size = stack.newest.manifest.tileSize
+                guard
+                    let out = try StackedSource.composite(
+                        t.tile, layers.map { StackedSource.Member(pyramid: $0.pyramid, clip: $0.clip) }, size: size)
+                else { return nil }
+                let encoded = try Transcoder.encode(
+                    rgba: out, size: size, as: t.encoding, quality: stack.newest.manifest.quality)
+                return TileResponse(
+                    bytes: ByteBuffer(bytes: encoded), mimeType: t.encoding.mimeType,
+                    etag: "\"\(Self.crc(encoded))-\(t.encoding.rawValue)-stack\"",
+                    cacheControl: settings.cacheControl(for: stack.layer))
+            }
         }
     }
 

@@ -93,6 +93,8 @@ public final class Tiler {
             return (id: id, g: g)
         }
 
+        try checkLayer()
+
         // 1. Source index, cached beside the store.
         let paths = expandSources(definition.sources)
         guard !paths.isEmpty else {
@@ -391,6 +393,8 @@ public final class Tiler {
             manifest.abstract = definition.abstract
             manifest.attribution = definition.attribution
             manifest.publish = definition.publish
+            manifest.layer = definition.layer
+            manifest.vintage = definition.vintage
             try folder.commit(manifest, sources: sources)
             folder.clearRecords()
             // What is really there, from the masks: coverage progress reads it.
@@ -402,6 +406,22 @@ public final class Tiler {
             tilesCopied: copied, tilesEncoded: encoded, tiles: shards.reduce(0) { $0 + $1.tiles },
             bytes: shards.reduce(0) { $0 + $1.bytes }, pixelsRead: pixelsRead, failed: failed,
             seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Refuses a layer or vintage that clashes with another tileset of the store (the same layer
+    /// and vintage, a layer named like a tileset, a tileset named like a layer), before any work.
+    func checkLayer() throws {
+        var others: [String: (layer: String?, vintage: Vintage?)] = [:]
+        for listing in (try? FolderStore(options.store).list()) ?? [] where listing.tileset != definition.id {
+            let dir = FolderStore(options.store).directory(tileset: listing.tileset, grid: listing.grid)
+            guard let m = try? PyramidManifest.load(directory: dir) else { continue }
+            others[listing.tileset] = (m.layer, m.vintage)
+        }
+        if let why = LayerRules.conflict(
+            tileset: definition.id, layer: definition.layer, vintage: definition.vintage, others: others)
+        {
+            throw TilerError.invalidTileset(why)
+        }
     }
 
     /// Names one build: the same sources and settings over the same generation give the same

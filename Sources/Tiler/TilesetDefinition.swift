@@ -25,12 +25,17 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
     public var reprojectionResampling: Resampling
     /// Who may see the tiles: everyone, or only inside published (`disponible`) project perimeters.
     public var publish: Publication
+    /// The layer this tileset is a vintage of (`layer:`), and the vintage (`vintage:`, ISO 8601
+    /// year, month or date). A vintage may stand alone (recorded in manifests and extracts); a
+    /// layer needs a vintage.
+    public var layer: String?
+    public var vintage: Vintage?
 
     public static let defaultQuality = 85
     public static let defaultGrids = ["2154_5cm", "PM"]
 
     enum CodingKeys: String, CodingKey {
-        case id, title, abstract, attribution, sources, grids, format, quality, fill, publish
+        case id, title, abstract, attribution, sources, grids, format, quality, fill, publish, layer, vintage
         case minZoom = "min_zoom"
         case maxZoom = "max_zoom"
         case overviewResampling = "overview_resampling"
@@ -42,7 +47,8 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
         grids: [String] = TilesetDefinition.defaultGrids, format: TileFormat = .jpeg,
         quality: Int = TilesetDefinition.defaultQuality, minZoom: Int? = nil, maxZoom: Int? = nil,
         fill: [UInt8] = [255, 255, 255], overviewResampling: Resampling = .average,
-        reprojectionResampling: Resampling = .bilinear, publish: Publication = .all
+        reprojectionResampling: Resampling = .bilinear, publish: Publication = .all, layer: String? = nil,
+        vintage: Vintage? = nil
     ) {
         self.id = id
         self.title = title ?? id
@@ -58,6 +64,8 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
         self.overviewResampling = overviewResampling
         self.reprojectionResampling = reprojectionResampling
         self.publish = publish
+        self.layer = layer
+        self.vintage = vintage
     }
 
     public init(from decoder: Decoder) throws {
@@ -77,7 +85,15 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
             overviewResampling: try c.decodeIfPresent(Resampling.self, forKey: .overviewResampling) ?? .average,
             reprojectionResampling: try c.decodeIfPresent(Resampling.self, forKey: .reprojectionResampling)
                 ?? .bilinear,
-            publish: try c.decodeIfPresent(Publication.self, forKey: .publish) ?? .all)
+            publish: try c.decodeIfPresent(Publication.self, forKey: .publish) ?? .all,
+            layer: try c.decodeIfPresent(String.self, forKey: .layer),
+            vintage: try c.decodeIfPresent(String.self, forKey: .vintage).map {
+                guard let v = Vintage($0) else {
+                    throw TilerError.invalidTileset(
+                        "vintage '\($0)' is not an ISO 8601 year, month or date (YYYY, YYYY-MM or YYYY-MM-DD)")
+                }
+                return v
+            })
         try validate()
     }
 
@@ -85,6 +101,18 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
     public func validate() throws {
         guard id.range(of: "^[A-Za-z0-9][A-Za-z0-9._-]*$", options: .regularExpression) != nil else {
             throw TilerError.invalidTileset("id '\(id)' must be letters, digits, '.', '_' or '-'")
+        }
+        if let layer {
+            guard layer.range(of: "^[A-Za-z0-9][A-Za-z0-9._-]*$", options: .regularExpression) != nil else {
+                throw TilerError.invalidTileset("layer '\(layer)' must be letters, digits, '.', '_' or '-'")
+            }
+            guard layer != id else {
+                throw TilerError.invalidTileset(
+                    "layer '\(layer)' is the tileset's own id: layers and tilesets share one namespace")
+            }
+            guard vintage != nil else {
+                throw TilerError.invalidTileset("layer '\(layer)' needs a vintage (vintage: 2024 or 2024-05)")
+            }
         }
         guard (1...100).contains(quality) else { throw TilerError.invalidTileset("quality must be 1…100") }
         guard fill.count == 3 else { throw TilerError.invalidTileset("fill must be three numbers (R, G, B)") }

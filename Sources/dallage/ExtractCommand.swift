@@ -14,7 +14,8 @@ struct ExtractCommand: AsyncParsableCommand {
         commandName: "extract",
         abstract: "Clip a pyramid to a polygon or a territory, georeferenced, in Lambert-93 or a CC zone.")
 
-    @Option(help: "Tileset id.") var tileset: String
+    @Option(help: "Tileset id, or a layer of vintages.") var tileset: String
+    @Option(help: "For a layer: a vintage (2024-05) or latest, the stacked view (default).") var vintage: String?
     @Option(help: "GeoJSON file (Polygon, MultiPolygon or a Feature; WGS84 unless it names a crs).")
     var geometry: String?
     @Option(help: "A territory instead: commune:<INSEE>, epci:<SIREN>, departement:<code>.") var territory: String?
@@ -63,12 +64,12 @@ struct ExtractCommand: AsyncParsableCommand {
         }
         let request = ExtractRequest(
             tileset: tileset, geometry: geo, territory: territory, bufferM: buffer, crs: crs, resolution: resolution,
-            format: format)
+            format: format, vintage: vintage)
         let plan: ExtractPlan
-        let served: ServedPyramid
+        let source: any PyramidSource
         do {
             // The command line reads the store directly: it sees what an administrator sees.
-            (plan, served) = try await service.plan(request, admin: true)
+            (plan, source) = try await service.plan(request, admin: true)
         } catch let e as ServingError {
             throw ValidationError(e.message)
         } catch let e as ExtractError {
@@ -84,7 +85,7 @@ struct ExtractCommand: AsyncParsableCommand {
         if plan.repaired {
             FileHandle.standardError.write(Data("note: the polygon was invalid and has been repaired\n".utf8))
         }
-        try Extractor.write(plan, pyramid: served.source, to: out) { fraction in
+        try Extractor.write(plan, pyramid: source, to: out) { fraction in
             let percent = Int(fraction * 100)
             if terminal {
                 let bar = String(repeating: "█", count: percent / 4) + String(repeating: "·", count: 25 - percent / 4)

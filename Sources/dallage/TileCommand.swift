@@ -21,6 +21,8 @@ struct TileCommand: ParsableCommand {
     @Option(help: "Store folder.") var store = "store"
     @Option(name: .customLong("tms"), help: "Grid to build (repeatable): 2154_5cm, PM, 2154_10cm, or G_a_b.")
     var grids: [String] = []
+    @Option(help: "Layer this tileset is a vintage of (with --vintage).") var layer: String?
+    @Option(help: "Vintage (millésime): ISO 8601 year, month or date, e.g. 2024 or 2024-05.") var vintage: String?
     @Option(help: "Tile format: jpeg or webp.") var format: String?
     @Option(help: "Encoder quality 1…100.") var quality: Int?
     @Option(name: .customLong("min-zoom")) var minZoom: Int?
@@ -58,6 +60,14 @@ struct TileCommand: ParsableCommand {
                     throw ValidationError("unknown format '\(format)' (jpeg, webp)")
                 }
                 definition.format = f
+            }
+            if let layer { definition.layer = layer }
+            if let vintage {
+                guard let v = Vintage(vintage) else {
+                    throw ValidationError(
+                        "vintage '\(vintage)' is not an ISO 8601 year, month or date (YYYY, YYYY-MM or YYYY-MM-DD)")
+                }
+                definition.vintage = v
             }
             if let quality { definition.quality = quality }
             if let minZoom { definition.minZoom = minZoom }

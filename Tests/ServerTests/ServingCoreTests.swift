@@ -356,4 +356,6 @@ final class LaterSource: PyramidSource {
     }
 
     func tiledFootprint() throws -> Geometry? { try inner.tiledFootprint() }
+
+    func cover(_ tile: TileCoordinate) throws -> TileCover { try inner.cover(tile) }
 }

@@ -75,12 +75,12 @@ struct ExtractsController: Sendable {
                 throw ServingError(.badInput, StatusRules.describe(error))
             }
             let admin = service.viewer(authorization: request.headers[.authorization]) == .administrator
-            let (plan, served) = try await extracts.plan(r, admin: admin)
+            let (plan, source) = try await extracts.plan(r, admin: admin)
             if extracts.isDirect(plan) {
                 // Rendering stops between strips once the client has gone.
                 let path = try await context.watchingClient { gone in
                     try await offload { [extracts] in
-                        try extracts.writeNow(plan, from: served) { gone.isRaised }
+                        try extracts.writeNow(plan, from: source) { gone.isRaised }
                     }
                 }
                 var response = try sendAndDelete(path, name: "\(r.tileset)-extract")

@@ -1,6 +1,7 @@
 import Foundation
 import GeoGrid
 import Hummingbird
+import Pyramid
 import Serving
 
 /// OGC API — Tiles (core, tileset, tilesets list, TileMatrixSet definitions) under `/ogc`.
@@ -105,17 +106,33 @@ struct OGCController: Sendable {
     }
 
     private func collectionObject(_ request: Request, _ id: String) -> [String: Any]? {
-        guard let first = service.catalog.pyramids(of: id).first else { return nil }
+        let layer = service.catalog.layers[id]
+        let pyramids = layer.map { $0.stacks.values.map(\.newest) } ?? service.catalog.pyramids(of: id)
+        guard let first = pyramids.first else { return nil }
         let m = first.manifest
-        let w = m.wgs84Bounds
+        let w = layer?.stacks.values.map(\.wgs84Bounds).reduce(m.wgs84Bounds) { $0.union($1) } ?? m.wgs84Bounds
         let b = baseURL(request)
+        var extent: [String: Any] = [
+            "spatial": [
+                "bbox": [[w.minX, w.minY, w.maxX, w.maxY]], "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
+            ]
+        ]
+        // The vintages as a temporal extent: from the oldest's first day on (`datetime=` picks one).
+        let vintages = layer?.vintages.map(\.vintage) ?? m.vintage.map { [$0] } ?? []
+        if let oldest = vintages.last {
+            let d = oldest.firstDay
+            extent["temporal"] = [
+                "interval": [
+                    [String(format: "%04d-%02d-%02dT00:00:00Z", d / 10_000, d / 100 % 100, d % 100), NSNull()]
+                ],
+                "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian",
+            ]
+        }
         return [
-            "id": id, "title": m.title ?? id, "description": m.abstract ?? "", "attribution": m.attribution ?? "",
-            "extent": [
-                "spatial": [
-                    "bbox": [[w.minX, w.minY, w.maxX, w.maxY]], "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
-                ]
-            ],
+            "id": id, "title": layer?.title ?? m.title ?? id, "description": m.abstract ?? "",
+            "attribution": m.attribution ?? "",
+            "vintages": vintages.map(\.text),
+            "extent": extent,
             "links": [
                 link("\(b)/ogc/collections/\(id)", "self", "application/json"),
                 link(
@@ -128,7 +145,9 @@ struct OGCController: Sendable {
     func collections(_ request: Request) throws -> Response {
         try Document.json(
             [
-                "collections": service.catalog.tilesets.compactMap { collectionObject(request, $0) },
+                "collections": (service.catalog.tilesets + service.catalog.layers.keys.sorted()).compactMap {
+                    collectionObject(request, $0)
+                },
                 "links": [link("\(baseURL(request))/ogc/collections", "self", "application/json")],
             ], request: request)
     }
@@ -140,29 +159,31 @@ struct OGCController: Sendable {
         return try Document.json(c, request: request)
     }
 
-    private func tilesetObject(_ request: Request, _ p: ServedPyramid) -> [String: Any] {
+    private func tilesetObject(_ request: Request, _ p: ServedPyramid, stack: PyramidStack? = nil) -> [String: Any] {
         let m = p.manifest
         let b = baseURL(request)
         let ext = m.format == .jpeg ? "jpg" : "webp"
+        let id = stack?.layer ?? p.tileset
+        let levels = stack.map { s in (s.minZoom...s.maxZoom).compactMap { s.level($0)?.limits } } ?? m.levels
         return [
-            "title": "\(m.title ?? p.tileset) — \(p.grid)",
+            "title": "\(m.title ?? id) — \(p.grid)",
             "dataType": "map",
             "crs": m.tileMatrixSet.crs,
             "tileMatrixSetURI": m.tileMatrixSet.uri ?? "\(b)/ogc/tileMatrixSets/\(p.grid)",
-            "tileMatrixSetLimits": m.levels.map {
+            "tileMatrixSetLimits": levels.map {
                 [
                     "tileMatrix": String($0.z), "minTileRow": $0.minRow, "maxTileRow": $0.maxRow,
                     "minTileCol": $0.minCol, "maxTileCol": $0.maxCol,
                 ]
             },
             "links": [
-                link("\(b)/ogc/collections/\(p.tileset)/map/tiles/\(p.grid)", "self", "application/json"),
+                link("\(b)/ogc/collections/\(id)/map/tiles/\(p.grid)", "self", "application/json"),
                 link(
                     "\(b)/ogc/tileMatrixSets/\(p.grid)", "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme",
                     "application/json"),
                 [
                     "href":
-                        "\(b)/ogc/collections/\(p.tileset)/map/tiles/\(p.grid)/{tileMatrix}/{tileRow}/{tileCol}?f=\(ext)",
+                        "\(b)/ogc/collections/\(id)/map/tiles/\(p.grid)/{tileMatrix}/{tileRow}/{tileCol}?f=\(ext)",
                     "rel": "item", "type": m.format.mimeType, "templated": true,
                 ] as [String: Any],
             ],
@@ -170,6 +191,11 @@ struct OGCController: Sendable {
     }
 
     func tilesets(_ request: Request, _ id: String) throws -> Response {
+        if let layer = service.catalog.layers[id] {
+            let stacks = layer.stacks.values.sorted { $0.grid < $1.grid }
+            return try Document.json(
+                ["tilesets": stacks.map { tilesetObject(request, $0.newest, stack: $0) }], request: request)
+        }
         let ps = service.catalog.pyramids(of: id)
         guard !ps.isEmpty else {
             throw ServingError(.notFound, locator: "collectionId", "unknown collection '\(id)'")
@@ -178,6 +204,10 @@ struct OGCController: Sendable {
     }
 
     func tileset(_ request: Request, _ id: String, _ grid: String) throws -> Response {
+        if let layer = service.catalog.layers[id] {
+            let (s, _) = try service.resolve(stacked: layer, grid: grid)
+            return try Document.json(tilesetObject(request, s.newest, stack: s), request: request)
+        }
         let (p, _) = try service.resolve(tileset: id, grid: grid, layerParameter: "collectionId")
         return try Document.json(tilesetObject(request, p), request: request)
     }
@@ -206,10 +236,36 @@ struct OGCController: Sendable {
             throw ServingError(
                 .invalidParameterValue, locator: "tileMatrix", "tileMatrix, tileRow and tileCol must be numbers")
         }
+        let collection = context.parameters.get("c") ?? ""
         let t = TileRequest(
-            tileset: context.parameters.get("c") ?? "", grid: context.parameters.get("tms") ?? "", z: z, col: col,
-            row: row, encoding: encoding)
+            tileset: collection, grid: context.parameters.get("tms") ?? "", z: z, col: col, row: row,
+            encoding: encoding,
+            vintage: try request.uri.queryParameters["datetime"].flatMap { try vintage(of: collection, at: String($0)) }
+        )
         return try await TileResponder(service: service).respond(t, request: request, strictLimits: true)
+    }
+
+    /// The vintage `datetime=` designates: the newest begun on or before the instant (the end of
+    /// an interval; `..` or an open end is now, the latest). Nil for the latest.
+    func vintage(of collection: String, at datetime: String) throws -> String? {
+        let instant = datetime.split(separator: "/", omittingEmptySubsequences: false).last.map(String.init) ?? ""
+        guard !instant.isEmpty, instant != ".." else { return nil }
+        guard let day = Vintage.day(ofInstant: instant) else {
+            throw ServingError(
+                .badInput, locator: "datetime",
+                "datetime '\(datetime)' is not an ISO 8601 instant or interval (2024-05-17, 2024-05-17T10:00:00Z, ../2024-05-17)"
+            )
+        }
+        let vintages =
+            service.catalog.layers[collection]?.vintages.map(\.vintage)
+            ?? service.catalog.pyramids(of: collection).first?.manifest.vintage.map { [$0] } ?? []
+        guard !vintages.isEmpty else { return nil }
+        guard let v = vintages.first(where: { $0.firstDay <= day }) else {
+            throw ServingError(
+                .notFound, locator: "datetime",
+                "no vintage of '\(collection)' began on or before \(instant) (oldest: \(vintages.last!.text))")
+        }
+        return v.text
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import GeoGrid
 import Hummingbird
 import Serving
 
@@ -39,12 +40,27 @@ struct TilesController: Sendable {
     func tileJSON(_ request: Request, context: DallageRequestContext) throws -> Response {
         let tileset = context.parameters.get("tileset") ?? ""
         let grid = context.parameters.get("tms") ?? ""
-        let (pyramid, levels) = try service.resolve(
-            tileset: tileset, grid: grid, layerParameter: "tileset")
+        let pyramid: ServedPyramid
+        let levels: ClosedRange<Int>
+        let w: BoundingBox
+        var vintages: [[String: Any]] = []
+        if let layer = service.catalog.layers[tileset] {
+            // The stacked view, and where each vintage's own TileJSON is.
+            let (stack, range) = try service.resolve(stacked: layer, grid: grid)
+            (pyramid, levels, w) = (stack.newest, range, stack.wgs84Bounds)
+            vintages = layer.vintages.filter { v in stack.pyramids.contains { $0.tileset == v.tileset } }.map {
+                [
+                    "vintage": $0.vintage.text,
+                    "tilejson": "\(baseURL(request))/tiles/\($0.tileset)/\(grid)/tilejson.json",
+                ]
+            }
+        } else {
+            (pyramid, levels) = try service.resolve(tileset: tileset, grid: grid, layerParameter: "tileset")
+            w = pyramid.manifest.wgs84Bounds
+        }
         let m = pyramid.manifest
-        let w = m.wgs84Bounds
         let ext = m.format == .jpeg ? "jpg" : "webp"
-        let document: [String: Any] = [
+        var document: [String: Any] = [
             "tilejson": "3.0.0",
             "name": m.title ?? tileset,
             "description": m.abstract ?? "",
@@ -60,6 +76,13 @@ struct TilesController: Sendable {
             ],
             "tile_matrix_set": m.tileMatrixSet.id,
         ]
+        if !vintages.isEmpty {
+            document["vintage"] = "latest"
+            document["vintages"] = vintages
+        } else if let v = m.vintage {
+            document["vintage"] = v.text
+            if let layer = m.layer { document["layer"] = layer }
+        }
         return try Document.json(document, request: request)
     }
 }

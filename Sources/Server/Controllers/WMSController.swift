@@ -116,40 +116,20 @@ struct WMSController: Sendable {
         let window = RenderWindow(bounds: box, width: width, height: height)
         var canvas = [UInt8](repeating: 0, count: width * height * 4)
         var layerPixels = [UInt8](repeating: 0, count: width * height * 4)
+        var vintagePixels = [UInt8](repeating: 0, count: width * height * 4)
         for layer in layers {
             // Each layer is a whole render: stop between them when the client has gone.
             guard !clientGone() else {
                 throw ServingError(.clientGone, "the client closed the connection")
             }
-            let pyramids = service.catalog.pyramids(of: layer)
-            guard !pyramids.isEmpty else {
-                throw ServingError(.layerNotDefined, locator: "layers", "unknown layer '\(layer)'")
-            }
-            let pyramid =
-                pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
-                ?? preferredPyramid(
-                    among: pyramids, setting: configuration.renderGrid, grid: \.grid,
-                    crs: \.manifest.tileMatrixSet.crs) ?? pyramids[0]
-            let renderer: Renderer
-            do {
-                renderer = try Renderer(pyramid: pyramid.source, crs: crs)
-                _ = try renderer.gridBounds(of: window)
-            } catch {
-                throw ServingError(
-                    .invalidParameterValue, locator: "bbox",
-                    "BBOX cannot be drawn from layer '\(layer)' (its grid is in \(pyramid.manifest.tileMatrixSet.crs)): \(error)"
-                )
-            }
-            do {
-                let drawn = try layerPixels.withUnsafeMutableBufferPointer {
-                    try renderer.render(window, into: $0.baseAddress!)
-                }
-                guard drawn else { continue }
-                if pyramid.manifest.publish == .byStatus, !admin {
-                    try clipToPublished(layer, crs: crs, window: window, pixels: &layerPixels)
-                }
-            } catch {
-                throw ServingError(.noApplicableCode, "cannot render '\(layer)': \(error)")
+            // A layer of vintages draws the one TIME names, or all of them oldest first, each newer
+            // one over the older (the stacked view); a tileset draws itself.
+            let tilesets = try Self.tilesets(of: layer, time: p["time"], catalog: service.catalog)
+            for i in layerPixels.indices { layerPixels[i] = 0 }
+            for tileset in tilesets {
+                guard try draw(tileset, layer: layer, crs: crs, window: window, admin: admin, into: &vintagePixels)
+                else { continue }
+                Self.composite(vintagePixels, over: &layerPixels)
             }
             Self.composite(layerPixels, over: &canvas)
         }
@@ -161,6 +141,69 @@ struct WMSController: Sendable {
         h[.cacheControl] =
             admin ? "private, no-store" : service.settings.cacheControl(for: layers.joined(separator: ","))
         return Response(status: .ok, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// The tilesets a WMS layer draws, bottom first: a tileset alone, one vintage of a layer
+    /// (`TIME=2024-05`), or all its vintages oldest first (no TIME, `current` or `latest`).
+    static func tilesets(of layer: String, time: String?, catalog: PyramidCatalog) throws -> [String] {
+        let wanted = time.flatMap { ["", "current", "latest", "default"].contains($0.lowercased()) ? nil : $0 }
+        if let l = catalog.layers[layer] {
+            guard let wanted else { return l.vintages.reversed().map(\.tileset) }
+            guard let t = l.tileset(vintage: wanted) else {
+                throw ServingError(
+                    .invalidDimensionValue, locator: "time",
+                    "layer '\(layer)' has no vintage '\(wanted)' (TIME is one of \(l.vintages.reversed().map(\.vintage.text).joined(separator: ", ")), or current)"
+                )
+            }
+            return [t]
+        }
+        guard let m = catalog.pyramids(of: layer).first?.manifest else {
+            throw ServingError(.layerNotDefined, locator: "layers", "unknown layer '\(layer)'")
+        }
+        if let wanted, wanted != m.vintage?.text {
+            throw ServingError(
+                .invalidDimensionValue, locator: "time",
+                m.vintage.map { "layer '\(layer)' has only the vintage \($0.text)" }
+                    ?? "layer '\(layer)' has no TIME dimension")
+        }
+        return [layer]
+    }
+
+    /// Draws one tileset into `pixels` (cleared first), clipped to its published area when gated;
+    /// false when nothing of it falls in the window.
+    private func draw(
+        _ tileset: String, layer: String, crs: SpatialReference, window: RenderWindow, admin: Bool,
+        into pixels: inout [UInt8]
+    ) throws -> Bool {
+        let pyramids = service.catalog.pyramids(of: tileset)
+        guard !pyramids.isEmpty else {
+            throw ServingError(.layerNotDefined, locator: "layers", "unknown layer '\(layer)'")
+        }
+        let pyramid =
+            pyramids.first { (try? SpatialReference($0.manifest.tileMatrixSet.crs))?.isSame(as: crs) == true }
+            ?? preferredPyramid(
+                among: pyramids, setting: configuration.renderGrid, grid: \.grid,
+                crs: \.manifest.tileMatrixSet.crs) ?? pyramids[0]
+        let renderer: Renderer
+        do {
+            renderer = try Renderer(pyramid: pyramid.source, crs: crs)
+            _ = try renderer.gridBounds(of: window)
+        } catch {
+            throw ServingError(
+                .invalidParameterValue, locator: "bbox",
+                "BBOX cannot be drawn from layer '\(layer)' (its grid is in \(pyramid.manifest.tileMatrixSet.crs)): \(error)"
+            )
+        }
+        do {
+            let drawn = try pixels.withUnsafeMutableBufferPointer { try renderer.render(window, into: $0.baseAddress!) }
+            guard drawn else { return false }
+            if pyramid.manifest.publish == .byStatus, !admin {
+                try clipToPublished(tileset, crs: crs, window: window, pixels: &pixels)
+            }
+            return true
+        } catch {
+            throw ServingError(.noApplicableCode, "cannot render '\(layer)': \(error)")
+        }
     }
 
     /// Refuses a BBOX the CRS cannot carry: beyond ±180° / ±90° in degrees, or beyond 10⁸ m (a
@@ -243,6 +286,33 @@ struct WMSController: Sendable {
                       <Abstract>\(XML.escape(m.abstract ?? ""))</Abstract>
                       <EX_GeographicBoundingBox><westBoundLongitude>\(w.minX)</westBoundLongitude><eastBoundLongitude>\(w.maxX)</eastBoundLongitude><southBoundLatitude>\(w.minY)</southBoundLatitude><northBoundLatitude>\(w.maxY)</northBoundLatitude></EX_GeographicBoundingBox>
                       <BoundingBox CRS="EPSG:4326" minx="\(w.minY)" miny="\(w.minX)" maxx="\(w.maxY)" maxy="\(w.maxX)"/>
+                      \(attribution)
+                      <Style><Name>default</Name><Title>Default</Title></Style>
+                    </Layer>
+
+                """
+        }
+        for layer in service.catalog.layers.values.sorted(by: { $0.id < $1.id }) {
+            let ms = layer.vintages.compactMap { v in
+                preferredPyramid(
+                    among: service.catalog.pyramids(of: v.tileset), setting: configuration.renderGrid, grid: \.grid,
+                    crs: \.manifest.tileMatrixSet.crs)?.manifest
+            }
+            guard let m = ms.first else { continue }
+            let w = ms.dropFirst().reduce(m.wgs84Bounds) { $0.union($1.wgs84Bounds) }
+            all = all.map { $0.union(w) } ?? w
+            let attribution =
+                m.attribution.map { "<Attribution><Title>\(XML.escape($0))</Title></Attribution>" } ?? ""
+            // WMS 1.3.0 Annex C: the vintages, oldest first; `current` (the default) is the stacked view.
+            let values = layer.vintages.reversed().map { XML.escape($0.vintage.text) }.joined(separator: ",")
+            layers += """
+                    <Layer queryable="0" opaque="0">
+                      <Name>\(XML.escape(layer.id))</Name>
+                      <Title>\(XML.escape(layer.title))</Title>
+                      <Abstract>Vintages \(values); by default the newest published vintage wherever it has data.</Abstract>
+                      <EX_GeographicBoundingBox><westBoundLongitude>\(w.minX)</westBoundLongitude><eastBoundLongitude>\(w.maxX)</eastBoundLongitude><southBoundLatitude>\(w.minY)</southBoundLatitude><northBoundLatitude>\(w.maxY)</northBoundLatitude></EX_GeographicBoundingBox>
+                      <BoundingBox CRS="EPSG:4326" minx="\(w.minY)" miny="\(w.minX)" maxx="\(w.maxY)" maxy="\(w.maxX)"/>
+                      <Dimension name="time" units="ISO8601" default="current" current="1" nearestValue="0">\(values)</Dimension>
                       \(attribution)
                       <Style><Name>default</Name><Title>Default</Title></Style>
                     </Layer>

@@ -13,10 +13,16 @@ struct WMTSController: Sendable {
         router.getOrHead("/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file") { request, context in
             try await rest(request, context: context)
         }
+        // A layer of vintages: `{Time}` after the style (a vintage, or `latest`). The router's trie
+        // names a segment once for all routes: here `tms` holds the time, `z` the grid, and so on.
+        router.getOrHead("/wmts/1.0.0/:layer/:style/:tms/:z/:row/:file/:last") { request, context in
+            try await rest(request, context: context)
+        }
     }
 
     func capabilities(_ request: Request) -> Response {
-        let xml = WMTSCapabilities.document(pyramids: service.catalog.all, baseURL: baseURL(request))
+        let xml = WMTSCapabilities.document(
+            pyramids: service.catalog.all, layers: service.catalog.layers, baseURL: baseURL(request))
         return Document.response(Array(xml.utf8), contentType: "application/xml; charset=utf-8", request: request)
     }
 
@@ -60,7 +66,8 @@ struct WMTSController: Sendable {
                     "unknown format '\(format)' (image/jpeg, image/png, image/webp)")
             }
             return try await tile(
-                layer: layer, style: style, tms: tms, z: z, row: row, col: col, encoding: encoding, request: request)
+                layer: layer, style: style, time: p["time"], tms: tms, z: z, row: row, col: col, encoding: encoding,
+                request: request)
         case "getfeatureinfo":
             throw ServingError(.operationNotSupported, locator: "request", "GetFeatureInfo is not offered for imagery")
         default:
@@ -71,10 +78,14 @@ struct WMTSController: Sendable {
     func rest(_ request: Request, context: DallageRequestContext) async throws -> Response {
         let layer = context.parameters.get("layer") ?? ""
         let style = context.parameters.get("style") ?? ""
-        let tms = context.parameters.get("tms") ?? ""
-        let z = context.parameters.get("z") ?? ""
-        let row = context.parameters.get("row") ?? ""
-        let file = context.parameters.get("file") ?? ""
+        var segments = ["tms", "z", "row", "file"].map { context.parameters.get($0) ?? "" }
+        var time: String?
+        if let last = context.parameters.get("last") {
+            // {Time}/{TileMatrixSet}/{TileMatrix}/{TileRow}/{TileCol}.ext: one segment more.
+            time = segments.removeFirst()
+            segments.append(last)
+        }
+        let (tms, z, row, file) = (segments[0], segments[1], segments[2], segments[3])
         guard let dot = file.lastIndex(of: ".") else {
             throw ServingError(
                 .invalidParameterValue, locator: "Format", "the tile URL must end with .jpg, .png or .webp")
@@ -84,13 +95,13 @@ struct WMTSController: Sendable {
                 .invalidParameterValue, locator: "Format", "unknown extension '\(file[file.index(after: dot)...])'")
         }
         return try await tile(
-            layer: layer, style: style, tms: tms, z: z, row: row, col: String(file[..<dot]), encoding: encoding,
-            request: request)
+            layer: layer, style: style, time: time, tms: tms, z: z, row: row,
+            col: String(file[..<dot]), encoding: encoding, request: request)
     }
 
     private func tile(
-        layer: String, style: String, tms: String, z: String, row: String, col: String, encoding: TileEncoding,
-        request: Request
+        layer: String, style: String, time: String?, tms: String, z: String, row: String, col: String,
+        encoding: TileEncoding, request: Request
     ) async throws -> Response {
         guard ["normal", "default"].contains(style.lowercased()) else {
             throw ServingError(.invalidParameterValue, locator: "Style", "unknown style '\(style)' (normal)")
@@ -105,7 +116,7 @@ struct WMTSController: Sendable {
             throw ServingError(.invalidParameterValue, locator: "TileCol", "TileCol '\(col)' is not a column number")
         }
         return try await TileResponder(service: service).respond(
-            TileRequest(tileset: layer, grid: tms, z: zi, col: ci, row: ri, encoding: encoding), request: request,
-            strictLimits: true)
+            TileRequest(tileset: layer, grid: tms, z: zi, col: ci, row: ri, encoding: encoding, vintage: time),
+            request: request, strictLimits: true)
     }
 }

@@ -57,17 +57,32 @@ struct WebController: Sendable {
     }
 
     func tilesets(_ request: Request) throws -> Response {
-        let list: [[String: Any]] = service.catalog.tilesets.compactMap { t in
+        var list: [[String: Any]] = service.catalog.tilesets.compactMap { t in
             let pyramids = service.catalog.pyramids(of: t)
             guard let first = pyramids.first else { return nil }
             let m = first.manifest
             let pm = pyramids.first { $0.grid == "PM" }?.manifest
-            return [
+            var entry: [String: Any] = [
                 "id": t, "title": m.title ?? t, "attribution": m.attribution ?? "",
                 "grids": pyramids.map(\.grid),
                 "bounds": [m.wgs84Bounds.minX, m.wgs84Bounds.minY, m.wgs84Bounds.maxX, m.wgs84Bounds.maxY],
                 "max_zoom_pm": pm?.maxZoom ?? 21, "publish": (m.publish ?? .all).rawValue,
             ]
+            if let layer = m.layer { entry["layer"] = layer }
+            if let vintage = m.vintage { entry["vintage"] = vintage.text }
+            return entry
+        }
+        // Layers of vintages: the stacked view, and its vintages newest first.
+        for layer in service.catalog.layers.values.sorted(by: { $0.id < $1.id }) {
+            guard let any = layer.stacks.values.first else { continue }
+            let w = layer.stacks.values.map(\.wgs84Bounds).reduce(any.wgs84Bounds) { $0.union($1) }
+            list.append([
+                "id": layer.id, "title": layer.title,
+                "attribution": any.newest.manifest.attribution ?? "", "grids": layer.stacks.keys.sorted(),
+                "bounds": [w.minX, w.minY, w.maxX, w.maxY], "max_zoom_pm": layer.stacks["PM"]?.maxZoom ?? 21,
+                "publish": "by-vintage",
+                "vintages": layer.vintages.map { ["vintage": $0.vintage.text, "tileset": $0.tileset] },
+            ])
         }
         return try Document.json(list, request: request)
     }

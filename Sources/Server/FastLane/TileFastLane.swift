@@ -306,8 +306,10 @@ final class TileFastLane: ChannelDuplexHandler {
         if service.catalog.version != catalog.version { catalog = service.catalog.snapshot() }
         // The router's chain, stopped at the first step that is more than a lookup: anything but
         // a stored stream (an error, a clip, a transcode, an empty tile) goes to the router.
-        guard let t = try? service.resolve(tile, in: catalog, strictLimits: route == .wmtsREST),
-            case .stored? = try? service.answer(t, viewer: .anyone, memo: &published, quick: true)
+        // The stored stream may be another pyramid's than the one resolved (a layer's stacked view
+        // answers with the vintage that covers the tile).
+        guard let resolved = try? service.resolve(tile, in: catalog, strictLimits: route == .wmtsREST),
+            case .stored(let t)? = try? service.answer(resolved, viewer: .anyone, memo: &published, quick: true)
         else { return nil }
         guard let shard = t.pyramid.contentKey(of: t.tile) else { return nil }
         let key = HotTiles.Key(shard: shard, tile: t.tile)
