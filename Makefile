@@ -45,6 +45,9 @@ DEMO_TOKEN ?= demo-admin
 demo: build
 	@if [ ! -d $(DEMO_DIR)/src ]; then $(BIN) sample-data --out $(DEMO_DIR)/src --dalles $(DEMO_DALLES); fi
 	$(BIN) tile --tileset tilesets/demo.yaml --store $(DEMO_DIR)/store --tms-dir config/tms
+	@# An older vintage of the same layer (20 cm, 2021, one dalle wider on every side).
+	@if [ ! -d $(DEMO_DIR)/src-2021 ]; then $(BIN) sample-data --out $(DEMO_DIR)/src-2021 --dalles 6x6 --resolution 0.2 --origin 703800,7060200; fi
+	$(BIN) tile --tileset tilesets/demo-2021.yaml --store $(DEMO_DIR)/store --tms-dir config/tms
 	$(BIN) validate $(DEMO_DIR)/store/demo/2154_5cm
 	$(BIN) validate $(DEMO_DIR)/store/demo/PM
 	$(BIN) inspect $(DEMO_DIR)/store/demo/2154_5cm
@@ -57,6 +60,7 @@ demo: build
 	@echo "  WMTS in QGIS/GDAL: http://127.0.0.1:$(DEMO_PORT)/wmts?SERVICE=WMTS&REQUEST=GetCapabilities"
 	@echo "  gdalinfo 'WMTS:http://127.0.0.1:$(DEMO_PORT)/wmts/1.0.0/WMTSCapabilities.xml,layer=demo,tilematrixset=2154_5cm'"
 	@echo "  XYZ: http://127.0.0.1:$(DEMO_PORT)/tiles/demo/PM/{z}/{x}/{y}.jpg   TileJSON: /tiles/demo/PM/tilejson.json"
+	@echo "  Vintages: layer pcrs-demo (2024 over 2021): /tiles/pcrs-demo/PM/{z}/{x}/{y}.jpg, WMTS Time=2021|2024|latest, WMS TIME=2021"
 	@echo "  A shard opens as an ordinary GeoTIFF: gdalinfo $$(ls $(DEMO_DIR)/store/demo/2154_5cm/shards/15/*/*.tif | head -1)"
 	DALLAGE_ADMIN_TOKEN=$(DEMO_TOKEN) $(BIN) serve --store $(DEMO_DIR)/store --port $(DEMO_PORT) --tms-dir config/tms
 

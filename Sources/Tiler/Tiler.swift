@@ -47,6 +47,9 @@ public struct TilingSummary: Sendable {
         public var pixelsRead: Int
         public var failed: [String]
         public var seconds: Double
+        /// Of the shards built, those that turned out empty (planned from the dalles' outlines,
+        /// no pixel there): not kept.
+        public var shardsEmpty = 0
     }
 
     public var sources: Int
@@ -237,6 +240,7 @@ public final class Tiler {
             (previous?.shards ?? []).map { ($0.coordinate, $0) }, uniquingKeysWith: { a, _ in a })
         var reused = 0
         var built = 0
+        var empty = 0
         var copied = 0
         var encoded = 0
         func add(_ c: TileCoordinate, _ r: ShardRecord) {
@@ -369,6 +373,7 @@ public final class Tiler {
                 case .success(let (record, pixels)):
                     add(shard, record)
                     built += 1
+                    if record.path == nil { empty += 1 }
                     pixelsRead += pixels
                 case .failure(let error):
                     logger.error("shard \(tms.id) \(shard) failed: \(error)")
@@ -405,7 +410,7 @@ public final class Tiler {
             shards: shards.count, shardsBuilt: built, shardsReused: reused, shardsResumed: resumed.count,
             tilesCopied: copied, tilesEncoded: encoded, tiles: shards.reduce(0) { $0 + $1.tiles },
             bytes: shards.reduce(0) { $0 + $1.bytes }, pixelsRead: pixelsRead, failed: failed,
-            seconds: Date().timeIntervalSince(started))
+            seconds: Date().timeIntervalSince(started), shardsEmpty: empty)
     }
 
     /// Refuses a layer or vintage that clashes with another tileset of the store (the same layer

@@ -135,6 +135,9 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
         var def: TilesetDefinition
         do { def = try YAMLDecoder().decode(TilesetDefinition.self, from: text) } catch let e as TilerError {
             throw e
+        } catch DecodingError.dataCorrupted(let context) where context.underlyingError is TilerError {
+            // The decoder wraps the definition's own refusal: say it alone, naming the file.
+            throw TilerError.invalidTileset("\(path): \((context.underlyingError as? TilerError)?.reason ?? "")")
         } catch {
             throw TilerError.invalidTileset("\(path): \(error)")
         }
@@ -151,6 +154,12 @@ public enum TilerError: Error, CustomStringConvertible {
     case unknownGrid(String, known: [String])
     case resumeMismatch(String)
     case failedShards(Int)
+
+    /// What is wrong, without the kind's prefix.
+    var reason: String {
+        if case .invalidTileset(let why) = self { return why }
+        return description
+    }
 
     public var description: String {
         switch self {

@@ -143,7 +143,8 @@ struct TileCommand: ParsableCommand {
             let rate = g.seconds > 0 ? Double(g.pixelsRead) / g.seconds / 1e6 : 0
             out.append(
                 "  built \(g.grid) z\(g.minZoom)–\(g.maxZoom): generation \(g.generation), \(g.shards) shard(s): "
-                    + "\(g.shardsBuilt) built, \(g.shardsReused) reused"
+                    + "\(g.shardsBuilt) built\(g.shardsEmpty > 0 ? " (\(g.shardsEmpty) empty, not kept)" : ""), "
+                    + "\(g.shardsReused) reused"
                     + (g.shardsResumed > 0 ? ", \(g.shardsResumed) finished before (--resume)" : "") + "; "
                     + "tiles \(g.tilesEncoded) encoded, \(g.tilesCopied) copied; \(g.tiles) tiles, "
                     + "\(Progress.bytes(g.bytes)) in \(Progress.duration(g.seconds)), "
