@@ -6,24 +6,15 @@ import base64
 import json
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+import chromium
 from selenium.webdriver.common.by import By
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, token, project, out = sys.argv[1:5]
-options = webdriver.ChromeOptions()
-for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,800"):
-    options.add_argument(a)
-options.binary_location = "/usr/bin/chromium"
-options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-driver.set_script_timeout(60)
+driver = chromium.start(base)
 report = {}
 try:
-    driver.get(base + "/")
-    driver.execute_async_script("const done = arguments[0]; dallage.ready.then(() => done(true), (e) => done(String(e)));")
     # Imagery: wait until the visible tiles have loaded.
     WebDriverWait(driver, 30).until(lambda d: d.execute_script(
         "const t = [...document.querySelectorAll('img.leaflet-tile')];"

@@ -8,19 +8,12 @@ rectangle in the screenshots, the handle's x, the vintage choices offered, and c
 import json
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 base, out, left, right, lon, lat = sys.argv[1:7]
-options = webdriver.ChromeOptions()
-for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,800"):
-    options.add_argument(a)
-options.binary_location = "/usr/bin/chromium"
-options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-driver.set_script_timeout(60)
+driver = chromium.start(base)
 report = {}
 
 
@@ -41,8 +34,6 @@ def shot(name, l, r):
 
 
 try:
-    driver.get(base + "/")
-    driver.execute_async_script("const done = arguments[0]; dallage.ready.then(() => done(true), (e) => done(String(e)));")
     report["choices"] = driver.execute_script(
         "return [...document.querySelectorAll('#vintage-selects select option')].map(o => o.textContent);")
     driver.execute_script("dallage.map.setView([%s, %s], 22, {animate: false});" % (lat, lon))
@@ -55,7 +46,7 @@ try:
         "const r = document.getElementById('cmp-handle').getBoundingClientRect(); return r.left + r.width / 2;")
     shot("screen-left.png", left, left)
     shot("screen-right.png", right, right)
-    report["console"] = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    report["console"] = chromium.severe(driver)
 finally:
     driver.quit()
 print(json.dumps(report))
