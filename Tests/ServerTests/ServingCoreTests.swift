@@ -100,12 +100,15 @@ struct ServingCoreTests {
             let before = try await ServerFixture.fastLaneCount(client)
             let statuses = Mutex<Set<Int>>([])
             let port = try #require(client.port)
-            try await TestClient.withClient(host: "127.0.0.1", port: port) { router in
+            // What is compared is the answers, not their speed: a generous read timeout, as the
+            // whole suite runs beside (tilers, browsers, QGIS) on two cores.
+            let patient = TestClient.Configuration(timeout: .seconds(120))
+            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: patient) { router in
                 await propertyCheck(count: 150, input: Self.tileRequests) { request in
                     let (uri, list) = request
                     let headers = HTTPFields(list.map { HTTPField(name: $0.0, value: $0.1) })
                     // First on a connection of its own: the lane takes it whenever it may.
-                    let fast = try await TestClient.withClient(host: "127.0.0.1", port: port) {
+                    let fast = try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: patient) {
                         try await $0.execute(.init(uri, method: .get, headers: headers))
                     }
                     let routed = try await router.execute(.init(uri + "?via=router", method: .get, headers: headers))

@@ -26,11 +26,16 @@ import Tiler
     /// Across the bottom edge of the top-left dalle: rows 0…127 in 2024, 128…255 in 2021 only.
     static let straddling = TileCoordinate(z: 22, col: 55_000, row: 385_939)
 
-    static let shared: (dir: String, sources: [String]) = {
-        // swift-format-ignore: NeverUseForceTry
-        try! build()
-    }()
-    static var store: String { shared.dir + "/store" }
+    /// Built once, on a Dispatch thread: the tests await it (suspended) rather than wait on a
+    /// lazy global's lock, which would hold every cooperative thread — and with them every other
+    /// suite's servers and clients — for the whole build.
+    static let building = Task<(dir: String, sources: [String]), Error> {
+        try await withCheckedThrowingContinuation { c in
+            DispatchQueue.global().async { c.resume(with: Result { try build() }) }
+        }
+    }
+    static func shared() async throws -> (dir: String, sources: [String]) { try await building.value }
+    static func store() async throws -> String { try await shared().dir + "/store" }
 
     static func tile(_ definition: TilesetDefinition, store: String) throws {
         var options = TileOptions(store: store, tmsDirectory: ServerFixture.root + "/config/tms")
@@ -80,8 +85,8 @@ import Tiler
         return (dir, sources)
     }
 
-    static func app() throws -> some ApplicationProtocol {
-        try ServerFixture.app(store: store) { $0.adminTokens = ["s3cret"] }
+    static func app() async throws -> some ApplicationProtocol {
+        try ServerFixture.app(store: try await store()) { $0.adminTokens = ["s3cret"] }
     }
 
     static func pixels(_ jpeg: ByteBuffer) throws -> [UInt8] {
@@ -106,13 +111,13 @@ import Tiler
         return Double(sum) / Double(rows.count * 256 * 3)
     }
 
-    static func reader(_ tileset: String, _ grid: String = "2154_5cm") throws -> PyramidReader {
-        try PyramidReader(directory: store + "/\(tileset)/\(grid)")
+    static func reader(_ tileset: String, _ grid: String = "2154_5cm") async throws -> PyramidReader {
+        try PyramidReader(directory: try await store() + "/\(tileset)/\(grid)")
     }
 
     /// The 2021 vintage's pixels at a z22 tile: its z20 tile, the right 64×64 corner, ×4 (nearest).
-    static func upsampled2021(_ t: TileCoordinate) throws -> [UInt8] {
-        let parent = try #require(try reader("hdf-2021").decodeTile(t.ancestor(levels: 2)))
+    static func upsampled2021(_ t: TileCoordinate) async throws -> [UInt8] {
+        let parent = try #require(try await reader("hdf-2021").decodeTile(t.ancestor(levels: 2)))
         var out = [UInt8](repeating: 0, count: 256 * 256 * 4)
         let (x0, y0) = ((t.col & 3) * 64, (t.row & 3) * 64)
         for y in 0..<256 {
@@ -144,8 +149,9 @@ import Tiler
         do { _ = try TilesetDefinition.load(path: yaml) } catch { #expect("\(error)".contains("printemps 2024")) }
     }
 
-    @Test func theTilerRefusesAClashingLayerOrVintageBeforeWritingAnything() throws {
-        let sources = [Self.shared.sources[0]]
+    @Test func theTilerRefusesAClashingLayerOrVintageBeforeWritingAnything() async throws {
+        let sources = [try await Self.shared().sources[0]]
+        let store = try await Self.store()
         let cases: [(TilesetDefinition, String)] = [
             // The same layer and vintage as hdf-2021.
             (
@@ -164,20 +170,21 @@ import Tiler
         ]
         for (definition, message) in cases {
             #expect {
-                try Self.tile(definition, store: Self.store)
+                try Self.tile(definition, store: store)
             } throws: { error in
                 "\(error)".contains(message)
             }
-            #expect(!FileManager.default.fileExists(atPath: Self.store + "/\(definition.id)"), "\(definition.id)")
+            #expect(!FileManager.default.fileExists(atPath: store + "/\(definition.id)"), "\(definition.id)")
         }
     }
 
-    @Test func aCatalogWithTwoTilesetsClaimingOneVintageServesThemButNotTheLayer() throws {
+    @Test func aCatalogWithTwoTilesetsClaimingOneVintageServesThemButNotTheLayer() async throws {
+        let store = try await Self.store()
         let dir = NSTemporaryDirectory() + "dallage-vintage-clash-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for t in ["hdf-2021", "hdf-2024"] {
-            try FileManager.default.copyItem(atPath: Self.store + "/" + t, toPath: dir + "/" + t)
+            try FileManager.default.copyItem(atPath: store + "/" + t, toPath: dir + "/" + t)
         }
         // Written by hand (the tiler refuses it): hdf-2024 claims 2021 too.
         var m = try PyramidManifest.load(directory: dir + "/hdf-2024/2154_5cm")
@@ -207,15 +214,15 @@ import Tiler
                 }
             }
             // Only the 2021 vintage there, and only down to z20: its pixels, upsampled.
-            let old = try Self.upsampled2021(Self.oldOnly)
+            let old = try await Self.upsampled2021(Self.oldOnly)
             try await client.execute(uri: Self.path("hdf", Self.oldOnly), method: .get) { r in
                 #expect(r.status == .ok)
                 let px = try Self.pixels(r.body)
                 #expect(Self.difference(px, old) < 6)
             }
             // Across the 2024 dalle's edge: the top half from 2024, the bottom half from 2021.
-            let new = try #require(try Self.reader("hdf-2024").decodeTile(Self.straddling))
-            let under = try Self.upsampled2021(Self.straddling)
+            let new = try #require(try await Self.reader("hdf-2024").decodeTile(Self.straddling))
+            let under = try await Self.upsampled2021(Self.straddling)
             try await client.execute(uri: Self.path("hdf", Self.straddling), method: .get) { r in
                 #expect(r.status == .ok)
                 let px = try Self.pixels(r.body)
@@ -229,8 +236,8 @@ import Tiler
             }
             // The z20 tile over the four dalles: the 2024 quarter inverted over 2021.
             let z20 = Self.inNew.ancestor(levels: 2)
-            let z20old = try #require(try Self.reader("hdf-2021").decodeTile(z20))
-            let z20new = try #require(try Self.reader("hdf-2024").decodeTile(z20))
+            let z20old = try #require(try await Self.reader("hdf-2021").decodeTile(z20))
+            let z20new = try #require(try await Self.reader("hdf-2024").decodeTile(z20))
             try await client.execute(uri: Self.path("hdf", z20), method: .get) { r in
                 let px = try Self.pixels(r.body)
                 var newer = 0
@@ -251,7 +258,7 @@ import Tiler
     @Test func anUnpublishedVintageLetsTheOlderShowThroughExceptToAdministrators() async throws {
         try await Self.app().test(.router) { client in
             let published = try await client.execute(uri: Self.path("hdf-2024", Self.inNew), method: .get) { $0.body }
-            let unpublished = try #require(try Self.reader("hdf-2025").tileData(Self.inNew))
+            let unpublished = try #require(try await Self.reader("hdf-2025").tileData(Self.inNew))
             try await client.execute(uri: Self.path("hdf", Self.inNew), method: .get) { r in
                 #expect(r.body == published)
             }
@@ -420,7 +427,7 @@ import Tiler
         try await Self.app().test(.live) { client in
             let base = "http://127.0.0.1:\(try #require(client.port))"
             // On PM (where the gated 2025 vintage has no pyramid), a tile 2024 covers wholly.
-            let pm = try Self.reader("hdf-2024", "PM")
+            let pm = try await Self.reader("hdf-2024", "PM")
             let limits = try #require(pm.manifest.limits(z: pm.manifest.maxZoom))
             var whole: TileCoordinate?
             for row in limits.minRow...limits.maxRow {
@@ -437,6 +444,14 @@ import Tiler
             }
             #expect(lane == own)
             #expect(try await ServerFixture.fastLaneCount(client) == before + 1)
+            // On 2154_5cm the newest vintage (2025) is gated and published nowhere: the lane knows
+            // it shows nothing here and answers 2024's tile itself.
+            let own2024 = try #require(try await Self.reader("hdf-2024").tileData(Self.inNew))
+            let through = try await client.execute(uri: Self.path("hdf", Self.inNew), method: .get) {
+                Array(buffer: $0.body)
+            }
+            #expect(through == own2024)
+            #expect(try await ServerFixture.fastLaneCount(client) == before + 2)
 
             let out = NSTemporaryDirectory() + "wmts-hdf-\(UUID().uuidString).tif"
             let minX = 704_000.0
@@ -458,9 +473,9 @@ import Tiler
                     x: 0, y: 0, width: 256, height: 256, bands: [1, 2, 3], into: p.baseAddress!, bufferWidth: 256,
                     bufferHeight: 256, pixelSpace: 4)
             }
-            let new = try #require(try Self.reader("hdf-2024").decodeTile(Self.straddling))
+            let new = try #require(try await Self.reader("hdf-2024").decodeTile(Self.straddling))
             #expect(Self.difference(px, new, rows: 0..<124) < 6)
-            #expect(Self.difference(px, try Self.upsampled2021(Self.straddling), rows: 132..<256) < 6)
+            #expect(Self.difference(px, try await Self.upsampled2021(Self.straddling), rows: 132..<256) < 6)
         }
     }
 
