@@ -80,6 +80,9 @@ final class TileFastLane: ChannelDuplexHandler {
     private var lastActivity = NIODeadline.now()
     /// Set by ``RouterResponses`` between a request head the parser read and its end.
     fileprivate var parserInRequest = false
+    /// Requests the parser read whose response has not ended yet: a connection waiting for a long
+    /// answer (a WMS map, an extract) is busy, not idle, in pass-through mode too.
+    fileprivate var parserAnswersPending = 0
     private var timer: Scheduled<Void>?
 
     init(service: TileService, loop: FastLaneLoop, limits: ConnectionLimits, serverName: String, logger: Logger) {
@@ -245,7 +248,7 @@ final class TileFastLane: ChannelDuplexHandler {
     private func check(_ context: ChannelHandlerContext) {
         timer = nil
         let now = NIODeadline.now()
-        let busy = withRouter > 0 || parserInRequest
+        let busy = withRouter > 0 || parserInRequest || parserAnswersPending > 0
         if let started = headStarted, now >= started + limits.headerTimeout {
             if !busy {
                 let response = ConnectionLimits.response(
@@ -279,14 +282,25 @@ final class TileFastLane: ChannelDuplexHandler {
     /// Called by ``RouterResponses`` when the parser has read a request head.
     fileprivate func parserReadHead() {
         parserInRequest = true
+        parserAnswersPending += 1
         headStarted = nil
     }
 
-    /// Called by ``RouterResponses`` when the parser has read a request's end: in pass-through
-    /// mode the next request may already have begun in the same bytes, so its clock starts.
+    /// Called by ``RouterResponses`` when the router's response to a request has ended: the
+    /// idle clock starts again from the answer, not from the request.
+    fileprivate func routerAnswered() {
+        withRouter = max(0, withRouter - 1)
+        parserAnswersPending = max(0, parserAnswersPending - 1)
+        lastActivity = .now()
+    }
+
+    /// Called by ``RouterResponses`` when the parser has read a request's end. The next request's
+    /// clock starts with its first byte read after this (``channelRead``): a keep-alive connection
+    /// left idle after its answer is idle, not slow, and waits for the idle timeout. (Bytes of a
+    /// next head that came in the same read as this end are bounded by the idle timeout: the
+    /// parser's buffer cannot be seen from here.)
     fileprivate func parserReadEnd() {
         parserInRequest = false
-        if passThrough, headStarted == nil { headStarted = .now() }
     }
 
     private func handOn(_ context: ChannelHandlerContext, _ bytes: ByteBuffer) {
@@ -388,7 +402,7 @@ final class RouterResponses: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
-        lane.withRouter = max(0, lane.withRouter - 1)
+        lane.routerAnswered()
         guard keepAlive.popFirst() == false else { return context.write(data, promise: promise) }
         let written = context.eventLoop.makePromise(of: Void.self)
         context.write(data, promise: written)
