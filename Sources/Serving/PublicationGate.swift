@@ -110,22 +110,35 @@ public struct PublicationMemo: Sendable {
         var block: TileCoordinate
     }
     fileprivate var epoch = -1
-    fileprivate var inside: [Key: Bool] = [:]
+    fileprivate var standings: [Key: PublicationGate.Standing] = [:]
 
     public init() {}
 }
 
 extension PublicationGate {
+    /// Where a tile stands against the published area, as the fast lane needs it: wholly inside
+    /// (its stored stream may go out), wholly outside (it shows nothing), or across the boundary.
+    public enum Standing: Sendable {
+        case inside, outside, crossing
+    }
+
     /// Whether a tile of a gated pyramid lies wholly inside the published area: true lets the
-    /// stored stream go out as it is. Answered from `memo` when it knows the tile's block or the
-    /// tile for the current epoch, else decided and remembered (block first: one decision then
-    /// serves a whole neighbourhood).
+    /// stored stream go out as it is.
     public func isWhollyPublished(_ pyramid: ServedPyramid, _ tile: TileCoordinate, memo: inout PublicationMemo)
         -> Bool
     {
+        standing(pyramid, tile, memo: &memo) == .inside
+    }
+
+    /// Where a tile of a gated pyramid stands; nil when it cannot be decided now. Answered from
+    /// `memo` when it knows the tile's block or the tile for the current epoch, else decided and
+    /// remembered (block first: one decision then serves a whole neighbourhood, inside or out).
+    public func standing(_ pyramid: ServedPyramid, _ tile: TileCoordinate, memo: inout PublicationMemo)
+        -> Standing?
+    {
         let now = epoch
-        if now != memo.epoch || memo.inside.count > 65_536 {
-            memo.inside.removeAll(keepingCapacity: true)
+        if now != memo.epoch || memo.standings.count > 65_536 {
+            memo.standings.removeAll(keepingCapacity: true)
             memo.epoch = now
         }
         let blockLevels = min(4, max(0, tile.z - pyramid.manifest.minZoom))
@@ -133,15 +146,22 @@ extension PublicationGate {
         for up in stride(from: blockLevels, through: 0, by: -max(1, blockLevels)) {
             let block = tile.ancestor(levels: up)
             let key = PublicationMemo.Key(tileset: pyramid.tileset, grid: pyramid.grid, block: block)
-            if let inside = memo.inside[key] {
-                if inside { return true }
-                continue
+            let standing: Standing
+            if let known = memo.standings[key] {
+                standing = known
+            } else {
+                guard let (decision, at) = try? decide(pyramid, block) else { return nil }
+                standing =
+                    switch decision {
+                    case .inside: .inside
+                    case .outside: .outside
+                    case .crossing: .crossing
+                    }
+                if at == now { memo.standings[key] = standing }
             }
-            guard let (decision, at) = try? decide(pyramid, block) else { return false }
-            let inside = if case .inside = decision { true } else { false }
-            if at == now { memo.inside[key] = inside }
-            if inside { return true }
+            // A block wholly in or out says it for every tile in it.
+            if standing != .crossing || up == 0 { return standing }
         }
-        return false
+        return .crossing
     }
 }

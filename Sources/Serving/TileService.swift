@@ -444,7 +444,12 @@ public final class TileService: Sendable {
             if p.gated, viewer != .administrator {
                 guard let gate else { continue }
                 if quick {
-                    guard gate.isWhollyPublished(p, t.tile, memo: &memo) else { return nil }
+                    // Unpublished here (a newer tranche not yet out): the older vintages show.
+                    switch gate.standing(p, t.tile, memo: &memo) {
+                    case .inside?: break
+                    case .outside?: continue
+                    case .crossing?, nil: return nil
+                    }
                 } else {
                     do {
                         let (decision, at) = try gate.decide(p, t.tile)
