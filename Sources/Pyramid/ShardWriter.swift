@@ -1,5 +1,6 @@
 import Foundation
 import Raster
+import Synchronization
 
 /// The encoding of a pyramid's tiles.
 public enum TileFormat: String, Sendable, Codable, CaseIterable {
@@ -229,7 +230,13 @@ public final class ShardWriter: @unchecked Sendable {
 
     /// Lays out and writes the COG, then renames it to `path`. Returns nil (and writes nothing)
     /// when no tile was added.
-    public func finish() throws -> ShardSummary? {
+    /// `parallelism` threads write a large shard at once. With `sync` false the file is not
+    /// flushed to disk before it is renamed: the caller flushes it with ``sync(path:)`` before
+    /// anything points to it, and may go on with other work meanwhile. Files smaller than
+    /// `parallelAbove` bytes are written by one thread.
+    public func finish(
+        parallelism: Int = 1, sync: Bool = true, parallelAbove: Int = ShardWriter.parallelWriteBytes
+    ) throws -> ShardSummary? {
         precondition(!finished)
         finished = true
         let tiles = tileCount
@@ -307,56 +314,176 @@ public final class ShardWriter: @unchecked Sendable {
         }
         precondition(header.count == position)
 
-        // Write the final file under a temporary name, then rename.
+        // The file's pieces in order: the header, then each tile with its mask right after.
+        var pieces: [Piece] = [Piece(from: .header, offset: 0, length: header.count)]
+        for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
+            for e in entries[o] where e.length > 0 {
+                pieces.append(
+                    Piece(from: e.source >= 0 ? .shard(e.source) : .spool, offset: e.offset, length: e.length))
+                if hasMask {
+                    pieces.append(
+                        e.maskLength > 0
+                            ? Piece(
+                                from: e.source >= 0 ? .shard(e.source) : .spool, offset: e.maskOffset,
+                                length: e.maskLength)
+                            : Piece(from: .fullMask, offset: 0, length: fullMask.count))
+                }
+            }
+        }
+
+        // Write the final file under a temporary name, then rename. A large shard is written in
+        // `parallelism` consecutive segments at once, each with its own CRC, combined at the end:
+        // the shard a tranche rebuilds is mostly tiles copied from its previous version, and one
+        // thread copying them while the others wait for the band to end was a third of the build.
         let temporary = Self.temporaryName(for: path, suffix: "tmp")
-        let out = try BufferedFile(path: temporary)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw RasterError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
+        defer { Foundation.close(fd) }
         do {
-            try header.withUnsafeBytes { try out.write($0) }
-            // Read tiles back with pread rather than a mapping: mapped spool pages would count in the
-            // process's resident memory and grow with the shard.
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            func copy(offset: Int, length: Int, source: Int) throws {
-                if chunk.count < length { chunk = [UInt8](repeating: 0, count: length) }
-                try chunk.withUnsafeMutableBytes { buf in
-                    let part = UnsafeMutableRawBufferPointer(start: buf.baseAddress, count: length)
-                    if source >= 0 {
-                        try sources[source].read(at: UInt64(offset), into: part)
-                    } else {
-                        var done = 0
-                        while done < length {
-                            let n = pread(spool, buf.baseAddress! + done, length - done, off_t(offset + done))
-                            guard n > 0 else { throw RasterError("cannot read back \(spoolPath)") }
-                            done += n
-                        }
-                    }
-                    try out.write(UnsafeRawBufferPointer(part))
+            let segments = Self.segments(pieces, count: total >= parallelAbove ? max(1, parallelism) : 1)
+            let starts = segments.map { pieces[..<$0.lowerBound].reduce(0) { $0 + $1.length } }
+            let (pieces, header) = (pieces, header)
+            let results = Mutex<[Int: Result<(crc: UInt32, bytes: Int), Error>]>([:])
+            let spool = self.spool
+            let spoolPath = self.spoolPath
+            let sources = self.sources
+            let target = UncheckedFile(fd: fd, path: temporary)
+            // Segments past the first get threads of their own; the caller writes the first. (Not
+            // `concurrentPerform`: called from the tiler's own, it runs them one by one; nor the
+            // global queue: while the tiler's workers hold its threads, Dispatch waited up to
+            // 0.7 s before it started one more.)
+            let group = DispatchGroup()
+            let writeSegment: @Sendable (Int) -> Void = { k in
+                let result = Result {
+                    try Self.write(
+                        pieces[segments[k]], at: starts[k],
+                        to: target, header: header, spool: (spool, spoolPath), sources: sources)
                 }
+                results.withLock { $0[k] = result }
             }
-            for o in stride(from: geometry.levelCount - 1, through: 0, by: -1) {
-                for e in entries[o] where e.length > 0 {
-                    try copy(offset: e.offset, length: e.length, source: e.source)
-                    if hasMask {
-                        if e.maskLength > 0 {
-                            try copy(offset: e.maskOffset, length: e.maskLength, source: e.source)
-                        } else {
-                            try fullMask.withUnsafeBytes { try out.write($0) }
-                        }
-                    }
+            for k in segments.indices.dropFirst() {
+                group.enter()
+                Thread {
+                    writeSegment(k)
+                    group.leave()
+                }.start()
+            }
+            writeSegment(0)
+            group.wait()
+            var crc: UInt32 = 0
+            var written = 0
+            for k in segments.indices {
+                guard let result = results.withLock({ $0[k] }) else {
+                    throw RasterError("shard segment \(k) not written")
                 }
+                let part = try result.get()
+                crc = Deflate.crc32Combine(crc, part.crc, secondLength: part.bytes)
+                written += part.bytes
             }
-            let crc = try out.finish()
-            precondition(out.written == total, "shard layout and content disagree")
+            precondition(written == total, "shard layout and content disagree")
+            if sync, fsync(fd) != 0 {
+                throw RasterError("cannot sync \(temporary): \(String(cString: strerror(errno)))")
+            }
             guard rename(temporary, path) == 0 else {
                 throw RasterError("cannot rename \(temporary): \(String(cString: strerror(errno)))")
             }
-            Foundation.close(spool)
-            spool = -1
+            Foundation.close(self.spool)
+            self.spool = -1
             unlink(spoolPath)
             return ShardSummary(bytes: total, crc32: crc, tiles: tiles)
         } catch {
             unlink(temporary)
             throw error
         }
+    }
+
+    /// Flushes a file written by `finish(sync: false)` to disk.
+    public static func sync(path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw RasterError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { Foundation.close(fd) }
+        guard fsync(fd) == 0 else { throw RasterError("cannot sync \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Below this size a shard is written by one thread: splitting buys nothing.
+    public static let parallelWriteBytes = 32 << 20
+
+    /// Where a piece of the final file comes from.
+    private enum PieceSource {
+        case header
+        case spool
+        case shard(Int)
+        case fullMask
+    }
+
+    private struct Piece {
+        var from: PieceSource
+        var offset: Int
+        var length: Int
+    }
+
+    /// Consecutive runs of pieces of about equal bytes, at most `count`.
+    private static func segments(_ pieces: [Piece], count: Int) -> [Range<Int>] {
+        let total = pieces.reduce(0) { $0 + $1.length }
+        guard count > 1, !pieces.isEmpty else { return [0..<pieces.count] }
+        var cuts: [Range<Int>] = []
+        var start = 0
+        var bytes = 0
+        for (i, p) in pieces.enumerated() {
+            bytes += p.length
+            if bytes * count >= total * (cuts.count + 1), cuts.count < count - 1 {
+                cuts.append(start..<(i + 1))
+                start = i + 1
+            }
+        }
+        cuts.append(start..<pieces.count)
+        return cuts.filter { !$0.isEmpty }
+    }
+
+    /// Writes `pieces` from `position` on, through a buffer of its own; answers their CRC-32.
+    private static func write(
+        _ pieces: ArraySlice<Piece>, at position: Int, to file: UncheckedFile, header: [UInt8],
+        spool: (fd: Int32, path: String), sources: [ShardReader]
+    ) throws -> (crc: UInt32, bytes: Int) {
+        let capacity = 4 << 20
+        var buffer = [UInt8](repeating: 0, count: capacity)
+        var used = 0
+        var position = position
+        var crc: UInt32 = 0
+        var bytes = 0
+        func flush() throws {
+            try buffer.withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[..<used]), at: position) }
+            position += used
+            used = 0
+        }
+        for p in pieces {
+            if used + p.length > capacity { try flush() }
+            if p.length > capacity { buffer = [UInt8](repeating: 0, count: p.length) }
+            try buffer.withUnsafeMutableBytes { buf in
+                let part = UnsafeMutableRawBufferPointer(rebasing: buf[used..<(used + p.length)])
+                switch p.from {
+                case .header:
+                    header.withUnsafeBytes { part.copyMemory(from: $0) }
+                case .fullMask:
+                    fullMask.withUnsafeBytes { part.copyMemory(from: $0) }
+                case .shard(let i):
+                    try sources[i].read(at: UInt64(p.offset), into: part)
+                case .spool:
+                    var done = 0
+                    while done < p.length {
+                        let n = pread(spool.fd, part.baseAddress! + done, p.length - done, off_t(p.offset + done))
+                        if n < 0, errno == EINTR { continue }
+                        guard n > 0 else { throw RasterError("cannot read back \(spool.path)") }
+                        done += n
+                    }
+                }
+                crc = Deflate.crc32(UnsafeRawBufferPointer(part), previous: crc)
+            }
+            used += p.length
+            bytes += p.length
+        }
+        try flush()
+        return (crc, bytes)
     }
 
     private func setArrays(_ dir: inout TIFFDirectory, offsets: [UInt64], counts: [UInt64], bigTIFF: Bool) {
@@ -443,53 +570,19 @@ public final class ShardWriter: @unchecked Sendable {
     }
 }
 
-/// A write-only file with a large buffer, a running CRC-32 and an fsync on finish.
-final class BufferedFile {
-    private let fd: Int32
-    private let path: String
-    private var buffer: [UInt8] = []
-    private(set) var written = 0
-    private var crc: UInt32 = 0
-    private static let capacity = 4 << 20
+/// A file written at given offsets by several threads at once (`pwrite` is safe so); the caller
+/// owns the descriptor.
+private struct UncheckedFile: @unchecked Sendable {
+    let fd: Int32
+    let path: String
 
-    init(path: String) throws {
-        self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw RasterError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        buffer.reserveCapacity(Self.capacity)
-    }
-
-    deinit { if fd >= 0 { close(fd) } }
-
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
-        crc = Deflate.crc32(bytes, previous: crc)
-        written += bytes.count
-        if buffer.count + bytes.count > Self.capacity { try flush() }
-        if bytes.count >= Self.capacity {
-            try writeAll(bytes)
-        } else {
-            buffer.append(contentsOf: bytes)
-        }
-    }
-
-    private func flush() throws {
-        try buffer.withUnsafeBytes { try writeAll($0) }
-        buffer.removeAll(keepingCapacity: true)
-    }
-
-    private func writeAll(_ bytes: UnsafeRawBufferPointer) throws {
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
         var done = 0
         while done < bytes.count {
-            let n = Foundation.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            if n < 0, errno == EINTR { continue }
             guard n > 0 else { throw RasterError("cannot write \(path): \(String(cString: strerror(errno)))") }
             done += n
         }
-    }
-
-    /// Flushes, syncs to disk and returns the CRC-32 of everything written.
-    func finish() throws -> UInt32 {
-        try flush()
-        guard fsync(fd) == 0 else { throw RasterError("cannot sync \(path): \(String(cString: strerror(errno)))") }
-        return crc
     }
 }

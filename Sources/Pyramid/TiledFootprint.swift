@@ -1,6 +1,7 @@
 import Foundation
 import GeoGrid
 import Raster
+import Synchronization
 
 /// The area a pyramid really covers, traced from its tiles' masks at one level and kept as
 /// `footprint.json` beside `pyramid.json`: `{"crs", "level", "area_m2", "geometry"}` (GeoJSON
@@ -30,21 +31,39 @@ public enum TiledFootprint {
         let mask = UnsafeMutablePointer<UInt8>.allocate(capacity: width * height)
         defer { mask.deallocate() }
         mask.initialize(repeating: 0, count: width * height)
-        for row in l.minRow...l.maxRow {
-            for col in l.minCol...l.maxCol {
-                guard let rgba = try reader.decodeTile(TileCoordinate(z: level, col: col, row: row)) else { continue }
-                let x0 = (col - l.minCol) * size
-                let y0 = (row - l.minRow) * size
-                for y in 0..<size {
-                    let line = mask + (y0 + y) * width + x0
-                    for x in 0..<size { line[x] = rgba[(y * size + x) * 4 + 3] >= 128 ? 255 : 0 }
+        // Rows of tiles decoded on every core, each into its own band of the mask.
+        let failure = Mutex<(any Error)?>(nil)
+        let rows = l.maxRow - l.minRow + 1
+        let target = MaskBand(base: mask)
+        let z = level
+        DispatchQueue.concurrentPerform(iterations: rows) { i in
+            let row = l.minRow + i
+            do {
+                for col in l.minCol...l.maxCol {
+                    guard let rgba = try reader.decodeTile(TileCoordinate(z: z, col: col, row: row)) else {
+                        continue
+                    }
+                    let x0 = (col - l.minCol) * size
+                    let y0 = i * size
+                    for y in 0..<size {
+                        let line = target.base + (y0 + y) * width + x0
+                        for x in 0..<size { line[x] = rgba[(y * size + x) * 4 + 3] >= 128 ? 255 : 0 }
+                    }
                 }
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
             }
         }
+        if let error = failure.withLock({ $0 }) { throw error }
         let first = m.tileMatrixSet.bounds(of: TileCoordinate(z: level, col: l.minCol, row: l.minRow))
         let transform = GeoTransform(
             originX: first.minX, originY: first.maxY, resolution: (first.maxX - first.minX) / Double(size))
         return (try Geometry.polygonize(mask: mask, width: width, height: height, transform: transform), level)
+    }
+
+    /// The mask being traced, written by several threads at once, each in rows of its own.
+    private struct MaskBand: @unchecked Sendable {
+        let base: UnsafeMutablePointer<UInt8>
     }
 
     /// Traces and writes the footprint of the pyramid in `directory` (atomically).

@@ -31,6 +31,11 @@ public enum Deflate {
         UInt32(
             CZlib.crc32(uLong(previous), bytes.baseAddress?.assumingMemoryBound(to: Bytef.self), uInt(bytes.count)))
     }
+
+    /// The CRC-32 of two byte runs one after the other, from the CRC of each and the second's length.
+    public static func crc32Combine(_ first: UInt32, _ second: UInt32, secondLength: Int) -> UInt32 {
+        UInt32(CZlib.crc32_combine(uLong(first), uLong(second), Int(secondLength)))
+    }
 }
 
 extension Deflate {

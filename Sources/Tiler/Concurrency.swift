@@ -5,6 +5,8 @@ import Synchronization
 final class Counter: Sendable {
     private let value = Atomic<Int>(0)
     func next() -> Int { value.wrappingAdd(1, ordering: .relaxed).oldValue }
+    /// The next value `next()` would give, without taking it.
+    var peek: Int { value.load(ordering: .relaxed) }
 }
 
 /// Fixed slots that workers fill by index.

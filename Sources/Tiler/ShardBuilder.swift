@@ -58,6 +58,20 @@ final class ShardBuilder {
     /// even when a tranche touches a small part of it; 1 (built whole) when the band is too short.
     static func partsPerSide(_ band: ShardScheme.Band) -> Int { band.deepest - band.top >= 4 ? 4 : 1 }
 
+    /// The ground a part of a shard covers (all of it when the shard is built whole).
+    static func bounds(
+        of part: Int?, shard: TileCoordinate, band: ShardScheme.Band, tms: TileMatrixSet
+    ) -> BoundingBox {
+        guard let part else { return tms.bounds(of: shard) }
+        let k = partsPerSide(band)
+        let n = 16 / k
+        let z = band.top + 4
+        let col = shard.col * 16 + (part % k) * n
+        let row = shard.row * 16 + (part / k) * n
+        return tms.bounds(of: TileCoordinate(z: z, col: col, row: row)).union(
+            tms.bounds(of: TileCoordinate(z: z, col: col + n - 1, row: row + n - 1)))
+    }
+
     /// A writer for `shard` at `path`, with the shard's georeferencing.
     func makeWriter(shard: TileCoordinate, path: String) throws -> ShardWriter {
         let box = tms.bounds(of: shard)

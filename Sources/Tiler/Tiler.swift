@@ -251,6 +251,7 @@ public final class Tiler {
                 z: c.z, col: c.col, row: c.row, path: path, bytes: r.bytes, crc32: r.crc32, tiles: r.tiles)
         }
 
+        let durable = Durability()
         // Footprints in the grid's CRS, each tied to its dalle.
         let footprints = RectIndex(Array(zip(plan.footprints, usable)))
         var failed: [String] = []
@@ -281,7 +282,20 @@ public final class Tiler {
             // Work items: whole shards, or each shard's parts (so two cores share even one shard).
             let partsPerSide = ShardBuilder.partsPerSide(band)
             let parts = partsPerSide * partsPerSide
-            let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }
+            // Parts that read sources first, parts that only copy from the previous version
+            // after: taken in that order, the last items are short and both cores finish
+            // together (a tranche's few costly parts met last kept one core alone for a third
+            // of the build).
+            let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }.enumerated()
+                .map { i, item -> (Bool, Int, (TileCoordinate, Int?)) in
+                    let copies =
+                        previousShards[item.0] != nil
+                        && update.area.map {
+                            !$0.touches(ShardBuilder.bounds(of: item.1, shard: item.0, band: band, tms: tms))
+                        } ?? false
+                    return (copies, i, item)
+                }
+                .sorted { ($0.0 ? 1 : 0, $0.1) < ($1.0 ? 1 : 0, $1.1) }.map(\.2)
             let results = ResultSlots<(TileCoordinate, Result<(ShardRecord, Int), Error>)>(count: todo.count)
             let jobs = Mutex<[TileCoordinate: ShardJob]>([:])
             let counter = Counter()
@@ -353,12 +367,18 @@ public final class Tiler {
                     do {
                         if let error = job.error { throw error }
                         if parts > 1, let builder { try builder.merge(job, merged: merged) }
-                        let summary = try job.writer.finish()
+                        // Several threads write the shard when no work is left for them: at the
+                        // end of a band (a tranche's one big shard), not while all are busy.
+                        let idle = counter.peek >= items.count
+                        let summary = try job.writer.finish(parallelism: idle ? options.threads : 1, sync: false)
                         let record = ShardRecord(
                             plan: planID, path: summary == nil ? nil : relative, bytes: summary?.bytes ?? 0,
                             crc32: String(format: "%08x", summary?.crc32 ?? 0), tiles: summary?.tiles ?? 0,
                             copied: job.copied.load(ordering: .relaxed), encoded: job.encoded.load(ordering: .relaxed))
-                        try folder.record(record, for: shard)
+                        // On disk, then recorded (resume trusts a record), while the build goes on.
+                        durable.then(sync: summary == nil ? nil : folder.path(relative)) {
+                            try folder.record(record, for: shard)
+                        }
                         results.set(slot[shard] ?? 0, (shard, .success((record, job.pixelsRead))))
                         progress.advance(pixels: job.pixelsRead, bytes: summary?.bytes ?? 0)
                     } catch {
@@ -381,6 +401,12 @@ public final class Tiler {
                 }
             }
             if !failed.isEmpty && !options.keepGoing { break }
+        }
+
+        // Every shard on disk and recorded before any manifest names it.
+        if let error = durable.wait() {
+            logger.error("\(tms.id): a built shard could not be flushed or recorded: \(error)")
+            failed.append("\(error)")
         }
 
         // 4. The switch: the new generation's manifest, made current only over the one built on.
@@ -445,6 +471,59 @@ public final class Tiler {
                 try? FileManager.default.removeItem(atPath: (directory as NSString).appendingPathComponent(f))
             }
         }
+    }
+}
+
+/// Flushes built shards to disk and writes their records, one after the other, behind the
+/// builders: a shard's disk writes overlap the next shards and bands instead of holding the
+/// worker that wrote it (a tranche's rebuilt shard is a few hundred MB). A thread of its own,
+/// started when work comes and ended when none is left: Dispatch's pool, busy with the builders,
+/// could start one late.
+final class Durability: @unchecked Sendable {
+    /// Guards every field below.
+    private let signal = NSCondition()
+    private var work: [@Sendable () throws -> Void] = []
+    private var pending = 0
+    private var running = false
+    private var firstError: (any Error)?
+
+    /// Flushes `path` (when there is one), then runs `after`.
+    func then(sync path: String?, _ after: @escaping @Sendable () throws -> Void) {
+        signal.lock()
+        defer { signal.unlock() }
+        work.append {
+            if let path { try ShardWriter.sync(path: path) }
+            try after()
+        }
+        pending += 1
+        if !running {
+            running = true
+            Thread { self.drain() }.start()
+        }
+    }
+
+    private func drain() {
+        signal.lock()
+        while !work.isEmpty {
+            let next = work.removeFirst()
+            signal.unlock()
+            var failure: (any Error)?
+            do { try next() } catch { failure = error }
+            signal.lock()
+            pending -= 1
+            if firstError == nil { firstError = failure }
+            signal.broadcast()
+        }
+        running = false
+        signal.unlock()
+    }
+
+    /// Waits for everything asked so far; the first failure, if any.
+    func wait() -> (any Error)? {
+        signal.lock()
+        defer { signal.unlock() }
+        while pending > 0 { signal.wait() }
+        return firstError
     }
 }
 

@@ -6,7 +6,7 @@ import Testing
 
 /// Writes a small shard by hand and reads it back with our reader and with GDAL.
 struct ShardWriterTests {
-    static func makeShard(in dir: String, partial: Bool) throws -> (String, ShardSummary) {
+    static func makeShard(in dir: String, partial: Bool, parallelism: Int = 1) throws -> (String, ShardSummary) {
         let path = dir + "/shards/3/1/2.tif"
         let geometry = ShardGeometry(originX: 1000, originY: 2000, resolution: 0.5, levelCount: 3, epsg: 2154)
         let writer = try ShardWriter(path: path, geometry: geometry, format: .jpeg)
@@ -39,8 +39,23 @@ struct ShardWriterTests {
                 }
             }
         }
-        let summary = try #require(try writer.finish())
+        let summary = try #require(try writer.finish(parallelism: parallelism, parallelAbove: 0))
         return (path, summary)
+    }
+
+    /// A shard written by several threads at once (as the tiler writes a large one) is the same
+    /// file, with the same checksum, as one written by one thread.
+    @Test(arguments: [2, 3, 7]) func aShardWrittenInParallelIsTheSameFile(threads: Int) throws {
+        let dir = NSTemporaryDirectory() + "dallage-shard-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (one, oneSummary) = try Self.makeShard(in: dir + "/one", partial: true)
+        let (many, manySummary) = try Self.makeShard(in: dir + "/many", partial: true, parallelism: threads)
+        let a = try Data(contentsOf: URL(fileURLWithPath: one))
+        let b = try Data(contentsOf: URL(fileURLWithPath: many))
+        #expect(a == b)
+        #expect(manySummary == oneSummary)
+        #expect(b.withUnsafeBytes { Deflate.crc32($0) } == manySummary.crc32)
+        #expect(manySummary.bytes == b.count)
     }
 
     @Test func roundTripAndCOGLayout() throws {
