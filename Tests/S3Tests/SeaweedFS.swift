@@ -18,6 +18,8 @@ final class SeaweedFS: Sendable {
     let directory: URL
     /// The S3 port on 127.0.0.1.
     let port: Int
+    /// Every port it listens on: it names a Unix socket in /tmp after each, whatever TMPDIR says.
+    let ports: [Int]
 
     /// The server of the current test suite (see `.seaweedFS`).
     @TaskLocal static var current: SeaweedFS?
@@ -40,10 +42,11 @@ final class SeaweedFS: Sendable {
         ]
     }
 
-    private init(process: Process, directory: URL, port: Int) {
+    private init(process: Process, directory: URL, ports: [Int]) {
         self.process = process
         self.directory = directory
-        self.port = port
+        self.port = ports[6]
+        self.ports = ports
     }
 
     /// Starts a server and waits (polling, 90 s at most) until it stores an object.
@@ -75,10 +78,12 @@ final class SeaweedFS: Sendable {
         let logPath = directory.appendingPathComponent("weed.log").path
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)
+        // Its own log files (weed.INFO…) go to TMPDIR: into the folder removed at the end.
+        process.environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": directory.path]) { $1 }
         process.standardOutput = log ?? FileHandle.nullDevice
         process.standardError = log ?? FileHandle.nullDevice
         try process.run()
-        let server = SeaweedFS(process: process, directory: directory, port: ports[6])
+        let server = SeaweedFS(process: process, directory: directory, ports: ports)
         do {
             try await server.waitUntilReady()
         } catch {
@@ -115,13 +120,18 @@ final class SeaweedFS: Sendable {
         }
     }
 
-    /// SIGKILL, then removes the data folder.
+    /// SIGKILL, then removes the data folder and the Unix sockets it left in /tmp.
     func kill() {
         if process.isRunning {
             Foundation.kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(at: directory)
+        let suffixes = Set(ports.map { "-\($0).sock" })
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []
+        where name.hasPrefix("seaweedfs-") && suffixes.contains { name.hasSuffix($0) } {
+            try? FileManager.default.removeItem(atPath: "/tmp/" + name)
+        }
     }
 
     /// Runs a Python script with boto3 against this server (an AWS client independent of ours) and
