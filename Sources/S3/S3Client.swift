@@ -148,6 +148,19 @@ public final class S3Client: Sendable {
         return "\(error)"
     }
 
+    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) rather than its whole error stack, with
+    /// what to do when the certificate is not trusted.
+    static func tlsReason(_ error: NIOSSLError) -> String {
+        let text = "\(error)"
+        guard let marker = text.range(of: "OPENSSL_internal:") else { return text }
+        let reason = text[marker.upperBound...].prefix { $0.isLetter || $0.isNumber || $0 == "_" }
+        guard !reason.isEmpty else { return text }
+        if reason == "CERTIFICATE_VERIFY_FAILED" {
+            return "the endpoint's certificate is not trusted (CERTIFICATE_VERIFY_FAILED): set AWS_CA_BUNDLE to its CA"
+        }
+        return String(reason)
+    }
+
     /// `5 s`, `150 ms`: a duration for a person.
     static func describe(_ d: Duration) -> String {
         let ms = d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000
@@ -261,7 +274,7 @@ public final class S3Client: Sendable {
         case let e as SocketAddressError:
             return make(.unreachable, "cannot resolve \(endpoint): \(e)")
         case let e as NIOSSLError:
-            return make(.unreachable, "TLS with \(endpoint) failed: \(e)")
+            return make(.unreachable, "TLS with \(endpoint) failed: \(S3Client.tlsReason(e))")
         case let e as ChannelError:
             if case .connectTimeout = e { return make(.unreachable, "no connection to \(endpoint) within \(connect)") }
             return make(.unavailable, "connection to \(endpoint) lost: \(e)")

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import S3
@@ -57,6 +58,15 @@ func endpointsRefused(_ text: String) {
         try S3Configuration(
             environment: keys.merging(["AWS_CA_BUNDLE": "/nonexistent/ca.pem"], uniquingKeysWith: { $1 }))
     }
+}
+
+@Test func aCABundleThatIsNotPEMIsRefusedByTheClient() throws {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("dallage-ca-\(UUID().uuidString).pem")
+    try Data("not a certificate".utf8).write(to: path)
+    defer { try? FileManager.default.removeItem(at: path) }
+    let configuration = S3Configuration(
+        credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b"), caBundlePath: path.path)
+    #expect(throws: S3ConfigurationError.self) { try S3Client(configuration: configuration) }
 }
 
 @Test(

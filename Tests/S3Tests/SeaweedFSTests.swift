@@ -245,6 +245,31 @@ struct SeaweedFSTests {
             error?.description.hasPrefix("S3 GET s3://no-such-bucket-here/pyramid.json: NoSuchBucket (404)") == true)
     }
 
+    @Test func anEndpointBehindAnInternalCAIsReachedWithAWSCABundle() async throws {
+        // Configured as a user would: from the AWS environment.
+        let configuration = try S3Configuration(
+            environment: server.environment.merging(
+                ["AWS_ENDPOINT_URL": "https://127.0.0.1:\(server.httpsPort)", "AWS_CA_BUNDLE": server.caBundle],
+                uniquingKeysWith: { $1 }))
+        #expect(configuration.pathStyle)
+        let key = key("tls.json")
+        try await withBucket(configuration) { bucket in
+            try await bucket.put(key, ByteBuffer(string: "over TLS"))
+            #expect(String(buffer: try await bucket.get(key).bytes) == "over TLS")
+        }
+        // Without the bundle, the system's CAs do not know the certificate.
+        var untrusted = configuration
+        untrusted.caBundlePath = nil
+        let error = try await withBucket(untrusted) { bucket in
+            await #expect(throws: S3Error.self) { try await bucket.get(key) }
+        }
+        #expect(error?.kind == .unreachable)
+        #expect(
+            error?.description
+                == "S3 GET s3://\(SeaweedFS.bucketName)/\(key): TLS with https://127.0.0.1:\(try server.httpsPort) failed:"
+                + " the endpoint's certificate is not trusted (CERTIFICATE_VERIFY_FAILED): set AWS_CA_BUNDLE to its CA")
+    }
+
     /// Not a check: the latency of ranged reads of a shard-sized object on loopback, printed for the
     /// record (`DALLAGE_S3_MEASURE=1`).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
