@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
 # The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI);
-# QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages.
-DEB_TEST := chromium chromium-driver python3-qgis qgis-providers
+# QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages; openssl
+# makes the CA and certificate of the S3 tests' HTTPS endpoint.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 
