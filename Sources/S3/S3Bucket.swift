@@ -199,10 +199,17 @@ public struct S3Bucket: Sendable {
     public func list(prefix: String = "", pageSize: Int? = nil) async throws(S3Error) -> [S3ObjectSummary] {
         var all: [S3ObjectSummary] = []
         var token: String?
+        var seen: Set<String> = []
         repeat {
             let page = try await listPage(prefix: prefix, continuationToken: token, maxKeys: pageSize)
             all += page.objects
             token = page.continuationToken
+            // A store that hands back a token twice would list forever.
+            if let token, !seen.insert(token).inserted {
+                throw S3Error(
+                    kind: .invalidResponse, operation: "ListObjectsV2", resource: "s3://\(name)/\(prefix)",
+                    message: "the same continuation token came twice")
+            }
         } while token != nil
         return all
     }

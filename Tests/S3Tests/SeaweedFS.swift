@@ -164,7 +164,7 @@ final class SeaweedFS: Sendable {
         try? FileManager.default.removeItem(at: directory)
         let suffixes = Set(ports.map { "-\($0).sock" })
         for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []
-        where name.hasPrefix("seaweedfs-") && suffixes.contains { name.hasSuffix($0) } {
+        where name.hasPrefix("seaweedfs-") && suffixes.contains(where: { name.hasSuffix($0) }) {
             try? FileManager.default.removeItem(atPath: "/tmp/" + name)
         }
     }
