@@ -64,6 +64,21 @@ func withScriptedClient<R>(
     }
 }
 
+@Test func aLostConnectionIsRetriedForAGetButNotForAConditionalPut() async throws {
+    try await withScriptedClient([.hangUp, .status(200, body: "ok")]) { bucket, server in
+        let object = try await bucket.get("pyramid.json")
+        #expect(String(buffer: object.bytes) == "ok")
+        #expect(server.requests.count == 2)
+    }
+    try await withScriptedClient([.hangUp, .status(200)]) { bucket, server in
+        let error = await #expect(throws: S3Error.self) {
+            try await bucket.put("pyramid.json", ByteBuffer(string: "g2"), ifNoneMatch: "*")
+        }
+        #expect(error?.kind == .unavailable)
+        #expect(server.requests.count == 1)
+    }
+}
+
 @Test func aRefusalIsNotRetried() async throws {
     try await withScriptedClient([.status(404, code: "NoSuchKey"), .status(200)]) { bucket, server in
         let error = await #expect(throws: S3Error.self) { try await bucket.get("nothing") }

@@ -7,10 +7,12 @@ import NIOPosix
 /// one repeats), and counts requests: what a real store cannot be made to do on demand (503
 /// SlowDown, 500s, silence).
 final class ScriptedServer: Sendable {
-    /// One scripted answer: a status and an S3 error document, or no answer at all.
+    /// One scripted answer: a status and an S3 error document, no answer at all, or the connection
+    /// closed instead of an answer.
     enum Answer: Sendable {
         case status(Int, code: String? = nil, body: String = "")
         case silence
+        case hangUp
     }
 
     private let channel: any Channel
@@ -53,6 +55,7 @@ final class ScriptedServer: Sendable {
                 let answer = state.withLockedValue { s -> Answer in
                     s.script.count > 1 ? s.script.removeFirst() : (s.script.first ?? .status(200))
                 }
+                if case .hangUp = answer { context.close(promise: nil) }
                 guard case .status(let status, let code, let body) = answer else { return }
                 let text =
                     code.map { "<Error><Code>\($0)</Code><Message>scripted \($0)</Message></Error>" } ?? body
