@@ -270,6 +270,38 @@ struct SeaweedFSTests {
                 + " the endpoint's certificate is not trusted (CERTIFICATE_VERIFY_FAILED): set AWS_CA_BUNDLE to its CA")
     }
 
+    /// Not a check: the throughput of a multipart upload of a 64 MiB file, printed for the record
+    /// (`DALLAGE_S3_MEASURE=1`).
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
+    func measureUpload() async throws {
+        let size = 64 << 20
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("dallage-s3-\(UUID().uuidString).bin")
+        try Data(randomBytes(size)).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        for partSize in [S3Bucket.minimumPartSize, S3Bucket.defaultPartSize, 16 << 20] {
+            let key = key("upload.tif")
+            let elapsed = try await withBucket { bucket in
+                try await ContinuousClock().measure {
+                    try await bucket.upload(file: file.path, to: key, partSize: partSize)
+                }
+            }
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            print(
+                "multipart upload of 64 MiB in \(partSize >> 20) MiB parts: \(String(format: "%.2f s, %.0f MB/s", seconds, Double(size) / seconds / 1e6))"
+            )
+        }
+        // The same file through boto3's transfer manager (8 MiB parts, 10 threads), for comparison.
+        print(
+            try await server.boto3(
+                """
+                import time
+                t = time.perf_counter()
+                s3.upload_file(sys.argv[1], bucket, sys.argv[2])
+                s = time.perf_counter() - t
+                print("boto3 upload_file of 64 MiB: %.2f s, %.0f MB/s" % (s, 64 * 1048576 / s / 1e6))
+                """, arguments: [file.path, key("boto3-upload.tif")]), terminator: "")
+    }
+
     /// Not a check: the latency of ranged reads of a shard-sized object on loopback, printed for the
     /// record (`DALLAGE_S3_MEASURE=1`).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
