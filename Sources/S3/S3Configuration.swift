@@ -2,8 +2,8 @@ import Foundation
 
 /// How to reach an S3-compatible object store, read from the standard AWS environment:
 /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (else
-/// `AWS_DEFAULT_REGION`, else `us-east-1`), `AWS_ENDPOINT_URL` (a non-AWS endpoint: path-style
-/// addressing then) and `AWS_CA_BUNDLE` (a PEM file of the CAs trusted for the endpoint).
+/// `AWS_DEFAULT_REGION`, else `us-east-1`), `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (a non-AWS
+/// endpoint: path-style addressing then) and `AWS_CA_BUNDLE` (a PEM file of the CAs trusted for the endpoint).
 ///
 /// Its `description` names the endpoint, region and access key id, never the secret.
 public struct S3Configuration: Sendable, CustomStringConvertible {
@@ -73,8 +73,12 @@ public struct S3Configuration: Sendable, CustomStringConvertible {
         }
         let region = value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? Self.defaultRegion
         var endpoint: S3Endpoint?
-        if let url = value("AWS_ENDPOINT_URL") {
-            endpoint = try S3Endpoint(parsing: url)
+        // The AWS SDKs' service-specific variable wins over the general one.
+        for name in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"] {
+            if let url = value(name) {
+                endpoint = try S3Endpoint(parsing: url, variable: name)
+                break
+            }
         }
         let bundle = value("AWS_CA_BUNDLE")
         if let bundle, !FileManager.default.isReadableFile(atPath: bundle) {
@@ -112,17 +116,18 @@ public struct S3Endpoint: Sendable, Hashable, CustomStringConvertible {
         S3Endpoint(secure: true, host: "s3.\(region).amazonaws.com")
     }
 
-    /// Parses `http://host:port` or `https://host` (a trailing `/` allowed, nothing else after it).
-    public init(parsing text: String) throws(S3ConfigurationError) {
+    /// Parses `http://host:port` or `https://host` (a trailing `/` allowed, nothing else after it);
+    /// `variable` names where it came from in errors.
+    public init(parsing text: String, variable: String = "AWS_ENDPOINT_URL") throws(S3ConfigurationError) {
         let problem = S3ConfigurationError(
-            "AWS_ENDPOINT_URL '\(text)' is not an http:// or https:// URL of a host (and port)")
+            "\(variable) '\(text)' is not an http:// or https:// URL of a host (and port)")
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
             scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty
         else { throw problem }
         guard components.path.isEmpty || components.path == "/", components.query == nil,
             components.fragment == nil, components.user == nil
         else {
-            throw S3ConfigurationError("AWS_ENDPOINT_URL '\(text)' must name a host and port only, without a path")
+            throw S3ConfigurationError("\(variable) '\(text)' must name a host and port only, without a path")
         }
         self.init(secure: scheme == "https", host: host, port: components.port)
     }

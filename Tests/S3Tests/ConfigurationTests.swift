@@ -27,6 +27,20 @@ private let keys = ["AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secre
     #expect(c.credentials.sessionToken == "tok")
 }
 
+@Test func theS3EndpointVariableWinsOverTheGeneralOne() throws {
+    let c = try S3Configuration(
+        environment: keys.merging(
+            ["AWS_ENDPOINT_URL": "http://other:9000", "AWS_ENDPOINT_URL_S3": "https://ceph.internal:7480"],
+            uniquingKeysWith: { $1 }))
+    #expect(c.endpoint == S3Endpoint(secure: true, host: "ceph.internal", port: 7480))
+    #expect(
+        throws: S3ConfigurationError(
+            "AWS_ENDPOINT_URL_S3 'ceph:7480' is not an http:// or https:// URL of a host (and port)")
+    ) {
+        try S3Configuration(environment: keys.merging(["AWS_ENDPOINT_URL_S3": "ceph:7480"], uniquingKeysWith: { $1 }))
+    }
+}
+
 @Test(
     "Endpoints: scheme, host, port and nothing else",
     arguments: [
