@@ -5,12 +5,12 @@ import Testing
 
 /// A client of a scripted server, with short backoffs and timeouts.
 func withScriptedClient<R>(
-    _ script: [ScriptedServer.Answer], maxAttempts: Int = 4,
+    _ script: [ScriptedServer.Answer], maxAttempts: Int = 4, sessionToken: String? = nil,
     _ body: (S3Bucket, ScriptedServer) async throws -> R
 ) async throws -> R {
     let server = try await ScriptedServer(script)
     var configuration = S3Configuration(
-        credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b"),
+        credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b", sessionToken: sessionToken),
         endpoint: S3Endpoint(secure: false, host: "127.0.0.1", port: server.port))
     configuration.maxAttempts = maxAttempts
     configuration.baseBackoff = .milliseconds(1)
@@ -109,6 +109,36 @@ func withScriptedClient<R>(
         #expect(head.headers["authorization"].first?.hasPrefix("AWS4-HMAC-SHA256 Credential=a/") == true)
         #expect(head.headers["x-amz-content-sha256"] == [SigV4Signer.emptyPayloadHash])
     }
+}
+
+@Test func aSessionTokenIsSentAndSigned() async throws {
+    try await withScriptedClient([.status(200, body: "x")], sessionToken: "FQoGZXIvYXdzEXAMPLE") { bucket, server in
+        _ = try await bucket.get("pyramid.json")
+        let head = try #require(server.requests.first)
+        #expect(head.headers["x-amz-security-token"] == ["FQoGZXIvYXdzEXAMPLE"])
+        #expect(head.headers["authorization"].first?.contains("x-amz-date;x-amz-security-token,") == true)
+    }
+}
+
+@Test(
+    "AWS addressing: the bucket in the host name, but for a bucket with dots (certificates); path-style elsewhere",
+    arguments: [
+        (nil as S3Endpoint?, "bars", "/shards/a.tif", "bars.s3.eu-west-3.amazonaws.com"),
+        (nil, "bars.ign.fr", "/bars.ign.fr/shards/a.tif", "s3.eu-west-3.amazonaws.com"),
+        (
+            S3Endpoint(secure: true, host: "ceph.internal", port: 7480), "bars", "/bars/shards/a.tif",
+            "ceph.internal:7480"
+        ),
+    ])
+func addressing(_ endpoint: S3Endpoint?, _ bucket: String, _ path: String, _ host: String) throws {
+    let configuration = S3Configuration(
+        credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b"), region: "eu-west-3", endpoint: endpoint)
+    let client = try S3Client(configuration: configuration)
+    defer { Task { try? await client.shutdown() } }
+    let target = client.target(
+        S3Client.Call(operation: "GET", method: .GET, bucket: bucket, key: "shards/a.tif", idempotent: true))
+    #expect(target.path == path)
+    #expect(target.host == host)
 }
 
 @Test func backoffsStayUnderTheirCeiling() throws {
