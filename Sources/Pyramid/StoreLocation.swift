@@ -100,5 +100,6 @@ public struct StoreLocationError: Error, Sendable, Equatable, CustomStringConver
     /// What is wrong with it, for a person.
     public var reason: String
 
+    /// `store 'TEXT': REASON`, one line.
     public var description: String { "store '\(text)': \(reason)" }
 }

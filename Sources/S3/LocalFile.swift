@@ -8,6 +8,7 @@ public struct LocalFileError: Error, Sendable, CustomStringConvertible {
     /// What failed (the system's message).
     public var reason: String
 
+    /// `path: reason`.
     public var description: String { "\(path): \(reason)" }
 }
 

@@ -50,6 +50,8 @@ public struct S3Configuration: Sendable, CustomStringConvertible {
     /// The region when none is set.
     public static let defaultRegion = "us-east-1"
 
+    /// A configuration with the default timeouts and retries; without `endpoint`, AWS's regional
+    /// one with virtual-hosted addressing, with one, path-style addressing unless `pathStyle` says.
     public init(
         credentials: S3Credentials, region: String = Self.defaultRegion, endpoint: S3Endpoint? = nil,
         pathStyle: Bool? = nil, caBundlePath: String? = nil
@@ -90,6 +92,7 @@ public struct S3Configuration: Sendable, CustomStringConvertible {
             region: region, endpoint: endpoint, caBundlePath: bundle)
     }
 
+    /// The endpoint, addressing, region and access key id; never the secret.
     public var description: String {
         "S3 at \(endpoint) (\(pathStyle ? "path-style" : "virtual-hosted"), region \(region), \(credentials)"
             + (caBundlePath.map { ", CAs from \($0)" } ?? "") + ")"
@@ -105,6 +108,7 @@ public struct S3Endpoint: Sendable, Hashable, CustomStringConvertible {
     /// The port, nil for the scheme's default.
     public var port: Int?
 
+    /// An endpoint; `port` nil for the scheme's default.
     public init(secure: Bool, host: String, port: Int? = nil) {
         self.secure = secure
         self.host = host
@@ -139,6 +143,7 @@ public struct S3Endpoint: Sendable, Hashable, CustomStringConvertible {
         return "\(bracketed):\(port)"
     }
 
+    /// `https://host` or `http://host:port`.
     public var description: String { "\(secure ? "https" : "http")://\(authority)" }
 }
 
@@ -147,5 +152,6 @@ public struct S3ConfigurationError: Error, Sendable, Equatable, CustomStringConv
     /// What is wrong, for a person.
     public var description: String
 
+    /// An error saying `description`.
     public init(_ description: String) { self.description = description }
 }

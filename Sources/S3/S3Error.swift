@@ -40,6 +40,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     /// S3's request id, for the store's operators.
     public var requestID: String?
 
+    /// An error of `kind` on `resource`, with what S3 said when it said something.
     public init(
         kind: Kind, operation: String, resource: String, status: Int? = nil, code: String? = nil,
         message: String, requestID: String? = nil

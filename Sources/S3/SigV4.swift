@@ -13,16 +13,20 @@ public struct S3Credentials: Sendable, Equatable, CustomStringConvertible, Custo
     /// A session token of temporary credentials (STS), sent as `x-amz-security-token`.
     public var sessionToken: String?
 
+    /// Credentials; `sessionToken` for temporary ones.
     public init(accessKeyID: String, secretAccessKey: String, sessionToken: String? = nil) {
         self.accessKeyID = accessKeyID
         self.secretAccessKey = secretAccessKey
         self.sessionToken = sessionToken
     }
 
+    /// The access key id, and whether a session token comes with it.
     public var description: String {
         "access key \(accessKeyID) (secret hidden\(sessionToken == nil ? "" : ", with a session token"))"
     }
+    /// As `description`: a debugger's print hides the secret too.
     public var debugDescription: String { description }
+    /// The access key id only: `dump` and reflection hide the secret too.
     public var customMirror: Mirror { Mirror(self, children: ["accessKeyID": accessKeyID]) }
 }
 
@@ -41,6 +45,7 @@ public struct SigV4Request: Sendable, Equatable {
     /// Lowercase hex SHA-256 of the body, or `UNSIGNED-PAYLOAD`.
     public var payloadHash: String
 
+    /// A request to sign; see the properties for what each part holds.
     public init(
         method: String, path: String, query: [(name: String, value: String)] = [],
         headers: [(name: String, value: String)], payloadHash: String
@@ -52,6 +57,7 @@ public struct SigV4Request: Sendable, Equatable {
         self.payloadHash = payloadHash
     }
 
+    /// Same method, path, payload hash, and parameters and headers in the same order.
     public static func == (a: SigV4Request, b: SigV4Request) -> Bool {
         a.method == b.method && a.path == b.path && a.payloadHash == b.payloadHash
             && a.query.elementsEqual(b.query, by: { $0 == $1 }) && a.headers.elementsEqual(b.headers, by: { $0 == $1 })
@@ -73,6 +79,7 @@ public struct SigV4Signature: Sendable, Equatable {
     /// The hex signature (step 4).
     public var signature: String
 
+    /// Same strings and added headers.
     public static func == (a: SigV4Signature, b: SigV4Signature) -> Bool {
         a.authorization == b.authorization && a.canonicalRequest == b.canonicalRequest
             && a.stringToSign == b.stringToSign && a.signature == b.signature
@@ -90,6 +97,7 @@ public struct SigV4Signer: Sendable {
     /// The service of the credential scope (`s3`).
     public var service: String
 
+    /// A signer for one credential scope.
     public init(credentials: S3Credentials, region: String, service: String = "s3") {
         self.credentials = credentials
         self.region = region
