@@ -271,7 +271,7 @@ struct SeaweedFSTests {
     }
 
     /// Not a check: the throughput of a multipart upload of a 64 MiB file, printed for the record
-    /// (`DALLAGE_S3_MEASURE=1`).
+    /// (`DALLAGE_S3_MEASURE=1`, alone: `--filter measureUpload`, or the suite's tests share the store).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
     func measureUpload() async throws {
         let size = 64 << 20
@@ -303,7 +303,7 @@ struct SeaweedFSTests {
     }
 
     /// Not a check: the latency of ranged reads of a shard-sized object on loopback, printed for the
-    /// record (`DALLAGE_S3_MEASURE=1`).
+    /// record (`DALLAGE_S3_MEASURE=1`, alone: `--filter measureRangedReads`).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
     func measureRangedReads() async throws {
         let size = 32 << 20
