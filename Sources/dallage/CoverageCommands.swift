@@ -12,12 +12,18 @@ struct DatabaseOptions: ParsableArguments {
     /// The coverage service on this database, with tiled progress read from `store` on `grid`'s
     /// pyramids (`render_grid`).
     func service(grid: String = defaultRenderGrid) throws -> CoverageService {
+        let store = try storeFolder()
         let path =
             db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
             ?? (store as NSString).appendingPathComponent("dallage.sqlite")
         return CoverageService(
             store: try SQLiteCoverageStore(path: path), adminTokens: [],
             footprints: StoreFootprints(store: store, grid: grid))
+    }
+
+    /// The store's folder; an `s3://` store or another URL is a clear error.
+    func storeFolder() throws -> String {
+        try localFolder(store)
     }
 }
 

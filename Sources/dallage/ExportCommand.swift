@@ -15,6 +15,7 @@ struct ExportCommand: ParsableCommand {
     @Option(name: .customLong("max-zoom")) var maxZoom: Int?
 
     func run() throws {
+        let pyramid = try localFolder(self.pyramid, command: "export")
         let reader = try PyramidReader(directory: pyramid)
         let m = reader.manifest
         let ext = m.format.fileExtension

@@ -40,7 +40,7 @@ struct ExtractCommand: AsyncParsableCommand {
         settings.limits.directPixels = .max
         settings.renderGrid = grid
         let coverage = try database.service(grid: grid)
-        let catalog = PyramidCatalog(store: FolderStore(database.store), logger: logger)
+        let catalog = PyramidCatalog(store: FolderStore(try database.storeFolder()), logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
         let service = ExtractService(
             catalog: catalog, coverage: coverage, jobs: jobs, gate: nil, settings: settings, logger: logger)

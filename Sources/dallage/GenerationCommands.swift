@@ -21,6 +21,7 @@ struct CollectCommand: ParsableCommand {
     @Flag(name: .customLong("dry-run"), help: "Print what would be deleted and stop.") var dryRun = false
 
     func run() throws {
+        let pyramid = try localFolder(self.pyramid, command: "gc")
         guard let seconds = Self.duration(grace) else {
             throw ValidationError("--grace '\(grace)' is not a duration (0, 90s, 15m, 2h, 7d)")
         }
@@ -69,6 +70,7 @@ struct RollbackCommand: ParsableCommand {
     @Argument(help: "The generation to serve again.") var generation: Int
 
     func run() throws {
+        let pyramid = try localFolder(self.pyramid, command: "rollback")
         let m = try PyramidFolder(pyramid).rollback(to: generation)
         print(
             "\(pyramid): generation \(m.generation ?? 0) is current, serving the \(m.shards.count) shard(s) of generation \(generation)"

@@ -11,6 +11,7 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Print pyramid.json as it is.") var json = false
 
     func run() throws {
+        let pyramid = try localFolder(self.pyramid, command: "inspect")
         let m: PyramidManifest
         do { m = try PyramidManifest.load(directory: pyramid) } catch {
             throw ValidationError("\(pyramid) is not a pyramid (no readable pyramid.json): \(error)")
@@ -65,6 +66,7 @@ struct ValidateCommand: ParsableCommand {
     @Argument(help: "Pyramid folder, e.g. store/demo/PM.") var pyramid: String
 
     func run() throws {
+        let pyramid = try localFolder(self.pyramid, command: "validate")
         let (checked, problems) = try PyramidValidator.validate(directory: pyramid)
         for p in problems { print("PROBLEM \(p)") }
         print("\(checked) shard(s) checked, \(problems.count) problem(s)")

@@ -29,6 +29,7 @@ struct ServeCommand: AsyncParsableCommand {
             flags: .init(
                 host: host, port: port, store: store,
                 tmsDirectory: tmsDirectory ?? (config == nil ? defaultTMSDirectory() : nil)))
+        _ = try localFolder(configuration.store, command: "serve")
         guard FileManager.default.fileExists(atPath: configuration.store) else {
             throw ValidationError(
                 "store '\(configuration.store)' does not exist (tile something first: dallage tile …)")

@@ -76,6 +76,7 @@ struct TileCommand: ParsableCommand {
         } catch let e as TilerError {
             throw ValidationError(e.description)
         }
+        let store = try localFolder(self.store, command: "tile")
         var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
         if let threads { options.threads = max(1, threads) }
         options.resume = resume
