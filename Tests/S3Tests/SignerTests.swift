@@ -231,16 +231,3 @@ func keyEncoding(_ path: String, _ encoded: String) {
         #expect(text.contains("AKID"))
     }
 }
-
-/// Not a check: what signing one request costs, printed for the record (`DALLAGE_S3_MEASURE=1`).
-@Test(.enabled(if: ProcessInfo.processInfo.environment["DALLAGE_S3_MEASURE"] != nil))
-func measureSigning() {
-    let v = s3DocumentVectors[0]
-    let count = 10_000
-    let elapsed = ContinuousClock().measure {
-        for _ in 0..<count { _ = sign(v, s3DocSigner, host: "examplebucket.s3.amazonaws.com", at: s3DocDate) }
-    }
-    let micros =
-        (Double(elapsed.components.seconds) * 1e6 + Double(elapsed.components.attoseconds) / 1e12) / Double(count)
-    print("SigV4 signing of a ranged GET: \(String(format: "%.1f", micros)) µs per request")
-}
