@@ -20,6 +20,8 @@ public struct ExtractJob: Sendable, Equatable {
     public var createdAt: String
     public var updatedAt: String
     public var expiresAt: String?
+    /// The server running it (set when claimed; kept afterwards for the record).
+    public var worker: String?
 
     public init(id: String, client: String, request: String, estimatedBytes: Int, at: String) {
         self.id = id
@@ -42,9 +44,26 @@ public protocol ExtractJobStore: Sendable {
     func jobs(in states: [ExtractJob.State]) async throws -> [ExtractJob]
     /// A client's queued and running jobs, and the bytes of its finished results still kept.
     func usage(client: String) async throws -> (active: Int, bytes: Int)
+    /// Takes the oldest job waiting to run — queued, or running under a lease that expired (its
+    /// server stopped renewing it: killed, cut off) — and marks it running by `worker` until
+    /// `lease` from now. Two workers never take the same job; nil when none waits.
+    func claimNextJob(worker: String, lease: Duration) async throws -> ExtractJob?
+    /// Extends `worker`'s lease on a running job; false when the job is no longer that worker's
+    /// to run (cancelled, finished, or taken over after the lease expired).
+    func renewJobLease(id: String, worker: String, lease: Duration) async throws -> Bool
 }
 
-extension SQLiteCoverageStore: ExtractJobStore {
+/// What a job taken over from a worker whose lease expired says.
+let takenOverMessage = "taken over: the server running it stopped renewing its lease"
+
+extension Duration {
+    /// The duration in seconds, fractions included.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+extension SQLiteCoverageStore {
     static func migrateJobs(_ m: inout DatabaseMigrator) {
         m.registerMigration("v2-extract-jobs") { db in
             try db.create(table: "extract_job") { t in
@@ -59,6 +78,13 @@ extension SQLiteCoverageStore: ExtractJobStore {
                 t.column("created_at", .text).notNull()
                 t.column("updated_at", .text).notNull()
                 t.column("expires_at", .text)
+            }
+        }
+        m.registerMigration("v3-job-leases") { db in
+            try db.alter(table: "extract_job") { t in
+                t.add(column: "worker", .text)
+                // Seconds since 1970 (this machine's clock: one SQLite file has one writer host).
+                t.add(column: "lease_until", .double)
             }
         }
     }
@@ -124,6 +150,49 @@ extension SQLiteCoverageStore: ExtractJobStore {
         }
     }
 
+    public func claimNextJob(worker: String, lease: Duration) async throws -> ExtractJob? {
+        let now = Date().timeIntervalSince1970
+        let at = CoverageService.timestamp()
+        // One write transaction: SQLite has one writer at a time, so the read and the claim are
+        // never interleaved with another claimer's.
+        return try await write { db in
+            guard
+                var job = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT * FROM extract_job
+                        WHERE state = 'queued' OR (state = 'running' AND (lease_until IS NULL OR lease_until < ?))
+                        ORDER BY created_at, id LIMIT 1
+                        """, arguments: [now]
+                ).map(Self.job)
+            else { return nil }
+            if job.state == .running {
+                job.progress = 0
+                job.message = takenOverMessage
+            }
+            job.state = .running
+            job.worker = worker
+            job.updatedAt = at
+            try db.execute(
+                sql: """
+                    UPDATE extract_job SET state = 'running', worker = ?, lease_until = ?, progress = ?, message = ?,
+                      updated_at = ? WHERE id = ?
+                    """,
+                arguments: [worker, now + lease.seconds, job.progress, job.message, at, job.id])
+            return job
+        }
+    }
+
+    public func renewJobLease(id: String, worker: String, lease: Duration) async throws -> Bool {
+        let until = Date().timeIntervalSince1970 + lease.seconds
+        return try await write { db in
+            try db.execute(
+                sql: "UPDATE extract_job SET lease_until = ? WHERE id = ? AND worker = ? AND state = 'running'",
+                arguments: [until, id, worker])
+            return db.changesCount == 1
+        }
+    }
+
     static func job(_ row: Row) -> ExtractJob {
         var j = ExtractJob(
             id: row["id"], client: row["client"], request: row["request"], estimatedBytes: row["estimated_bytes"],
@@ -134,6 +203,7 @@ extension SQLiteCoverageStore: ExtractJobStore {
         j.bytes = row["bytes"]
         j.updatedAt = row["updated_at"]
         j.expiresAt = row["expires_at"]
+        j.worker = row["worker"]
         return j
     }
 }
