@@ -8,7 +8,8 @@ DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libtu
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
 # The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI);
 # QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages.
-DEB_TEST := chromium chromium-driver python3-qgis qgis-providers
+# PostgreSQL 15: the coverage and extract-job tests start a throwaway cluster of their own.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers postgresql-15
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 
@@ -26,7 +27,7 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI).
+## What the tests need on top: Chromium and its driver, PostgreSQL 15 (Debian), selenium (PyPI).
 test-deps: deps
 	@missing=$$(for p in $(DEB_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
