@@ -100,7 +100,7 @@ public func buildApplication(
     app.addServices(DatabaseCloser(database: database))
     app.addServices(
         CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds),
-        PublicationWatcher(gate: gate, catalog: catalog), ExtractRunner(extracts: extracts))
+        PublicationWatcher(gate: gate, catalog: catalog, database: database), ExtractRunner(extracts: extracts))
     return app
 }
 
@@ -126,16 +126,30 @@ struct CatalogWatcher: Service {
     }
 }
 
-/// Polls the coverage database so status changes made elsewhere (the CLI) show within a second.
+/// Reloads the published perimeters when the coverage database changes, whichever process wrote
+/// (the CLI, another server): as soon as PostgreSQL notifies the commit, else within the second
+/// (SQLite is polled); and every second anyway, for the day turning (a step starting today).
 struct PublicationWatcher: Service {
     let gate: PublicationGate
     let catalog: PyramidCatalog
+    let database: any CoverageDatabase
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                await gate.refresh(tilesets: catalog.gatedTilesets)
-                try? await Task.sleep(for: .seconds(1))
+            // One reloader fed by both sources, so two reloads never race each other.
+            let (triggers, trigger) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in database.revisions(polling: .seconds(1)) { trigger.yield() }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        trigger.yield()
+                        try? await Task.sleep(for: .seconds(1))
+                    }
+                }
+                for await _ in triggers { await gate.refresh(tilesets: catalog.gatedTilesets) }
+                group.cancelAll()
             }
         }
     }

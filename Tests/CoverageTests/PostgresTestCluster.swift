@@ -142,7 +142,9 @@ actor PostgresTestCluster {
         defer { for a in argv { free(a) } }
         var pid = pid_t()
         let status = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-        guard status == 0 else { throw ClusterError("cannot start \(executable): \(String(cString: strerror(status)))") }
+        guard status == 0 else {
+            throw ClusterError("cannot start \(executable): \(String(cString: strerror(status)))")
+        }
         return pid
     }
 
