@@ -44,6 +44,11 @@ public protocol ExtractJobStore: Sendable {
     func jobs(in states: [ExtractJob.State]) async throws -> [ExtractJob]
     /// A client's queued and running jobs, and the bytes of its finished results still kept.
     func usage(client: String) async throws -> (active: Int, bytes: Int)
+    /// Inserts `job` unless its client already has `maxActive` jobs queued or running, or its
+    /// kept bytes plus this job's estimate would pass `maxBytes`. Checked and inserted in one
+    /// transaction, one client at a time: bounds hold across servers sharing the database.
+    /// Answers the client's usage when it refused, nil when the job was inserted.
+    func insertJob(_ job: ExtractJob, maxActive: Int, maxBytes: Int) async throws -> (active: Int, bytes: Int)?
     /// Takes the oldest job waiting to run — queued, or running under a lease that expired (its
     /// server stopped renewing it: killed, cut off) — and marks it running by `worker` until
     /// `lease` from now. Two workers never take the same job; nil when none waits.
@@ -90,16 +95,30 @@ extension SQLiteCoverageStore {
     }
 
     public func insertJob(_ job: ExtractJob) async throws {
-        try await db.write { db in
-            try db.execute(
-                sql: """
-                    INSERT INTO extract_job(id, client, request, state, progress, message, bytes, estimated_bytes,
-                      created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    job.id, job.client, job.request, job.state.rawValue, job.progress, job.message, job.bytes,
-                    job.estimatedBytes, job.createdAt, job.updatedAt, job.expiresAt,
-                ])
+        try await db.write { db in try Self.insert(job, in: db) }
+    }
+
+    static func insert(_ job: ExtractJob, in db: Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO extract_job(id, client, request, state, progress, message, bytes, estimated_bytes,
+                  created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                job.id, job.client, job.request, job.state.rawValue, job.progress, job.message, job.bytes,
+                job.estimatedBytes, job.createdAt, job.updatedAt, job.expiresAt,
+            ])
+    }
+
+    public func insertJob(_ job: ExtractJob, maxActive: Int, maxBytes: Int) async throws -> (
+        active: Int, bytes: Int
+    )? {
+        // One write transaction: no other writer between the count and the insert.
+        try await write { db in
+            let usage = try Self.usage(client: job.client, in: db)
+            guard usage.active < maxActive, usage.bytes + job.estimatedBytes <= maxBytes else { return usage }
+            try Self.insert(job, in: db)
+            return nil
         }
     }
 
@@ -133,21 +152,23 @@ extension SQLiteCoverageStore {
     }
 
     public func usage(client: String) async throws -> (active: Int, bytes: Int) {
-        try await db.read { db in
-            let active =
-                try Int.fetchOne(
-                    db, sql: "SELECT COUNT(*) FROM extract_job WHERE client = ? AND state IN ('queued', 'running')",
-                    arguments: [client]) ?? 0
-            let bytes =
-                try Int.fetchOne(
-                    db,
-                    sql: """
-                        SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN bytes ELSE estimated_bytes END), 0)
-                        FROM extract_job WHERE client = ? AND state IN ('queued', 'running', 'done')
-                        """,
-                    arguments: [client]) ?? 0
-            return (active, bytes)
-        }
+        try await db.read { db in try Self.usage(client: client, in: db) }
+    }
+
+    static func usage(client: String, in db: Database) throws -> (active: Int, bytes: Int) {
+        let active =
+            try Int.fetchOne(
+                db, sql: "SELECT COUNT(*) FROM extract_job WHERE client = ? AND state IN ('queued', 'running')",
+                arguments: [client]) ?? 0
+        let bytes =
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN bytes ELSE estimated_bytes END), 0)
+                    FROM extract_job WHERE client = ? AND state IN ('queued', 'running', 'done')
+                    """,
+                arguments: [client]) ?? 0
+        return (active, bytes)
     }
 
     public func claimNextJob(worker: String, lease: Duration) async throws -> ExtractJob? {

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PostgresNIO
 
 extension PostgresCoverageStore {
@@ -29,14 +30,36 @@ extension PostgresCoverageStore {
     }
 
     public func insertJob(_ job: ExtractJob) async throws {
-        _ = try await rows(
-            """
-            INSERT INTO extract_job(id, client, request, state, progress, message, bytes, estimated_bytes,
-              created_at, updated_at, expires_at, worker)
-            VALUES (\(job.id), \(job.client), \(job.request), \(job.state.rawValue), \(job.progress), \(job.message),
-              \(job.bytes.map { Int64($0) }), \(Int64(job.estimatedBytes)), \(job.createdAt), \(job.updatedAt),
-              \(job.expiresAt), \(job.worker))
-            """)
+        _ = try await rows(Self.insertion(job))
+    }
+
+    static func insertion(_ job: ExtractJob) -> PostgresQuery {
+        """
+        INSERT INTO extract_job(id, client, request, state, progress, message, bytes, estimated_bytes,
+          created_at, updated_at, expires_at, worker)
+        VALUES (\(job.id), \(job.client), \(job.request), \(job.state.rawValue), \(job.progress), \(job.message),
+          \(job.bytes.map { Int64($0) }), \(Int64(job.estimatedBytes)), \(job.createdAt), \(job.updatedAt),
+          \(job.expiresAt), \(job.worker))
+        """
+    }
+
+    /// The advisory lock space of per-client admissions (two-key locks never meet the schema's
+    /// one-key lock).
+    static let admissionLockSpace: Int32 = 0x6a6f_6273
+
+    public func insertJob(_ job: ExtractJob, maxActive: Int, maxBytes: Int) async throws -> (
+        active: Int, bytes: Int
+    )? {
+        let logger = logger
+        return try await transaction { connection in
+            // Two servers admitting jobs of one client take turns; other clients do not wait.
+            try await connection.query(
+                "SELECT pg_advisory_xact_lock(\(Self.admissionLockSpace), hashtext(\(job.client)))", logger: logger)
+            let usage = try await Self.usage(client: job.client, on: connection, logger: logger)
+            guard usage.active < maxActive, usage.bytes + job.estimatedBytes <= maxBytes else { return usage }
+            try await connection.query(Self.insertion(job), logger: logger)
+            return nil
+        }
     }
 
     public func job(id: String) async throws -> ExtractJob? {
@@ -62,13 +85,19 @@ extension PostgresCoverageStore {
     }
 
     public func usage(client: String) async throws -> (active: Int, bytes: Int) {
-        let row = try await rows(
+        try await mapped { try await Self.usage(client: client, on: self.client, logger: logger) }
+    }
+
+    static func usage(client: String, on runner: some PostgresQueryRunner, logger: Logger) async throws -> (
+        active: Int, bytes: Int
+    ) {
+        let row = try await runner.run(
             """
             SELECT count(*) FILTER (WHERE state IN ('queued', 'running')),
               COALESCE(sum(CASE WHEN state = 'done' THEN bytes ELSE estimated_bytes END)
                 FILTER (WHERE state IN ('queued', 'running', 'done')), 0)::bigint
             FROM extract_job WHERE client = \(client)
-            """
+            """, logger: logger
         ).first
         guard let (active, bytes) = try row?.decode((Int64, Int64).self) else { return (0, 0) }
         return (Int(active), Int(bytes))

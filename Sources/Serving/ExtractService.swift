@@ -259,29 +259,30 @@ public final class ExtractService: Sendable {
         return ServingError(.unavailable, "the server cannot store extracts now; try again later")
     }
 
-    /// Queues a job, within the client's bounds; throws 429 beyond them.
+    /// Queues a job, within the client's bounds; throws 429 beyond them. The bounds are checked
+    /// and the job inserted in one database transaction, so servers sharing the database hold
+    /// them together.
     public func enqueue(_ r: ExtractRequest, plan: ExtractPlan, client: String) async throws -> ExtractJob {
-        let (active, bytes) = try await jobs.usage(client: client)
-        if active >= settings.jobsPerClient {
-            throw ServingError(
-                .tooMany,
-                "\(active) extract(s) already queued or running for you (at most \(settings.jobsPerClient))"
-            )
-        }
-        if bytes + plan.estimatedBytes > settings.bytesPerClient {
-            throw ServingError(
-                .tooMany,
-                "your kept extracts would exceed \(settings.bytesPerClient >> 20) MB; download or cancel some first"
-            )
-        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let job = ExtractJob(
             id: Self.newJobID(), client: client,
             request: String(decoding: try encoder.encode(r), as: UTF8.self), estimatedBytes: plan.estimatedBytes,
             at: Self.now())
-        try await jobs.insertJob(job)
-        return job
+        guard
+            let (active, _) = try await jobs.insertJob(
+                job, maxActive: settings.jobsPerClient, maxBytes: settings.bytesPerClient)
+        else { return job }
+        if active >= settings.jobsPerClient {
+            throw ServingError(
+                .tooMany,
+                "\(active) extract(s) already queued or running for you (at most \(settings.jobsPerClient))"
+            )
+        }
+        throw ServingError(
+            .tooMany,
+            "your kept extracts would exceed \(settings.bytesPerClient >> 20) MB; download or cancel some first"
+        )
     }
 
     /// Cancels a queued or running job.

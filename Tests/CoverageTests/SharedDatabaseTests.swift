@@ -271,3 +271,26 @@ private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> Extra
         }
     }
 }
+
+extension ExtractJobStoreTests {
+    /// One client posting from two servers at once: the per-client bounds hold across them.
+    @Test(arguments: StoreKind.allCases)
+    func perClientBoundsHoldAcrossStores(store kind: StoreKind) async throws {
+        let database = try await TestDatabase.make(kind)
+        let first = try await database.open()
+        let second = try await database.open()
+        let admitted = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for n in 0..<10 {
+                let store = n.isMultiple(of: 2) ? first : second
+                group.addTask { try await store.insertJob(job(n), maxActive: 2, maxBytes: 1 << 30) == nil }
+            }
+            return try await group.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+        }
+        #expect(admitted == 2)
+        #expect(try await first.usage(client: "c1") == (2, 200))
+        // The bytes bound: 200 kept, 900 more would pass 1000; another client is not held back.
+        let refused = try #require(try await first.insertJob(job(20, estimated: 900), maxActive: 5, maxBytes: 1000))
+        #expect(refused == (2, 200))
+        #expect(try await second.insertJob(job(21, client: "c2", estimated: 900), maxActive: 5, maxBytes: 1000) == nil)
+    }
+}
