@@ -118,8 +118,8 @@ public final class PostgresCoverageStore: CoverageDatabase {
             database: location.database, tls: tls)
     }
 
-    /// What went wrong, as the API's 503: the server named without its password, and the
-    /// server's own message when it sent one. postgres-nio's errors describe themselves
+    /// What went wrong, for the operator (at open, and in the log): the server named without
+    /// its password, and the server's own message when it sent one. postgres-nio's errors describe themselves
     /// generically on purpose; the parts read here hold no credentials.
     static func failure(_ error: any Error, _ location: PostgresLocation) -> CoverageError {
         if let e = error as? CoverageError { return e }
@@ -147,11 +147,15 @@ public final class PostgresCoverageStore: CoverageDatabase {
     }
 
     /// Runs `body` and turns a database failure into `.unavailable` (typed errors pass through).
+    /// The details (server, user, the server's message) go to the log, not to the API's client.
     func mapped<T>(_ body: () async throws -> T) async throws -> T {
         do {
             return try await body()
+        } catch let e as CoverageError {
+            throw e
         } catch {
-            throw Self.failure(error, location)
+            logger.error("coverage database failure: \(Self.failure(error, location).message)")
+            throw CoverageError(.unavailable, "the coverage database cannot answer now; try again later")
         }
     }
 

@@ -191,6 +191,21 @@ private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> Extra
         }
     }
 
+    /// A store whose database stopped answering (closed here): `.unavailable` with a reason fit
+    /// for an API client, naming neither the server nor its user.
+    @Test func aFailureAfterOpeningIsUnavailableWithoutTheServersName() async throws {
+        let database = try await TestDatabase.make(.postgres)
+        let store = try await database.open()
+        await store.close()
+        do {
+            _ = try await store.projects()
+            Issue.record("a closed store answered")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains("cannot answer now"), "\(e.message)")
+            #expect(!e.message.contains("127.0.0.1") && !e.message.contains(PostgresTestCluster.user))
+        }
+    }
+
     /// No server there: a clear error naming where, not the password.
     @Test func anUnreachableServerIsAClearErrorWithoutThePassword() async throws {
         let text = "postgres://dallage:S3cret-\(UUID().uuidString)@127.0.0.1:1/coverage?sslmode=disable"
