@@ -128,15 +128,18 @@ extension SQLiteCoverageStore {
         }
     }
 
+    /// A job leaving `running` releases its lease: queued again (a server stopping), it is
+    /// claimable at once, whatever lease its last runner held.
     public func updateJob(_ job: ExtractJob) async throws {
         try await db.write { db in
             try db.execute(
                 sql: """
                     UPDATE extract_job SET state = ?, progress = ?, message = ?, bytes = ?, updated_at = ?,
-                      expires_at = ? WHERE id = ?
+                      expires_at = ?, lease_until = CASE WHEN ? = 'running' THEN lease_until END WHERE id = ?
                     """,
                 arguments: [
-                    job.state.rawValue, job.progress, job.message, job.bytes, job.updatedAt, job.expiresAt, job.id,
+                    job.state.rawValue, job.progress, job.message, job.bytes, job.updatedAt, job.expiresAt,
+                    job.state.rawValue, job.id,
                 ])
         }
     }

@@ -66,11 +66,13 @@ extension PostgresCoverageStore {
         try await rows("SELECT \(unescaped: Self.jobColumns) FROM extract_job WHERE id = \(id)").first.map(Self.job)
     }
 
+    /// A job leaving `running` releases its lease (see the SQLite store).
     public func updateJob(_ job: ExtractJob) async throws {
         _ = try await rows(
             """
             UPDATE extract_job SET state = \(job.state.rawValue), progress = \(job.progress), message = \(job.message),
-              bytes = \(job.bytes.map { Int64($0) }), updated_at = \(job.updatedAt), expires_at = \(job.expiresAt)
+              bytes = \(job.bytes.map { Int64($0) }), updated_at = \(job.updatedAt), expires_at = \(job.expiresAt),
+              lease_until = CASE WHEN \(job.state.rawValue) = 'running' THEN lease_until END
             WHERE id = \(job.id)
             """)
     }

@@ -411,8 +411,16 @@ public final class ExtractService: Sendable {
         }
         cancelled.withLock { _ = $0.remove(job.id) }
         job.updatedAt = Self.now()
-        if let current = try? await jobs.job(id: job.id), current.state == .cancelled { job.state = .cancelled }
-        try? await jobs.updateJob(job)
+        // Written from a task of its own: a shutdown cancelled this one, and the store refuses
+        // a cancelled task's write (GRDB does), which left the job running under this server's
+        // lease for another server to wait out, instead of queued again.
+        let outcome = job
+        let jobs = jobs
+        await Task {
+            var job = outcome
+            if let current = try? await jobs.job(id: job.id), current.state == .cancelled { job.state = .cancelled }
+            try? await jobs.updateJob(job)
+        }.value
     }
 
     /// Writes on a thread of its own (the work blocks), reporting progress to the database.

@@ -118,6 +118,23 @@ private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> Extra
         #expect(try await first.claimNextJob(worker: "a", lease: .seconds(60)) == nil)
     }
 
+    /// A job queued again (its server stopping) is claimable at once, and stays so when marked
+    /// running by hand: leaving `running` released the lease its server held.
+    @Test(arguments: StoreKind.allCases)
+    func aJobQueuedAgainReleasesItsLease(store kind: StoreKind) async throws {
+        let database = try await TestDatabase.make(kind)
+        let first = try await database.open()
+        let second = try await database.open()
+        try await first.insertJob(job(1))
+        var claimed = try #require(try await first.claimNextJob(worker: "a", lease: .seconds(60)))
+        claimed.state = .queued
+        try await first.updateJob(claimed)
+        claimed.state = .running
+        try await first.updateJob(claimed)
+        #expect(try await second.claimNextJob(worker: "b", lease: .seconds(60))?.worker == "b")
+        #expect(try await first.renewJobLease(id: claimed.id, worker: "a", lease: .seconds(60)) == false)
+    }
+
     /// A job left `running` with no lease (by a server from before leases) is taken at once.
     @Test(arguments: StoreKind.allCases)
     func aRunningJobWithoutALeaseIsTakenAtOnce(store kind: StoreKind) async throws {
