@@ -40,7 +40,14 @@ public final class PostgresCoverageStore: CoverageDatabase {
         configuration.options.maximumConnections = max(1, maximumConnections)
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.client = client
-        pool = Task { await client.run() }
+        // Returns once the pool's task is entering run(): a query before that would only wait,
+        // but postgres-nio warns about it.
+        let (started, signal) = AsyncStream.makeStream(of: Void.self)
+        pool = Task {
+            signal.finish()
+            await client.run()
+        }
+        for await _ in started {}
     }
 
     deinit { pool.cancel() }
