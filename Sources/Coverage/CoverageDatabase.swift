@@ -15,7 +15,9 @@ public protocol CoverageDatabase: CoverageStore, ExtractJobStore {
 /// Where the coverage database is, as `DALLAGE_DB` or the configuration's `database:` say it:
 /// a SQLite file path, or a `postgres://` / `postgresql://` URL in libpq's spelling.
 public enum DatabaseLocation: Sendable, Equatable, CustomStringConvertible {
+    /// A SQLite file, created when absent (the embedded default).
     case sqlite(path: String)
+    /// A PostgreSQL database shared by several servers.
     case postgres(PostgresLocation)
 
     /// Reads a path or URL. A path is a SQLite file; `postgres://` and `postgresql://` are
@@ -57,15 +59,28 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible, Cu
 {
     /// libpq's `sslmode` values. `allow` is treated as `prefer` (postgres-nio tries TLS first).
     public enum SSLMode: String, Sendable, CaseIterable {
-        case disable, allow, prefer, require
+        /// Plain TCP.
+        case disable
+        /// TLS when the server offers it, certificate unchecked (as `prefer`).
+        case allow
+        /// TLS when the server offers it, certificate unchecked: libpq's default.
+        case prefer
+        /// TLS or no connection, certificate unchecked.
+        case require
+        /// TLS with a certificate signed by a trusted CA, whatever name it bears.
         case verifyCA = "verify-ca"
+        /// TLS with a trusted certificate for the host named in the URL.
         case verifyFull = "verify-full"
     }
 
+    /// PostgreSQL's port, when the URL names none.
     public static let defaultPort = 5432
 
+    /// The server's name or address (an IPv6 address without its brackets).
     public var host: String
+    /// The server's TCP port.
     public var port: Int
+    /// The role to log in as.
     public var user: String
     /// Nil when the URL has none (trust or peer authentication).
     public var password: String?
@@ -77,6 +92,7 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible, Cu
     /// `verify-full`; the system's roots otherwise.
     public var sslRootCertificate: String?
 
+    /// A location from its parts (the URL's, decoded).
     public init(
         host: String, port: Int = Self.defaultPort, user: String, password: String?, database: String?,
         sslMode: SSLMode = .prefer, sslRootCertificate: String? = nil
