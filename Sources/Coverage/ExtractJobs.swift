@@ -177,19 +177,20 @@ extension SQLiteCoverageStore {
     public func claimNextJob(worker: String, lease: Duration) async throws -> ExtractJob? {
         let now = Date().timeIntervalSince1970
         let at = CoverageService.timestamp()
+        let waiting = """
+            SELECT * FROM extract_job
+            WHERE state = 'queued' OR (state = 'running' AND (lease_until IS NULL OR lease_until < ?))
+            ORDER BY created_at, id LIMIT 1
+            """
+        // Looked at first with a read: runners poll twice a second, and an idle queue must not
+        // cost a write transaction each time (nor fail on a read-only database).
+        guard try await db.read({ db in try Row.fetchOne(db, sql: waiting, arguments: [now]) }) != nil else {
+            return nil
+        }
         // One write transaction: SQLite has one writer at a time, so the read and the claim are
         // never interleaved with another claimer's.
         return try await write { db in
-            guard
-                var job = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT * FROM extract_job
-                        WHERE state = 'queued' OR (state = 'running' AND (lease_until IS NULL OR lease_until < ?))
-                        ORDER BY created_at, id LIMIT 1
-                        """, arguments: [now]
-                ).map(Self.job)
-            else { return nil }
+            guard var job = try Row.fetchOne(db, sql: waiting, arguments: [now]).map(Self.job) else { return nil }
             if job.state == .running {
                 job.progress = 0
                 job.message = takenOverMessage
