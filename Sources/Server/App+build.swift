@@ -54,16 +54,29 @@ public func buildRouter(
     return router
 }
 
-/// The whole service: catalog (rescanned in the background), tile service and HTTP server.
-/// Runs until SIGTERM or SIGINT, then finishes the requests in flight.
-/// `store` reads the pyramids (by default the folder `configuration.store` names).
+/// The whole service on the configuration's SQLite database (a PostgreSQL URL is opened with
+/// `DatabaseLocation.open` and passed to the other `buildApplication`).
 public func buildApplication(
     configuration: ServerConfiguration, store: (any PyramidStore)? = nil, logger: Logger
+) throws -> some ApplicationProtocol {
+    guard case .sqlite(let path) = try configuration.databaseLocation() else {
+        throw CoverageError(
+            .unavailable, "a PostgreSQL database is opened before building the application (DatabaseLocation.open)")
+    }
+    return try buildApplication(
+        configuration: configuration, store: store, database: SQLiteCoverageStore(path: path), logger: logger)
+}
+
+/// The whole service: catalog (rescanned in the background), tile service and HTTP server.
+/// Runs until SIGTERM or SIGINT, then finishes the requests in flight, and closes `database`.
+/// `store` reads the pyramids (by default the folder `configuration.store` names).
+public func buildApplication(
+    configuration: ServerConfiguration, store: (any PyramidStore)? = nil, database: any CoverageDatabase,
+    logger: Logger
 ) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
     let catalog = PyramidCatalog(
         store: store ?? FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
-    let database = try SQLiteCoverageStore(path: configuration.databasePath)
     let footprints = StoreFootprints(
         store: configuration.store, grid: configuration.renderGrid, tilesets: { Set(catalog.tilesets) })
     let coverage = CoverageService(store: database, adminTokens: configuration.adminTokens, footprints: footprints)
@@ -83,10 +96,22 @@ public func buildApplication(
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         logger: logger)
+    // First in, last out: the database closes after the services that use it have stopped.
+    app.addServices(DatabaseCloser(database: database))
     app.addServices(
         CatalogWatcher(catalog: catalog, interval: configuration.rescanSeconds),
-        PublicationWatcher(gate: gate, catalog: catalog), ExtractRunner(extracts: extracts))
+        PublicationWatcher(gate: gate, catalog: catalog, database: database), ExtractRunner(extracts: extracts))
     return app
+}
+
+/// Closes the coverage database (a PostgreSQL pool) once the server shuts down.
+struct DatabaseCloser: Service {
+    let database: any CoverageDatabase
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await database.close()
+    }
 }
 
 /// Rescans the store while the server runs.
@@ -101,16 +126,30 @@ struct CatalogWatcher: Service {
     }
 }
 
-/// Polls the coverage database so status changes made elsewhere (the CLI) show within a second.
+/// Reloads the published perimeters when the coverage database changes, whichever process wrote
+/// (the CLI, another server): as soon as PostgreSQL notifies the commit, else within the second
+/// (SQLite is polled); and every second anyway, for the day turning (a step starting today).
 struct PublicationWatcher: Service {
     let gate: PublicationGate
     let catalog: PyramidCatalog
+    let database: any CoverageDatabase
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                await gate.refresh(tilesets: catalog.gatedTilesets)
-                try? await Task.sleep(for: .seconds(1))
+            // One reloader fed by both sources, so two reloads never race each other.
+            let (triggers, trigger) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await _ in database.revisions(polling: .seconds(1)) { trigger.yield() }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        trigger.yield()
+                        try? await Task.sleep(for: .seconds(1))
+                    }
+                }
+                for await _ in triggers { await gate.refresh(tilesets: catalog.gatedTilesets) }
+                group.cancelAll()
             }
         }
     }

@@ -1,3 +1,4 @@
+import Coverage
 import Foundation
 import Pyramid
 import Render
@@ -30,7 +31,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var emptyTile: EmptyTile = .notFound
     /// Seconds between scans of the store for new or rebuilt pyramids.
     public var rescanSeconds: Double = 2
-    /// The coverage database (SQLite); by default `dallage.sqlite` in the store.
+    /// The coverage database: a SQLite file (by default `dallage.sqlite` in the store) or a
+    /// `postgres://user:password@host:port/db?sslmode=…` URL (`DatabaseLocation`).
     public var database: String?
     /// Administrator tokens, plain or `sha256:<hex>` (kept hashed in memory either way).
     public var adminTokens: [String] = []
@@ -68,8 +70,13 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         extractsDirectory ?? (store as NSString).appendingPathComponent(".extracts")
     }
 
-    /// The database path this configuration uses.
+    /// The database path or URL this configuration uses.
     public var databasePath: String { database ?? (store as NSString).appendingPathComponent("dallage.sqlite") }
+
+    /// The database this configuration uses, read: a malformed URL or an unknown scheme is an error.
+    public func databaseLocation() throws(CoverageError) -> DatabaseLocation {
+        try DatabaseLocation(parsing: databasePath)
+    }
 
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080

@@ -53,6 +53,8 @@ public final class ExtractService: Sendable {
     let gate: PublicationGate?
     public let settings: ExtractSettings
     public let logger: Logger
+    /// Who runs this service's jobs, as claims record it: host, process and a random part.
+    public let worker: String
     /// Jobs asked to stop while running.
     private let cancelled = Mutex<Set<String>>([])
 
@@ -66,6 +68,13 @@ public final class ExtractService: Sendable {
         self.gate = gate
         self.settings = settings
         self.logger = logger
+        worker = Self.newWorkerName()
+    }
+
+    /// `host:pid:random`: tells apart two servers on one host, and two runs of one process id.
+    static func newWorkerName() -> String {
+        let host = ProcessInfo.processInfo.hostName
+        return "\(host):\(getpid()):\(String(UInt32.random(in: .min ... .max), radix: 16))"
     }
 
     /// The pyramid extracts read: the one on `render_grid` (`preferredPyramid`).
@@ -250,29 +259,30 @@ public final class ExtractService: Sendable {
         return ServingError(.unavailable, "the server cannot store extracts now; try again later")
     }
 
-    /// Queues a job, within the client's bounds; throws 429 beyond them.
+    /// Queues a job, within the client's bounds; throws 429 beyond them. The bounds are checked
+    /// and the job inserted in one database transaction, so servers sharing the database hold
+    /// them together.
     public func enqueue(_ r: ExtractRequest, plan: ExtractPlan, client: String) async throws -> ExtractJob {
-        let (active, bytes) = try await jobs.usage(client: client)
-        if active >= settings.jobsPerClient {
-            throw ServingError(
-                .tooMany,
-                "\(active) extract(s) already queued or running for you (at most \(settings.jobsPerClient))"
-            )
-        }
-        if bytes + plan.estimatedBytes > settings.bytesPerClient {
-            throw ServingError(
-                .tooMany,
-                "your kept extracts would exceed \(settings.bytesPerClient >> 20) MB; download or cancel some first"
-            )
-        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let job = ExtractJob(
             id: Self.newJobID(), client: client,
             request: String(decoding: try encoder.encode(r), as: UTF8.self), estimatedBytes: plan.estimatedBytes,
             at: Self.now())
-        try await jobs.insertJob(job)
-        return job
+        guard
+            let (active, _) = try await jobs.insertJob(
+                job, maxActive: settings.jobsPerClient, maxBytes: settings.bytesPerClient)
+        else { return job }
+        if active >= settings.jobsPerClient {
+            throw ServingError(
+                .tooMany,
+                "\(active) extract(s) already queued or running for you (at most \(settings.jobsPerClient))"
+            )
+        }
+        throw ServingError(
+            .tooMany,
+            "your kept extracts would exceed \(settings.bytesPerClient >> 20) MB; download or cancel some first"
+        )
     }
 
     /// Cancels a queued or running job.
@@ -302,25 +312,15 @@ public final class ExtractService: Sendable {
 
     static func now(_ d: Date = Date()) -> String { CoverageService.timestamp(d) }
 
-    /// Runs queued jobs one at a time until cancelled; on start, jobs a previous process left
-    /// running are queued again. Also deletes expired results.
+    /// Runs queued jobs one at a time until cancelled, each claimed from the database so that
+    /// of several servers on one database exactly one runs it; a job whose server stopped
+    /// renewing its lease (killed mid-job) is claimed again once the lease expires. Also deletes
+    /// expired results.
     public func runJobs() async {
-        do {
-            for var j in try await jobs.jobs(in: [.running]) {
-                j.state = .queued
-                j.progress = 0
-                j.message = "restarted after a server restart"
-                j.updatedAt = Self.now()
-                try await jobs.updateJob(j)
-                logger.info("extract \(j.id) was running when the server stopped: queued again")
-            }
-        } catch {
-            logger.error("cannot requeue extracts: \(error)")
-        }
         while !Task.isCancelled {
             await expire()
             do {
-                if let next = try await jobs.jobs(in: [.queued]).first {
+                if let next = try await jobs.claimNextJob(worker: worker, lease: settings.jobLease) {
                     await run(next)
                     continue
                 }
@@ -332,11 +332,34 @@ public final class ExtractService: Sendable {
         }
     }
 
-    func run(_ queued: ExtractJob) async {
-        var job = queued
-        job.state = .running
-        job.updatedAt = Self.now()
-        try? await jobs.updateJob(job)
+    /// Renews the lease on a claimed job every third of it while the job runs; answers true when
+    /// the job stopped being this server's (cancelled, or taken over after a lapse), having
+    /// stopped its writing.
+    private func keepLease(on id: String) -> Task<Bool, Never> {
+        let lease = settings.jobLease
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: lease / 3)
+                if Task.isCancelled { break }
+                do {
+                    if try await !jobs.renewJobLease(id: id, worker: worker, lease: lease) {
+                        cancelled.withLock { _ = $0.insert(id) }
+                        return true
+                    }
+                } catch {
+                    // The database may come back before the lease runs out: keep writing.
+                    logger.warning("cannot renew the lease on extract \(id): \(error)")
+                }
+            }
+            return false
+        }
+    }
+
+    /// Runs a job this server claimed (it is `running` under this server's lease).
+    func run(_ claimed: ExtractJob) async {
+        var job = claimed
+        logger.debug("extract \(job.id) claimed by \(worker)\(job.message.map { ": \($0)" } ?? "")")
+        let lease = keepLease(on: job.id)
         do {
             let request = try JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8))
             let (plan, source) = try await plan(request, admin: false)
@@ -379,10 +402,25 @@ public final class ExtractService: Sendable {
                 ?? "the extract failed on the server; try again later"
             logger.error("extract \(job.id) failed: \(error)")
         }
+        lease.cancel()
+        if await lease.value {
+            // Cancelled meanwhile (its state says so already) or another server runs it now.
+            cancelled.withLock { _ = $0.remove(job.id) }
+            logger.info("extract \(job.id) is no longer this server's to run: left as the database has it")
+            return
+        }
         cancelled.withLock { _ = $0.remove(job.id) }
         job.updatedAt = Self.now()
-        if let current = try? await jobs.job(id: job.id), current.state == .cancelled { job.state = .cancelled }
-        try? await jobs.updateJob(job)
+        // Written from a task of its own: a shutdown cancelled this one, and the store refuses
+        // a cancelled task's write (GRDB does), which left the job running under this server's
+        // lease for another server to wait out, instead of queued again.
+        let outcome = job
+        let jobs = jobs
+        await Task {
+            var job = outcome
+            if let current = try? await jobs.job(id: job.id), current.state == .cancelled { job.state = .cancelled }
+            try? await jobs.updateJob(job)
+        }.value
     }
 
     /// Writes on a thread of its own (the work blocks), reporting progress to the database.

@@ -40,6 +40,11 @@ public struct ExtractSettings: Sendable, Equatable {
     public var limits = ExtractLimits()
     /// The grid whose pyramid extracts read (`preferredPyramid`).
     public var renderGrid = defaultRenderGrid
+    /// How long a running job stays this server's without a renewal (renewed every third of
+    /// it): a server killed mid-job leaves it to another server after at most this long.
+    public var jobLease = ExtractSettings.defaultJobLease
+    /// 30 s: a killed server's job waits at most that long; a renewal every 10 s is no load.
+    public static let defaultJobLease = Duration.seconds(30)
 
     public init(directory: String) { self.directory = directory }
 }

@@ -1,23 +1,33 @@
 import ArgumentParser
 import Coverage
 import Foundation
+import Logging
 import Pyramid
 import Serving
 
 /// Where the coverage database is: `--db`, else `DALLAGE_DB`, else `<store>/dallage.sqlite`.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "Coverage database (SQLite). Default: DALLAGE_DB, else <store>/dallage.sqlite.") var db: String?
+    @Option(
+        help: """
+            Coverage database: a SQLite file or postgres://user:password@host:port/db?sslmode=… \
+            Default: DALLAGE_DB, else <store>/dallage.sqlite.
+            """)
+    var db: String?
     @Option(help: "Store of pyramids (for tiled progress).") var store = "store"
 
     /// The coverage service on this database, with tiled progress read from `store` on `grid`'s
     /// pyramids (`render_grid`).
-    func service(grid: String = defaultRenderGrid) throws -> CoverageService {
+    func service(grid: String = defaultRenderGrid) async throws -> CoverageService {
         let store = try storeFolder()
-        let path =
+        let text =
             db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
             ?? (store as NSString).appendingPathComponent("dallage.sqlite")
+        let location: DatabaseLocation
+        do { location = try DatabaseLocation(parsing: text) } catch { throw ValidationError(error.message) }
+        var logger = Logger(label: "dallage.database")
+        logger.logLevel = .error
         return CoverageService(
-            store: try SQLiteCoverageStore(path: path), adminTokens: [],
+            store: try await location.open(logger: logger), adminTokens: [],
             footprints: StoreFootprints(store: store, grid: grid))
     }
 
@@ -91,7 +101,7 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try database.service()
+            let service = try await database.service()
             for p in try await service.projects(.init(statut: statut)) {
                 let s = p.statut(on: service.currentDay)
                 print(
@@ -107,7 +117,7 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try database.service()
+            let service = try await database.service()
             printJSON(try service.document(try await service.project(id)))
         }
     }
@@ -140,7 +150,7 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try database.service()
+            let service = try await database.service()
             let day = date ?? service.currentDay
             guard StatusRules.isDate(day) else { throw ValidationError("--date must be YYYY-MM-DD") }
             let p = try await service.addStep(id, Etape(statut: statut, dateDebut: day), by: shell)

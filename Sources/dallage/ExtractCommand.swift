@@ -39,7 +39,7 @@ struct ExtractCommand: AsyncParsableCommand {
         var settings = ExtractSettings(directory: NSTemporaryDirectory())
         settings.limits.directPixels = .max
         settings.renderGrid = grid
-        let coverage = try database.service(grid: grid)
+        let coverage = try await database.service(grid: grid)
         let catalog = PyramidCatalog(store: FolderStore(try database.storeFolder()), logger: logger)
         guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
         let service = ExtractService(

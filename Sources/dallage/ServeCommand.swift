@@ -1,4 +1,5 @@
 import ArgumentParser
+import Coverage
 import Foundation
 import Hummingbird
 import Server
@@ -34,8 +35,13 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError(
                 "store '\(configuration.store)' does not exist (tile something first: dallage tile …)")
         }
-        logger.info("listening on http://\(configuration.host):\(configuration.port), store \(configuration.store)")
-        let app = try buildApplication(configuration: configuration, logger: logger)
+        let location: DatabaseLocation
+        do { location = try configuration.databaseLocation() } catch { throw ValidationError(error.message) }
+        let database = try await location.open(logger: logger)
+        logger.info(
+            "listening on http://\(configuration.host):\(configuration.port), store \(configuration.store), database \(location)"
+        )
+        let app = try buildApplication(configuration: configuration, database: database, logger: logger)
         try await app.runService()
     }
 }

@@ -13,14 +13,19 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
 /// Issue 11: lost updates, a database that cannot take writes, hashes as secrets, actor names,
 /// perimeters out of Lambert-93's area, deliverables in unknown tilesets, empty PATCHes.
 @Suite struct CoverageHardeningTests {
-    /// 20 steps added at once: all stored, and the history chains each step count to the next.
-    @Test func concurrentStepsAreAllStoredWithAChainedHistory() async throws {
-        let (service, _) = try await makeService()
+    /// 20 steps added at once, through two stores on one database (two processes): all stored,
+    /// and the history chains each step count to the next.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentStepsAreAllStoredWithAChainedHistory(store: StoreKind) async throws {
+        let (service, database) = try await makeServiceAndDatabase(store)
+        let other = CoverageService(
+            store: try await database.open(), adminTokens: ["admin-secret"], footprints: FixedFootprints())
         let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for _ in 0..<20 {
+            for i in 0..<20 {
+                let writer = i.isMultiple(of: 2) ? service : other
                 group.addTask {
-                    _ = try await service.addStep(p.id, Etape(statut: .prodEnCours, dateDebut: "2025-01-01"), by: admin)
+                    _ = try await writer.addStep(p.id, Etape(statut: .prodEnCours, dateDebut: "2025-01-01"), by: admin)
                 }
             }
             try await group.waitForAll()
@@ -35,8 +40,9 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         #expect(counts == (0..<20).map { [$0, $0 + 1] })
     }
 
-    @Test func aStoredHashIsNotASecret() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func aStoredHashIsNotASecret(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let (p, key) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
         for secret in ["admin-secret", key] {
             let hash = CoverageService.hashToken(secret)
@@ -55,8 +61,9 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         #expect(try await hashed.authenticate(authorization: "Token admin-secret") == .admin("2"))
     }
 
-    @Test func historyNamesAdministratorsWithoutAnyPartOfTheirTokenHash() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func historyNamesAdministratorsWithoutAnyPartOfTheirTokenHash(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let who = try await service.authenticate(authorization: "Token admin-secret")
         let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: who)
         _ = try await service.addStep(p.id, Etape(statut: .investigation, dateDebut: "2025-01-01"), by: who)
@@ -114,8 +121,9 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         #expect(q.statut(on: "2025-06-01") == .disponible)
     }
 
-    @Test func aPatchOfUnknownFieldsIsRefusedAndANoOpWritesNoHistory() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func aPatchOfUnknownFieldsIsRefusedAndANoOpWritesNoHistory(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
         do {
             _ = try await service.patch(p.id, ["colour": .string("red"), "statut": .string("x")], by: admin)

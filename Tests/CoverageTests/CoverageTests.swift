@@ -1,5 +1,6 @@
 import Foundation
 import GeoGrid
+import Logging
 import Raster
 import Testing
 
@@ -12,14 +13,56 @@ private func square(_ code: String, _ name: String, x: Double, y: Double, side: 
     """
 }
 
+/// The two stores every store-level test runs against.
+enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+
+    var testDescription: String { rawValue }
+}
+
+/// A fresh, empty database of one kind — a SQLite file in a new folder, or a new database on the
+/// tests' PostgreSQL cluster — that several stores may open, as several processes would.
+struct TestDatabase: Sendable {
+    var kind: StoreKind
+    var location: DatabaseLocation
+    /// A new folder for the test's files (the SQLite file is in it).
+    var dir: String
+
+    static func make(_ kind: StoreKind) async throws -> TestDatabase {
+        let dir = NSTemporaryDirectory() + "dallage-coverage-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        switch kind {
+        case .sqlite: return TestDatabase(kind: kind, location: .sqlite(path: dir + "/db.sqlite"), dir: dir)
+        case .postgres:
+            return TestDatabase(
+                kind: kind, location: .postgres(try await PostgresTestCluster.shared.newDatabase()), dir: dir)
+        }
+    }
+
+    /// A store on this database (migrated at open), as one more process would open it.
+    func open() async throws -> any CoverageDatabase {
+        var logger = Logger(label: "dallage.tests.database")
+        logger.logLevel = .warning
+        return try await location.open(logger: logger)
+    }
+}
+
 /// A coverage service on a fresh database with three communes of département 59 (each 1 km²,
 /// the last two adjacent) and one of 62, imported from a Lambert-93 GeoJSON file. The server has
 /// the tileset `pcrs`, tiled over `footprints` (nothing by default).
-func makeService(today: String = "2025-06-01", footprints: [String: Geometry] = [:]) async throws -> (
-    CoverageService, String
-) {
-    let dir = NSTemporaryDirectory() + "dallage-coverage-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+func makeService(
+    _ kind: StoreKind = .sqlite, today: String = "2025-06-01", footprints: [String: Geometry] = [:]
+) async throws -> (CoverageService, String) {
+    let (service, database) = try await makeServiceAndDatabase(kind, today: today, footprints: footprints)
+    return (service, database.dir)
+}
+
+/// `makeService`, and the database it is on (for a second store on it).
+func makeServiceAndDatabase(
+    _ kind: StoreKind, today: String = "2025-06-01", footprints: [String: Geometry] = [:]
+) async throws -> (CoverageService, TestDatabase) {
+    let database = try await TestDatabase.make(kind)
+    let dir = database.dir
     let features = [
         square("59350", "Lille", x: 704_000, y: 7_058_000, side: 1000),
         square("59009", "Villeneuve-d'Ascq", x: 710_000, y: 7_058_000, side: 1000),
@@ -31,12 +74,12 @@ func makeService(today: String = "2025-06-01", footprints: [String: Geometry] = 
     {"type":"FeatureCollection","crs":{"type":"name","properties":{"name":"urn:ogc:def:crs:EPSG::2154"}},"features":[\(features.joined(separator: ","))]}
     """.write(toFile: file, atomically: true, encoding: .utf8)
     let service = CoverageService(
-        store: try SQLiteCoverageStore(path: dir + "/db.sqlite"), adminTokens: ["admin-secret"],
+        store: try await database.open(), adminTokens: ["admin-secret"],
         footprints: FixedFootprints(known: ["pcrs"], areas: footprints), today: { today })
     let (inserted, updated, skipped) = try await service.importTerritories(
         path: file, level: .commune, codeField: "insee", nameField: "nom")
     #expect(inserted == 4 && updated == 0 && skipped.isEmpty)
-    return (service, dir)
+    return (service, database)
 }
 
 let admin = Principal.admin("test")
@@ -129,10 +172,11 @@ extension Livrable {
 }
 
 @Suite struct ProjectStoreTests {
-    @Test func tiledProgressIsThePartOfThePerimeterInsideTheFootprint() async throws {
+    @Test(arguments: StoreKind.allCases)
+    func tiledProgressIsThePartOfThePerimeterInsideTheFootprint(store: StoreKind) async throws {
         // The western 400 m of Lille (1 km²) are tiled in pcrs.
         let tiled = Geometry.rectangle(BoundingBox(minX: 704_000, minY: 7_058_000, maxX: 704_400, maxY: 7_059_000))
-        let (service, _) = try await makeService(footprints: ["pcrs": tiled])
+        let (service, _) = try await makeService(store, footprints: ["pcrs": tiled])
         let livrables = [Livrable(nom: "ortho", tileset: "pcrs"), Livrable(nom: "ailleurs", tileset: "other")]
         let (p, _) = try await service.create(
             ProjectFields(nom: "Lille", perimetres: ["commune:59350"], livrables: livrables), by: admin)
@@ -144,8 +188,9 @@ extension Livrable {
         #expect(progress[1].fraction == nil && progress[1].missing == nil)
     }
 
-    @Test func perimeterAreaIsTheUnionOfTerritoriesAndDrawing() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func perimeterAreaIsTheUnionOfTerritoriesAndDrawing(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         // Two adjacent 1 km² communes: 2 km².
         let (p, key) = try await service.create(
             ProjectFields(nom: "Métropole", perimetres: ["commune:59009", "commune:59512"]), by: admin)
@@ -164,9 +209,12 @@ extension Livrable {
 
     /// GeoPackage in WGS84 and Shapefile in CC49 (made with ogr2ogr from the same communes):
     /// re-importing updates in place, and areas survive the reprojections within 0.1 %.
-    @Test(arguments: [("GPKG", "gpkg", "EPSG:4326"), ("ESRI Shapefile", "shp", "EPSG:3949")])
-    func importReadsOtherFormatsAndCRSs(driver: String, ext: String, crs: String) async throws {
-        let (service, dir) = try await makeService()
+    @Test(arguments: [("GPKG", "gpkg", "EPSG:4326"), ("ESRI Shapefile", "shp", "EPSG:3949")], StoreKind.allCases)
+    func importReadsOtherFormatsAndCRSs(format: (driver: String, ext: String, crs: String), store: StoreKind)
+        async throws
+    {
+        let (driver, ext, crs) = format
+        let (service, dir) = try await makeService(store)
         let out = dir + "/communes-\(ext).\(ext)"
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/ogr2ogr")
@@ -184,8 +232,9 @@ extension Livrable {
         #expect(found.map(\.code) == ["59512"])
     }
 
-    @Test func historyRecordsWhoChangedWhatAndDeletesAreSoft() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func historyRecordsWhoChangedWhatAndDeletesAreSoft(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let (p, key) = try await service.create(
             ProjectFields(
                 nom: "Lille", perimetres: ["commune:59350"],
@@ -211,8 +260,9 @@ extension Livrable {
     }
 
     /// Reader, editor of this project, editor of another, administrator × each write.
-    @Test func authorisationMatrix() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func authorisationMatrix(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let (p, keyP) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
         let (_, keyQ) = try await service.create(ProjectFields(nom: "Q", perimetres: ["commune:62041"]), by: admin)
         let who: [(String, String?)] = [
@@ -279,8 +329,9 @@ extension Livrable {
         }
     }
 
-    @Test func statsCountAreasPerStatusAndDepartement() async throws {
-        let (service, _) = try await makeService()
+    @Test(arguments: StoreKind.allCases)
+    func statsCountAreasPerStatusAndDepartement(store: StoreKind) async throws {
+        let (service, _) = try await makeService(store)
         let pub = [Livrable(nom: "ortho", tileset: "pcrs")]
         _ = try await service.create(
             ProjectFields(

@@ -1,0 +1,172 @@
+import Foundation
+import Testing
+
+@testable import Coverage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A throwaway PostgreSQL 15 cluster (Debian's `postgresql-15`), started once by the first test
+/// that asks for a database and stopped (`pg_ctl stop -m immediate`) when the test process ends.
+/// Each test gets a database of its own. `initdb` and `postgres` refuse to run as root: as root
+/// (CI), they run as the `postgres` user through `runuser`, in a folder that user owns.
+///
+/// Local (socket) connections are trusted, TCP ones need the password: the URL the tests use
+/// goes through TCP with it, so a wrong password is refused as it would be in production.
+actor PostgresTestCluster {
+    static let shared = PostgresTestCluster()
+
+    static let binaries = "/usr/lib/postgresql/15/bin"
+    static let user = "dallage"
+
+    struct Running: Sendable {
+        /// The cluster's folder: `data/`, the socket, the log, the password file.
+        var base: String
+        var port: Int
+        var password: String
+    }
+
+    private var starting: Task<Running, any Error>?
+
+    /// A new, empty database on the cluster (started on first use), as the store connects to it.
+    func newDatabase() async throws -> PostgresLocation {
+        let cluster = try await start()
+        let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        try await Self.run(
+            Self.binaries + "/createdb",
+            ["-h", cluster.base, "-p", "\(cluster.port)", "-U", Self.user, name], log: cluster.base + "/createdb.log")
+        return PostgresLocation(
+            host: "127.0.0.1", port: cluster.port, user: Self.user, password: cluster.password, database: name,
+            sslMode: .disable)
+    }
+
+    /// The running cluster: started by the first caller, awaited by the others.
+    func start() async throws -> Running {
+        if let starting { return try await starting.value }
+        let task = Task { try await Self.startCluster() }
+        starting = task
+        return try await task.value
+    }
+
+    private static var asRoot: Bool { getuid() == 0 }
+
+    /// Runs a server-side binary as a user PostgreSQL accepts (`postgres` when we are root).
+    private static func serverCommand(_ binary: String, _ arguments: [String]) -> (String, [String]) {
+        asRoot ? ("/usr/sbin/runuser", ["-u", "postgres", "--", binary] + arguments) : (binary, arguments)
+    }
+
+    private static func startCluster() async throws -> Running {
+        guard FileManager.default.isExecutableFile(atPath: binaries + "/initdb") else {
+            throw ClusterError("PostgreSQL 15 is not installed (\(binaries)): make test-deps installs postgresql-15")
+        }
+        // Short: the socket's path must stay under 108 bytes. /tmp so `postgres` can reach it.
+        let base = "/tmp/dallage-pg-" + String(UUID().uuidString.prefix(8)).lowercased()
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: false)
+        let password = UUID().uuidString
+        try password.write(toFile: base + "/password", atomically: false, encoding: .utf8)
+        if asRoot {
+            for path in [base, base + "/password"] {
+                try FileManager.default.setAttributes([.ownerAccountName: "postgres"], ofItemAtPath: path)
+            }
+        }
+        let port = try freePort()
+        let (initdb, initArguments) = serverCommand(
+            binaries + "/initdb",
+            [
+                "-D", base + "/data", "-U", user, "--auth-local=trust", "--auth-host=scram-sha-256",
+                "--pwfile=" + base + "/password", "--no-sync",
+            ])
+        try await run(initdb, initArguments, log: base + "/initdb.log")
+        let options = [
+            "-p \(port)", "-k \(base)", "-c listen_addresses=127.0.0.1", "-c max_connections=300",
+            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+        ]
+        let (ctl, ctlArguments) = serverCommand(
+            binaries + "/pg_ctl",
+            ["-D", base + "/data", "-o", options.joined(separator: " "), "-l", base + "/server.log", "-w", "start"])
+        try await run(ctl, ctlArguments, log: base + "/pg_ctl.log")
+        try watch(base: base)
+        return Running(base: base, port: port, password: password)
+    }
+
+    /// Stops the cluster and deletes its folder once this test process is gone, however it ends
+    /// (a crash included): a watcher process outlives it by at most a second. It is not a wait
+    /// inside a test.
+    private static func watch(base: String) throws {
+        let script = """
+            while [ -d /proc/\(getpid()) ]; do sleep 1; done
+            \(binaries)/pg_ctl -D \(base)/data stop -m immediate
+            rm -rf \(base)
+            """
+        let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
+        _ = try spawn(shell, arguments, log: "/dev/null")
+    }
+
+    /// A TCP port nobody listens on now (the kernel's pick for port 0).
+    private static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ClusterError("socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw ClusterError("cannot find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Starts a command with its output appended to `log` and none of this process's other
+    /// files open: `pg_ctl start` leaves the server running, and a server holding one of our
+    /// pipes would keep a reader of that pipe waiting for its end (Foundation's `Process` waits
+    /// on such a pipe to report termination, hence `posix_spawn` here).
+    static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // glibc 2.34's closefrom action, looked up: Swift's Glibc module does not declare it.
+        guard let closeFrom = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+        else { throw ClusterError("this C library cannot close inherited files in a child (glibc 2.34 or later)") }
+        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        _ = unsafeBitCast(closeFrom, to: CloseFrom.self)(&actions, 3)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var pid = pid_t()
+        let status = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard status == 0 else {
+            throw ClusterError("cannot start \(executable): \(String(cString: strerror(status)))")
+        }
+        return pid
+    }
+
+    /// Runs a command to its end without blocking a cooperative thread (the wait is on a thread
+    /// of its own); its output goes to `log`, quoted in the error when it fails.
+    static func run(_ executable: String, _ arguments: [String], log: String) async throws {
+        let pid = try spawn(executable, arguments, log: log)
+        let status = await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+            Thread.detachNewThread {
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+                c.resume(returning: status)
+            }
+        }
+        guard status == 0 else {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            throw ClusterError("\(executable) \(arguments.joined(separator: " ")) failed (\(status)): \(text)")
+        }
+    }
+
+    struct ClusterError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+}
