@@ -91,16 +91,23 @@ actor PostgresTestCluster {
     }
 
     /// Stops the cluster and deletes its folder once this test process is gone, however it ends
-    /// (a crash included): a watcher process outlives it by at most a second. It is not a wait
-    /// inside a test.
+    /// (a crash included). The watcher reads a pipe whose only writer is this process: the read
+    /// ends when the kernel closes it with the process, so the watcher waits on that very event.
     private static func watch(base: String) throws {
+        var ends: [Int32] = [0, 0]
+        // Both ends close-on-exec: the writer stays open for the life of this process and in no
+        // child; the reader becomes the watcher's standard input. (Children spawned here close
+        // every inherited file anyway.)
+        guard pipe(&ends) == 0 else { throw ClusterError("pipe() failed: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(ends[0]) }
         let script = """
-            while [ -d /proc/\(getpid()) ]; do sleep 1; done
+            cat > /dev/null
             \(binaries)/pg_ctl -D \(base)/data stop -m immediate
             rm -rf \(base)
             """
         let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
-        _ = try spawn(shell, arguments, log: "/dev/null")
+        _ = try spawn(shell, arguments, log: "/dev/null", input: ends[0])
     }
 
     /// A TCP port nobody listens on now (the kernel's pick for port 0).
@@ -126,11 +133,16 @@ actor PostgresTestCluster {
     /// files open: `pg_ctl start` leaves the server running, and a server holding one of our
     /// pipes would keep a reader of that pipe waiting for its end (Foundation's `Process` waits
     /// on such a pipe to report termination, hence `posix_spawn` here).
-    static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> pid_t {
+    /// `input` becomes the command's standard input (else /dev/null).
+    static func spawn(_ executable: String, _ arguments: [String], log: String, input: Int32? = nil) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let input {
+            posix_spawn_file_actions_adddup2(&actions, input, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // glibc 2.34's closefrom action, looked up: Swift's Glibc module does not declare it.
