@@ -286,16 +286,12 @@ public final class Tiler {
             // after: taken in that order, the last items are short and both cores finish
             // together (a tranche's few costly parts met last kept one core alone for a third
             // of the build).
-            let items = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }.enumerated()
-                .map { i, item -> (Bool, Int, (TileCoordinate, Int?)) in
-                    let copies =
-                        previousShards[item.0] != nil
-                        && update.area.map {
-                            !$0.touches(ShardBuilder.bounds(of: item.1, shard: item.0, band: band, tms: tms))
-                        } ?? false
-                    return (copies, i, item)
-                }
-                .sorted { ($0.0 ? 1 : 0, $0.1) < ($1.0 ? 1 : 0, $1.1) }.map(\.2)
+            let all = todo.flatMap { s in (0..<parts).map { (s, parts == 1 ? nil : $0) } }
+            func copiesOnly(_ item: (TileCoordinate, Int?)) -> Bool {
+                guard previousShards[item.0] != nil, let area = update.area else { return false }
+                return !area.touches(ShardBuilder.bounds(of: item.1, shard: item.0, band: band, tms: tms))
+            }
+            let items = all.filter { !copiesOnly($0) } + all.filter(copiesOnly)
             let results = ResultSlots<(TileCoordinate, Result<(ShardRecord, Int), Error>)>(count: todo.count)
             let jobs = Mutex<[TileCoordinate: ShardJob]>([:])
             let counter = Counter()
