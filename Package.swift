@@ -132,6 +132,13 @@ let package = Package(
             ]
         ),
 
+        // What several test suites share: real services started for the tests (SeaweedFS,
+        // PostgreSQL 15), free ports, running programs, waiting with a deadline.
+        .target(
+            name: "TestSupport",
+            dependencies: ["S3", "Coverage", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "GeoGridTests",
             dependencies: ["GeoGrid", .product(name: "PropertyBased", package: "swift-property-based")]
@@ -141,7 +148,7 @@ let package = Package(
         .testTarget(
             name: "S3Tests",
             dependencies: [
-                "S3",
+                "S3", "TestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -150,13 +157,15 @@ let package = Package(
         ),
         .testTarget(
             name: "CoverageTests",
-            dependencies: ["Coverage", "Raster", "GeoGrid", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "Coverage", "Raster", "GeoGrid", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
-        .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid"]),
+        .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid", "TestSupport"]),
         .testTarget(
             name: "ServerTests",
             dependencies: [
-                "Server", "Serving", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
+                "Server", "Serving", "Tiler", "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "TestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -2,6 +2,7 @@ import Foundation
 import GeoGrid
 import Logging
 import Raster
+import TestSupport
 import Testing
 
 @testable import Coverage

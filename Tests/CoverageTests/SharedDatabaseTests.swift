@@ -1,32 +1,10 @@
 import Foundation
 import Logging
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import Coverage
-
-/// A condition that did not hold before its deadline.
-struct DeadlinePassed: Error, CustomStringConvertible {
-    let description: String
-}
-
-/// Waits for `condition` to hold, asking every 20 ms: never a fixed sleep. The deadline is
-/// generous: these tests run at low priority beside benchmarks, and a met condition returns at once.
-func eventually(
-    _ what: String, timeout: Duration = .seconds(120), sourceLocation: SourceLocation = #_sourceLocation,
-    _ condition: () async throws -> Bool
-) async throws {
-    let clock = ContinuousClock()
-    let deadline = clock.now + timeout
-    while true {
-        if try await condition() { return }
-        guard clock.now < deadline else {
-            throw DeadlinePassed(
-                description: "waited \(timeout) for \(what) (\(sourceLocation.fileName):\(sourceLocation.line))")
-        }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-}
 
 private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> ExtractJob {
     // Creation times in order: the queue is oldest first.

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import Pyramid
 import Synchronization
+import TestSupport
 import Testing
 import Tiler
 

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Raster
+import TestSupport
 import Testing
 
 @testable import Server

@@ -7,6 +7,7 @@ import Logging
 import Pyramid
 import Raster
 import Server
+import TestSupport
 import Testing
 import Tiler
 

@@ -10,6 +10,7 @@ import PropertyBased
 import Pyramid
 import Raster
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import Server

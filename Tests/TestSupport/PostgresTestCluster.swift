@@ -1,7 +1,6 @@
+import Coverage
 import Foundation
 import Testing
-
-@testable import Coverage
 
 #if canImport(Glibc)
     import Glibc
@@ -14,11 +13,11 @@ import Testing
 ///
 /// Local (socket) connections are trusted, TCP ones need the password: the URL the tests use
 /// goes through TCP with it, so a wrong password is refused as it would be in production.
-actor PostgresTestCluster {
-    static let shared = PostgresTestCluster()
+public actor PostgresTestCluster {
+    public static let shared = PostgresTestCluster()
 
-    static let binaries = "/usr/lib/postgresql/15/bin"
-    static let user = "dallage"
+    public static let binaries = "/usr/lib/postgresql/15/bin"
+    public static let user = "dallage"
 
     struct Running: Sendable {
         /// The cluster's folder: `data/`, the socket, the log, the password file.
@@ -30,7 +29,7 @@ actor PostgresTestCluster {
     private var starting: Task<Running, any Error>?
 
     /// A new, empty database on the cluster (started on first use), as the store connects to it.
-    func newDatabase() async throws -> PostgresLocation {
+    public func newDatabase() async throws -> PostgresLocation {
         let cluster = try await start()
         let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         try await Self.run(
@@ -70,7 +69,7 @@ actor PostgresTestCluster {
                 try FileManager.default.setAttributes([.ownerAccountName: "postgres"], ofItemAtPath: path)
             }
         }
-        let port = try freePort()
+        let port = try freePorts(1)[0]
         let (initdb, initArguments) = serverCommand(
             binaries + "/initdb",
             [
@@ -108,25 +107,6 @@ actor PostgresTestCluster {
             """
         let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
         _ = try spawn(shell, arguments, log: "/dev/null", input: ends[0])
-    }
-
-    /// A TCP port nobody listens on now (the kernel's pick for port 0).
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ClusterError("socket() failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw ClusterError("cannot find a free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// Starts a command with its output appended to `log` and none of this process's other

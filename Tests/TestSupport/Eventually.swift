@@ -2,15 +2,15 @@ import Foundation
 import Testing
 
 /// A condition that did not hold before its deadline.
-struct DeadlinePassed: Error, CustomStringConvertible {
-    let description: String
+public struct DeadlinePassed: Error, CustomStringConvertible {
+    public let description: String
 }
 
 /// Waits for `condition` to hold, asking every 20 ms (or `interval`): the way to wait for what a
 /// server does in the background (a rescan, a metrics hand-over, a job), never a fixed sleep. At
 /// the deadline it fails naming what it waited for, where, and how long.
-func eventually(
-    _ what: String, timeout: Duration = .seconds(30), every interval: Duration = .milliseconds(20),
+public func eventually(
+    _ what: String, timeout: Duration = .seconds(120), every interval: Duration = .milliseconds(20),
     sourceLocation: SourceLocation = #_sourceLocation, _ condition: () async throws -> Bool
 ) async throws {
     let clock = ContinuousClock()
