@@ -315,7 +315,9 @@ final class TileFastLane: ChannelDuplexHandler {
     ) -> (ByteBuffer, ByteBuffer, ByteBuffer?)? {
         let started = DispatchTime.now().uptimeNanoseconds
         guard head.method != nil, head.keepAlive, head.contentLength == 0, !head.authorization, !head.expect,
-            let (route, tile) = buffer.withUnsafeReadableBytes({ FastRoute.parse(UnsafeRawBufferPointer(rebasing: $0[head.target])) })
+            let (route, tile) = buffer.withUnsafeReadableBytes({
+                FastRoute.parse(UnsafeRawBufferPointer(rebasing: $0[head.target]))
+            })
         else { return nil }
         if service.catalog.version != catalog.version { catalog = service.catalog.snapshot() }
         // The router's chain, stopped at the first step that is more than a lookup: anything but
