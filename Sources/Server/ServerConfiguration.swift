@@ -58,6 +58,9 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var extractsDirectory: String?
     /// Seconds a finished extract stays downloadable.
     public var extractTTLSeconds: Double = 86_400
+    /// Seconds a running extract job stays a server's without renewal: a server killed mid-job
+    /// leaves its job to another after at most this long (kept within 1 s…1 h).
+    public var extractJobLeaseSeconds = Double(ExtractSettings.defaultJobLease.components.seconds)
     /// Jobs queued or running per client at once, and bytes of results kept per client.
     public var extractJobsPerClient = 2
     public var extractBytesPerClient = 20 << 30
@@ -109,6 +112,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case leafletPath = "leaflet_path"
         case extractsDirectory = "extracts_dir"
         case extractTTLSeconds = "extract_ttl_seconds"
+        case extractJobLeaseSeconds = "extract_job_lease_seconds"
         case extractJobsPerClient = "extract_jobs_per_client"
         case extractBytesPerClient = "extract_bytes_per_client"
         case extractLimits = "extract_limits"
@@ -143,6 +147,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         leafletPath = try c.decodeIfPresent(String.self, forKey: .leafletPath) ?? d.leafletPath
         extractsDirectory = try c.decodeIfPresent(String.self, forKey: .extractsDirectory)
         extractTTLSeconds = try c.decodeIfPresent(Double.self, forKey: .extractTTLSeconds) ?? d.extractTTLSeconds
+        extractJobLeaseSeconds =
+            try c.decodeIfPresent(Double.self, forKey: .extractJobLeaseSeconds) ?? d.extractJobLeaseSeconds
         extractJobsPerClient = try c.decodeIfPresent(Int.self, forKey: .extractJobsPerClient) ?? d.extractJobsPerClient
         extractBytesPerClient =
             try c.decodeIfPresent(Int.self, forKey: .extractBytesPerClient) ?? d.extractBytesPerClient
@@ -210,6 +216,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         var s = ExtractSettings(directory: extractsPath)
         s.ttlSeconds = extractTTLSeconds
         s.jobsPerClient = extractJobsPerClient
+        let lease = extractJobLeaseSeconds.isNaN ? 30 : min(max(extractJobLeaseSeconds, 1), 3600)
+        s.jobLease = .milliseconds(Int(lease * 1000))
         s.bytesPerClient = extractBytesPerClient
         s.limits = extractLimits
         s.renderGrid = renderGrid

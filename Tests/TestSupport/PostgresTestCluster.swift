@@ -106,44 +106,13 @@ public actor PostgresTestCluster {
             rm -rf \(base)
             """
         let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
-        _ = try spawn(shell, arguments, log: "/dev/null", input: ends[0])
-    }
-
-    /// Starts a command with its output appended to `log` and none of this process's other
-    /// files open: `pg_ctl start` leaves the server running, and a server holding one of our
-    /// pipes would keep a reader of that pipe waiting for its end (Foundation's `Process` waits
-    /// on such a pipe to report termination, hence `posix_spawn` here).
-    /// `input` becomes the command's standard input (else /dev/null).
-    static func spawn(_ executable: String, _ arguments: [String], log: String, input: Int32? = nil) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if let input {
-            posix_spawn_file_actions_adddup2(&actions, input, 0)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        }
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // glibc 2.34's closefrom action, looked up: Swift's Glibc module does not declare it.
-        guard let closeFrom = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
-        else { throw ClusterError("this C library cannot close inherited files in a child (glibc 2.34 or later)") }
-        typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-        _ = unsafeBitCast(closeFrom, to: CloseFrom.self)(&actions, 3)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var pid = pid_t()
-        let status = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-        guard status == 0 else {
-            throw ClusterError("cannot start \(executable): \(String(cString: strerror(status)))")
-        }
-        return pid
+        _ = try ChildProcess.spawn(shell, arguments, log: "/dev/null", input: ends[0])
     }
 
     /// Runs a command to its end without blocking a cooperative thread (the wait is on a thread
     /// of its own); its output goes to `log`, quoted in the error when it fails.
     static func run(_ executable: String, _ arguments: [String], log: String) async throws {
-        let pid = try spawn(executable, arguments, log: log)
+        let pid = try ChildProcess.spawn(executable, arguments, log: log)
         let status = await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
             Thread.detachNewThread {
                 var status: Int32 = 0
