@@ -173,6 +173,56 @@ import Testing
         }
     }
 
+    @Test func aWorkerKilledMidwayAndRunAgainKeepsWhatItHadDone() async throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try GenerationTests.fourShards(in: dir)
+        _ = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
+        }
+        let planFile = dir + "/plan.json"
+        let plan = try Self.plan(sources, store: dir + "/cluster", file: planFile)
+        let total = plan.jobCount
+        let folders = Self.grids.map { PyramidFolder(dir + "/cluster/t/\($0)") }
+        let recorded: @Sendable () -> Int = { folders.reduce(0) { $0 + $1.records().count } }
+
+        // One worker for the whole plan, killed with SIGKILL as soon as its first shard is recorded
+        // (watched every 2 ms from a thread of its own); tried again if the machine is so loaded
+        // that it finished first.
+        var atKill = 0
+        for _ in 0..<3 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Fixture.executable)
+            p.arguments = ["tile", "--plan", planFile, "--worker", "0/1", "--threads", "1"]
+            p.standardError = FileHandle.nullDevice
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            atKill = try await Fixture.onDispatchThread {
+                let seen = Fixture.poll(timeout: 120) { !p.isRunning || recorded() > 0 }
+                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                guard seen else { return 0 }
+                p.waitUntilExit()
+                return p.terminationReason == .uncaughtSignal ? recorded() : total
+            }
+            if atKill >= 1 && atKill < total { break }
+            for f in folders { f.clearRecords() }
+        }
+        try #require(atKill >= 1 && atKill < total, "no worker could be killed midway (\(atKill) of \(total) shards)")
+
+        // Run again, it builds only what was not recorded and leaves the rest as it was.
+        let done = Self.snapshot(dir + "/cluster").filter { $0.key.hasPrefix("t/") && !$0.key.contains("/.") }
+        let output = try await run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "0/1"])
+        #expect(output.contains("\(total - atKill) built, \(atKill) done before, 0 failed"), "\(output)")
+        let after = Self.snapshot(dir + "/cluster")
+        for (path, entry) in done where path.hasSuffix(".tif") || path.contains("/done/") {
+            #expect(after[path] == entry, "\(path) was rewritten")
+        }
+        _ = try await run(Fixture.executable, ["tile", "--plan", planFile, "--finish"])
+        for grid in Self.grids {
+            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
+        }
+    }
+
     @Test func aStalePlanIsRefusedBeforeAnythingIsWritten() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
