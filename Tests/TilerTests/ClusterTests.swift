@@ -173,6 +173,34 @@ import Testing
         }
     }
 
+    @Test func aTrancheOnAClusterRebuildsWhatOneProcessRebuilds() async throws {
+        // Generation 1 in two stores alike, then a dalle added: one process and the cluster
+        // protocol make the same generation 2 (same shards rebuilt, same paths, same bytes).
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let first = try GenerationTests.fourShards(in: dir)
+        let added = try GenerationTests.neighbour(in: dir)
+        for store in ["one", "cluster"] {
+            _ = try await Fixture.onDispatchThread {
+                try Fixture.tile(first, store: dir + "/" + store, grids: Self.grids)
+            }
+        }
+        _ = try await Fixture.onDispatchThread {
+            try Fixture.tile(first + added, store: dir + "/one", grids: Self.grids)
+        }
+        let plan = try Self.plan(first + added, store: dir + "/cluster", file: dir + "/plan.json")
+        #expect(plan.grids.map(\.base) == [1, 1] && plan.grids.map(\.generation) == [2, 2])
+        // Only the shard the new dalle lies in, per grid; the other three are reused.
+        #expect(plan.grids.map(\.jobs.count) == [1, 1] && plan.grids.map(\.reused) == [3, 3])
+        try await Fixture.onDispatchThread {
+            for i in 0..<2 { try Self.runPlan(plan, .worker(try WorkerShare(index: i, count: 2))) }
+            try Self.runPlan(plan, .finish)
+        }
+        for grid in Self.grids {
+            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
+        }
+    }
+
     @Test func aWorkerKilledMidwayAndRunAgainKeepsWhatItHadDone() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
