@@ -10,8 +10,8 @@ import Testing
 /// free ports, every file in a temporary folder, this host as the one node with all its CPUs.
 /// `sbatch`, `squeue` and `scontrol` reach it through `environment` (SLURM_CONF). Stopped by
 /// `stop()`, and when the test process ends however it ends (a watcher waits on a pipe only
-/// this process writes, as `PostgresTestCluster`'s does): jobs cancelled, daemons killed, folder
-/// removed.
+/// this process writes, as `PostgresTestCluster`'s does): jobs cancelled, daemons, job steps and
+/// their programs killed, folder removed.
 ///
 /// Without cgroups (containers rarely delegate them) a single node works with
 /// `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none`; `NoInAddrAny` keeps the
@@ -77,12 +77,10 @@ public final class SlurmTestCluster: Sendable {
             try program("mungekey"), ["--create", "--keyfile=" + key], log: base + "/mungekey.log")
         var pids: [pid_t] = []
         // Whatever happens from here, the daemons started go with the test process.
-        let watcher = try Watcher(base: base)
+        try watch(base: base)
         do {
             func daemon(_ name: String, _ arguments: [String]) throws {
-                let pid = try PostgresTestCluster.spawn(try program(name), arguments, log: base + "/\(name).out")
-                pids.append(pid)
-                watcher.add(pid)
+                pids.append(try PostgresTestCluster.spawn(try program(name), arguments, log: base + "/\(name).out"))
             }
             try daemon(
                 "munged",
@@ -147,7 +145,7 @@ public final class SlurmTestCluster: Sendable {
             }
             return cluster
         } catch {
-            watcher.stopNow()
+            SlurmTestCluster(directory: base, configuration: base + "/slurm.conf", node: "", pids: pids).stop()
             throw error
         }
     }
@@ -198,70 +196,65 @@ public final class SlurmTestCluster: Sendable {
 
     /// Cancels every job, stops the daemons and removes the folder.
     public func stop() {
-        if let scancel = Self.locate("scancel") {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: scancel)
-            p.arguments = ["--full", "--user=root"]
-            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            if (try? p.run()) != nil { p.waitUntilExit() }
-        }
-        for pid in pids.reversed() {
-            kill(pid, SIGKILL)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", Self.cleanup(base: directory, sparing: getpid())]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        if (try? p.run()) != nil { p.waitUntilExit() }
+        // The daemons are this process's children: reap them.
+        for pid in pids {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) == -1, errno == EINTR {}
         }
-        try? FileManager.default.removeItem(atPath: directory)
     }
 
-    /// Stops the daemons started so far when the test process ends, however it ends: a shell
-    /// reading a pipe whose only writer is this process (its end comes with the process's).
-    final class Watcher: @unchecked Sendable {
-        private let writer: Int32
-        private let reader: Int32
-        private let base: String
-        private var pids: [pid_t] = []
-        private var spawned = false
+    /// A shell script that cancels the cluster's jobs (waiting up to 10 s for them to end), then
+    /// kills every process holding a file under `base` (the daemons, each job's slurmstepd with
+    /// its log open) and their descendants (a job's programs: with proctrack/linuxproc nothing
+    /// else would end them), except `sparing`, and removes `base`. Processes are found by what
+    /// they hold, not by name or by a saved id, so nothing else is ever touched.
+    static func cleanup(base: String, sparing: pid_t) -> String {
+        """
+        conf=\(base)/slurm.conf
+        if [ -f "$conf" ]; then
+          SLURM_CONF=$conf scancel --full --user=root 2>/dev/null
+          i=0
+          while [ $i -lt 50 ] && [ -n "$(SLURM_CONF=$conf squeue -h 2>/dev/null)" ]; do sleep 0.2; i=$((i+1)); done
+        fi
+        held=$(for p in /proc/[0-9]*; do ls -l "$p/fd" 2>/dev/null | grep -qF -- '-> \(base)/' && echo "${p#/proc/}"; done | tr '\n' ' ')
+        if [ -n "$held" ]; then
+          # "pid ppid" of every process (the name in /proc/*/stat may hold spaces: cut after its ')').
+          for p in /proc/[0-9]*; do
+            s=$(sed 's/.*) //' "$p/stat" 2>/dev/null) && set -- $s && echo "${p#/proc/} $2"
+          done | awk -v roots="$held" -v spare=\(sparing) '
+            # Membership by `in` only: reading hit[x] would add x to the set.
+            BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) if (r[i] != spare && r[i] > 1) hit[r[i]] = 1 }
+            { pid[NR] = $1; parent[NR] = $2 }
+            END {
+              for (changed = 1; changed;) {
+                changed = 0
+                for (i = 1; i <= NR; i++)
+                  if (!(pid[i] in hit) && (parent[i] in hit) && pid[i] != spare) { hit[pid[i]] = 1; changed = 1 }
+              }
+              for (p in hit) print p
+            }' | xargs -r kill -9 2>/dev/null
+        fi
+        rm -rf \(base)
+        """
+    }
 
-        init(base: String) throws {
-            var ends: [Int32] = [0, 0]
-            guard pipe(&ends) == 0 else { throw HarnessError("pipe() failed: \(String(cString: strerror(errno)))") }
-            for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-            reader = ends[0]
-            writer = ends[1]
-            self.base = base
-        }
-
-        /// Adds a daemon (starting, with the first, the shell that stops them all with this
-        /// process). `stop()` removes the folder and its list with it: the shell then kills
-        /// nothing, not even a process that got a recycled id.
-        func add(_ pid: pid_t) {
-            pids.append(pid)
-            save()
-            guard !spawned else { return }
-            spawned = true
-            // The script reads the list of daemons when it runs, from a file kept up to date.
-            let script = """
-                cat > /dev/null
-                [ -f \(base)/slurm.conf ] && SLURM_CONF=\(base)/slurm.conf scancel --full --user=root 2>/dev/null
-                for p in $(cat \(base)/pids 2>/dev/null); do kill -9 $p 2>/dev/null; done
-                rm -rf \(base)
-                """
-            _ = try? PostgresTestCluster.spawn("/bin/sh", ["-c", script], log: "/dev/null", input: reader)
-            close(reader)
-        }
-
-        /// Records the daemons for the shell.
-        private func save() {
-            try? pids.map(String.init).joined(separator: " ").write(
-                toFile: base + "/pids", atomically: true, encoding: .utf8)
-        }
-
-        /// Kills what was started, at once (a failed start).
-        func stopNow() {
-            for pid in pids { kill(pid, SIGKILL) }
-            try? FileManager.default.removeItem(atPath: base)
-        }
+    /// Cleans up (see `cleanup`) when the test process ends, however it ends: a shell reading a
+    /// pipe whose only writer is this process (its end comes with the process's). Started before
+    /// any daemon.
+    static func watch(base: String) throws {
+        var ends: [Int32] = [0, 0]
+        guard pipe(&ends) == 0 else { throw HarnessError("pipe() failed: \(String(cString: strerror(errno)))") }
+        // Both ends close-on-exec: the writer stays open for the life of this process and in no
+        // child; the reader becomes the watcher's standard input.
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(ends[0]) }
+        let script = "cat > /dev/null\n" + cleanup(base: base, sparing: 0)
+        _ = try PostgresTestCluster.spawn("/bin/sh", ["-c", script], log: "/dev/null", input: ends[0])
     }
 }
