@@ -17,6 +17,9 @@ public struct TileOptions: Sendable {
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
     public var cacheMB = 48
+    /// A worker's share or the finisher of a cluster build: the sources, tileset and grids come
+    /// from its plan (see `ClusterPlan`).
+    public var cluster: ClusterRun?
 
     public init(store: String, tmsDirectory: String) {
         self.store = store
@@ -83,33 +86,63 @@ public final class Tiler {
 
     public func run() throws -> TilingSummary {
         let started = Date()
+        let prepared = try prepare()
+        var summary = prepared.summary
+        if options.dryRun { return summary }
+        // A worker or a finisher checks its plan against the store before writing anything.
+        let finished = try options.cluster.map { try preflight($0, prepared) } ?? []
+
+        // 3. Build, grid by grid.
+        let bad = BadDalles()
+        for (plan, index) in zip(prepared.plans, prepared.plans.indices) where !finished.contains(index) {
+            summary.grids.append(
+                try build(plan, usable: prepared.usable, digest: prepared.index.digest, bad: bad))
+        }
+        for (path, reason) in bad.all.sorted(by: { $0.key < $1.key }) {
+            logger.error("skipped dalle \((path as NSString).lastPathComponent) while tiling: \(reason)")
+            summary.skipped.append((path, reason))
+        }
+        summary.seconds = Date().timeIntervalSince(started)
+        return summary
+    }
+
+    /// The sources, the grids and their plans, and what each plan changes in the store.
+    struct Prepared {
+        /// The grids as asked, with the level limits of a level-limited id.
+        var grids: [(id: String, minZoom: Int?, maxZoom: Int?)]
+        var index: SourceIndex
+        var usable: [SourceEntry]
+        var plans: [GridPlan]
+        var updates: [GridUpdate]
+        var summary: TilingSummary
+    }
+
+    /// Indexes the sources (or takes them from the cluster plan) and plans every grid.
+    func prepare() throws -> Prepared {
         GDAL.setCacheMax(bytes: options.cacheMB << 20)
         // Dalles kept open by the mosaics: a few per worker is enough, and each holds memory and a
         // file descriptor (GDAL's default, 100, grows peak memory with the input).
         if ProcessInfo.processInfo.environment["GDAL_MAX_DATASET_POOL_SIZE"] == nil {
             GDAL.setConfig("GDAL_MAX_DATASET_POOL_SIZE", "\(max(16, 4 * options.threads + 8))")
         }
-        let catalog = try TileMatrixSetCatalog.load(directory: options.tmsDirectory)
-        let gridIDs = options.grids.isEmpty ? definition.grids : options.grids
-        let grids = try gridIDs.map { id in
-            guard let g = catalog.grid(id) else { throw TilerError.unknownGrid(id, known: catalog.sets.keys.sorted()) }
-            return (id: id, g: g)
+        let grids: [(id: String, g: (tms: TileMatrixSet, minZoom: Int?, maxZoom: Int?))]
+        if let cluster = options.cluster {
+            grids = cluster.plan.grids.map { ($0.id, ($0.tileMatrixSet, $0.minZoom, $0.maxZoom)) }
+        } else {
+            let catalog = try TileMatrixSetCatalog.load(directory: options.tmsDirectory)
+            let gridIDs = options.grids.isEmpty ? definition.grids : options.grids
+            grids = try gridIDs.map { id in
+                guard let g = catalog.grid(id) else {
+                    throw TilerError.unknownGrid(id, known: catalog.sets.keys.sorted())
+                }
+                return (id: id, g: g)
+            }
         }
 
         try checkLayer()
 
-        // 1. Source index, cached beside the store.
-        let paths = expandSources(definition.sources)
-        guard !paths.isEmpty else {
-            throw TilerError.noSources("nothing matches \(definition.sources.joined(separator: ", "))")
-        }
-        let indexPath = (tilesetDirectory as NSString).appendingPathComponent(SourceIndex.fileName)
-        progress.start("index", total: paths.count)
-        let index = SourceIndex.build(
-            paths: paths, cache: SourceIndex.load(path: indexPath), threads: options.threads,
-            onProgress: { [progress] _ in progress.advance() })
-        progress.finish()
-        if !options.dryRun { try index.save(path: indexPath) }
+        // 1. Source index, cached beside the store; a cluster's is in its plan.
+        let index = try options.cluster?.plan.verifiedSources() ?? indexSources()
         for e in index.skipped { logger.error("skipping dalle \(e.name): \(e.error ?? "")") }
         let usable = index.usable
         logger.info("\(usable.count) source dalle(s) usable, \(index.skipped.count) skipped")
@@ -129,31 +162,37 @@ public final class Tiler {
                     plan: plan, sources: generationSources(plan, usable: usable), previous: previous,
                     previousSources: previous?.generation.flatMap { folder.sources(generation: $0) }))
         }
-        var summary = TilingSummary(
+        let summary = TilingSummary(
             sources: usable.count, sourcePixels: usable.reduce(0) { $0 + $1.width * $1.height },
             skipped: index.skipped.map { ($0.path, $0.error ?? "") }, grids: [], plans: plans, updates: updates,
             seconds: 0)
-        if options.dryRun { return summary }
-
-        // 3. Build, grid by grid.
-        let bad = BadDalles()
-        for plan in plans {
-            summary.grids.append(try build(plan, usable: usable, digest: index.digest, bad: bad))
-        }
-        for (path, reason) in bad.all.sorted(by: { $0.key < $1.key }) {
-            logger.error("skipped dalle \((path as NSString).lastPathComponent) while tiling: \(reason)")
-            summary.skipped.append((path, reason))
-        }
-        summary.seconds = Date().timeIntervalSince(started)
-        return summary
+        return Prepared(
+            grids: grids.map { ($0.id, $0.g.minZoom, $0.g.maxZoom) }, index: index, usable: usable, plans: plans,
+            updates: updates, summary: summary)
     }
 
-    private func directory(of plan: GridPlan) -> String {
+    /// Indexes the tileset's sources, reusing and updating the cache beside the store.
+    private func indexSources() throws -> SourceIndex {
+        let paths = expandSources(definition.sources)
+        guard !paths.isEmpty else {
+            throw TilerError.noSources("nothing matches \(definition.sources.joined(separator: ", "))")
+        }
+        let indexPath = (tilesetDirectory as NSString).appendingPathComponent(SourceIndex.fileName)
+        progress.start("index", total: paths.count)
+        let index = SourceIndex.build(
+            paths: paths, cache: SourceIndex.load(path: indexPath), threads: options.threads,
+            onProgress: { [progress] _ in progress.advance() })
+        progress.finish()
+        if !options.dryRun { try index.save(path: indexPath) }
+        return index
+    }
+
+    func directory(of plan: GridPlan) -> String {
         (tilesetDirectory as NSString).appendingPathComponent(plan.tms.id)
     }
 
     /// The dalles of a plan as the generation records them.
-    private func generationSources(_ plan: GridPlan, usable: [SourceEntry]) -> GenerationSources {
+    func generationSources(_ plan: GridPlan, usable: [SourceEntry]) -> GenerationSources {
         GenerationSources(
             settings: settings(plan),
             dalles: zip(usable, plan.footprints).map { e, box in
@@ -165,7 +204,7 @@ public final class Tiler {
 
     /// Everything but the dalles that decides a pyramid's bytes: a build with other settings
     /// reuses nothing.
-    private func settings(_ plan: GridPlan) -> String {
+    func settings(_ plan: GridPlan) -> String {
         "grid=\(plan.tms.id) z=\(plan.scheme.minZoom)-\(plan.scheme.maxZoom) bands=\(plan.scheme.levelsPerBand) "
             + "format=\(definition.format.rawValue) quality=\(definition.quality) "
             + "resampling=\(definition.reprojectionResampling.rawValue) overviews=\(definition.overviewResampling.rawValue)"
@@ -179,10 +218,12 @@ public final class Tiler {
         let directory = directory(of: plan)
         let folder = PyramidFolder(directory)
         // One build (or rollback, or gc) of a pyramid at a time; the kernel drops the lock of a
-        // killed process.
-        let lock = try FileLock.build(folder, doing: "this build")
+        // killed process. A cluster's workers build side by side, each in its own files: they
+        // neither take the lock nor remove the others' half-written ones.
+        let worker = options.cluster?.share
+        let lock = worker == nil ? try FileLock.build(folder, doing: "this build") : nil
         defer { withExtendedLifetime(lock) {} }
-        Self.removeTemporaryFiles(in: directory)
+        if worker == nil { Self.removeTemporaryFiles(in: directory) }
         // Read again under the lock: the generation built on is the one current now.
         let previous = try folder.current()
         let sources = generationSources(plan, usable: usable)
@@ -216,7 +257,7 @@ public final class Tiler {
 
         // Shards an interrupted run of this same plan finished.
         var resumed: [TileCoordinate: ShardRecord] = [:]
-        if options.resume {
+        if options.resume || options.cluster != nil {
             let records = folder.records()
             resumed = records.filter { _, r in
                 guard r.plan == planID else { return false }
@@ -225,11 +266,13 @@ public final class Tiler {
                 let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
                 return size == r.bytes
             }
-            if resumed.isEmpty, !records.isEmpty {
+            if options.cluster == nil, resumed.isEmpty, !records.isEmpty {
                 throw TilerError.resumeMismatch(
                     "the sources or settings changed since the interrupted run in \(directory); rerun without --resume")
             }
-            if !resumed.isEmpty { logger.info("\(tms.id): resuming, \(resumed.count) shard(s) already finished") }
+            if !resumed.isEmpty, worker == nil {
+                logger.info("\(tms.id): resuming, \(resumed.count) shard(s) already finished")
+            }
         } else {
             folder.clearRecords()
         }
@@ -256,7 +299,9 @@ public final class Tiler {
         let footprints = RectIndex(Array(zip(plan.footprints, usable)))
         var failed: [String] = []
         var pixelsRead = 0
-        for (b, band) in plan.scheme.bands.enumerated() {
+        // A worker builds its share of the deepest band and leaves the rest to the finisher.
+        let mine: Set<TileCoordinate>? = worker == nil ? nil : options.cluster?.assigned?[plan.tms.id] ?? []
+        for (b, band) in plan.scheme.bands.enumerated() where worker == nil || b == 0 {
             // Reused as they are, unless the file is not what the base generation recorded.
             var rebuild = update.rebuild[b]
             for old in update.reuse[b] {
@@ -271,10 +316,12 @@ public final class Tiler {
                 }
             }
             for s in rebuild { if let r = resumed[s] { add(s, r) } }
-            let todo = rebuild.filter { resumed[$0] == nil }
-            let label = "\(definition.id)/\(tms.id) z\(band.deepest)→\(band.top)"
-            progress.start(label, total: plan.shards[b].count)
-            progress.advance(units: plan.shards[b].count - todo.count)
+            let todo = rebuild.filter { resumed[$0] == nil && mine?.contains($0) != false }
+            let label =
+                (worker.map { "worker \($0) " } ?? "") + "\(definition.id)/\(tms.id) z\(band.deepest)→\(band.top)"
+            let total = mine?.count ?? plan.shards[b].count
+            progress.start(label, total: total)
+            progress.advance(units: total - todo.count)
             let below = b > 0 ? plan.scheme.bands[b - 1] : nil
             let belowShards = Dictionary(
                 shardsNow.filter { below != nil && $0.key.z == below?.top }.map { ($0.key, $0.value.path) },
@@ -407,7 +454,7 @@ public final class Tiler {
 
         // 4. The switch: the new generation's manifest, made current only over the one built on.
         let shards = shardsNow.values.sorted { ($0.z, $0.row, $0.col) < ($1.z, $1.row, $1.col) }
-        if failed.isEmpty || options.keepGoing {
+        if worker == nil, failed.isEmpty || options.keepGoing {
             var manifest = PyramidManifest(
                 tileset: definition.id, tileMatrixSet: tms, tileSize: 256, format: definition.format,
                 quality: definition.quality, resampling: definition.overviewResampling.rawValue,

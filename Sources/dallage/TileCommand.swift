@@ -11,6 +11,9 @@ struct TileCommand: ParsableCommand {
         discussion: """
             With a tileset file:   dallage tile --tileset tilesets/demo.yaml --store store
             Without one:           dallage tile SOURCE... --id ID --tms 2154_5cm --tms PM --store store
+            On a cluster:          dallage tile --tileset T.yaml --store /shared/store --plan-out plan.json
+                                   dallage tile --plan plan.json --worker I/N     (each of N workers, I from 0)
+                                   dallage tile --plan plan.json --finish         (once all workers are done)
             """)
 
     @Argument(help: "Source dalles, folders or glob patterns (when no --tileset is given).")
@@ -18,7 +21,7 @@ struct TileCommand: ParsableCommand {
 
     @Option(help: "Tileset definition (YAML).") var tileset: String?
     @Option(help: "Tileset id (without --tileset).") var id: String?
-    @Option(help: "Store folder.") var store = "store"
+    @Option(help: "Store folder (default: store).") var store: String?
     @Option(name: .customLong("tms"), help: "Grid to build (repeatable): 2154_5cm, PM, 2154_10cm, or G_a_b.")
     var grids: [String] = []
     @Option(help: "Layer this tileset is a vintage of (with --vintage).") var layer: String?
@@ -41,14 +44,63 @@ struct TileCommand: ParsableCommand {
     var dryRun = false
     @Flag(name: .customLong("keep-going"), help: "Exit 0 even when dalles or shards were skipped.")
     var keepGoing = false
+    @Option(
+        name: .customLong("plan-out"),
+        help: "Write the plan of a cluster build to this file and stop (then --plan with --worker, --finish).")
+    var planOut: String?
+    @Option(help: "Run a cluster build's plan (from --plan-out), with --worker or --finish.") var plan: String?
+    @Option(
+        help:
+            "With --plan: build share I (from 0) of N workers (I/N), or auto: from a Slurm array task or a Kubernetes Indexed Job (with --workers)."
+    ) var worker: String?
+    @Option(
+        help:
+            "With --worker auto: the number of workers (required in Kubernetes; under Slurm it must equal the array's)."
+    ) var workers: Int?
+    @Flag(help: "With --plan: check every worker's shards are built, build the bands above and write the manifest.")
+    var finish = false
 
     func run() throws {
         let logger = makeLogger("dallage.tile")
+        if plan != nil || worker != nil || finish || workers != nil {
+            try runPlan(logger: logger)
+            return
+        }
+        let definition = try makeDefinition()
+        let store = try localFolder(self.store ?? "store", command: "tile")
+        var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
+        if let threads { options.threads = max(1, threads) }
+        options.resume = resume
+        options.dryRun = dryRun
+        options.keepGoing = keepGoing
+        options.cacheMB = cacheMB
+        if let planOut {
+            try writePlan(to: planOut, definition: definition, options: options, logger: logger)
+            return
+        }
+
+        let summary: TilingSummary
+        do {
+            summary = try Tiler(definition: definition, options: options, logger: logger).run()
+        } catch {
+            logger.error("\(error)")
+            throw ExitCode(2)
+        }
+        print(Self.report(summary, definition: definition, dryRun: dryRun, store: store))
+        let failed = summary.grids.reduce(0) { $0 + $1.failed.count }
+        if (failed > 0 || !summary.skipped.isEmpty) && !keepGoing { throw ExitCode(1) }
+    }
+
+    /// The tileset from `--tileset` or the sources and `--id`, with the flags that override its
+    /// settings applied; `base` (a plan's tileset) stands in when neither is given.
+    func makeDefinition(base: TilesetDefinition? = nil) throws -> TilesetDefinition {
         var definition: TilesetDefinition
         do {
             if let tileset {
                 definition = try TilesetDefinition.load(path: tileset)
                 if !sources.isEmpty { definition.sources = sources }
+            } else if let base, id == nil, sources.isEmpty {
+                definition = base
             } else {
                 guard let id else { throw ValidationError("give --tileset FILE, or sources with --id ID") }
                 guard !sources.isEmpty else { throw ValidationError("no source given") }
@@ -76,24 +128,7 @@ struct TileCommand: ParsableCommand {
         } catch let e as TilerError {
             throw ValidationError(e.description)
         }
-        let store = try localFolder(self.store, command: "tile")
-        var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
-        if let threads { options.threads = max(1, threads) }
-        options.resume = resume
-        options.dryRun = dryRun
-        options.keepGoing = keepGoing
-        options.cacheMB = cacheMB
-
-        let summary: TilingSummary
-        do {
-            summary = try Tiler(definition: definition, options: options, logger: logger).run()
-        } catch {
-            logger.error("\(error)")
-            throw ExitCode(2)
-        }
-        print(Self.report(summary, definition: definition, dryRun: dryRun, store: store))
-        let failed = summary.grids.reduce(0) { $0 + $1.failed.count }
-        if (failed > 0 || !summary.skipped.isEmpty) && !keepGoing { throw ExitCode(1) }
+        return definition
     }
 
     /// What a build does to one grid's pyramid: the dalles that changed since its current
