@@ -63,4 +63,21 @@ public final class ChildProcess: Sendable {
         return pid
     }
 
+    /// Runs a command to its end without blocking a cooperative thread (the wait is on a thread
+    /// of its own); its output goes to `log`, quoted in the error when it fails.
+    public static func run(_ executable: String, _ arguments: [String], log: String) async throws {
+        let pid = try spawn(executable, arguments, log: log)
+        let status = await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
+            Thread.detachNewThread {
+                var status: Int32 = 0
+                while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+                c.resume(returning: status)
+            }
+        }
+        guard status == 0 else {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            throw HarnessError("\(executable) \(arguments.joined(separator: " ")) failed (\(status)): \(text)")
+        }
+    }
+
 }

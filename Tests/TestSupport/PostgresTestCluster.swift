@@ -32,7 +32,7 @@ public actor PostgresTestCluster {
     public func newDatabase() async throws -> PostgresLocation {
         let cluster = try await start()
         let name = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
-        try await Self.run(
+        try await ChildProcess.run(
             Self.binaries + "/createdb",
             ["-h", cluster.base, "-p", "\(cluster.port)", "-U", Self.user, name], log: cluster.base + "/createdb.log")
         return PostgresLocation(
@@ -76,7 +76,7 @@ public actor PostgresTestCluster {
                 "-D", base + "/data", "-U", user, "--auth-local=trust", "--auth-host=scram-sha-256",
                 "--pwfile=" + base + "/password", "--no-sync",
             ])
-        try await run(initdb, initArguments, log: base + "/initdb.log")
+        try await ChildProcess.run(initdb, initArguments, log: base + "/initdb.log")
         let options = [
             "-p \(port)", "-k \(base)", "-c listen_addresses=127.0.0.1", "-c max_connections=300",
             "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
@@ -84,7 +84,7 @@ public actor PostgresTestCluster {
         let (ctl, ctlArguments) = serverCommand(
             binaries + "/pg_ctl",
             ["-D", base + "/data", "-o", options.joined(separator: " "), "-l", base + "/server.log", "-w", "start"])
-        try await run(ctl, ctlArguments, log: base + "/pg_ctl.log")
+        try await ChildProcess.run(ctl, ctlArguments, log: base + "/pg_ctl.log")
         try watch(base: base)
         return Running(base: base, port: port, password: password)
     }
@@ -107,23 +107,6 @@ public actor PostgresTestCluster {
             """
         let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
         _ = try ChildProcess.spawn(shell, arguments, log: "/dev/null", input: ends[0])
-    }
-
-    /// Runs a command to its end without blocking a cooperative thread (the wait is on a thread
-    /// of its own); its output goes to `log`, quoted in the error when it fails.
-    static func run(_ executable: String, _ arguments: [String], log: String) async throws {
-        let pid = try ChildProcess.spawn(executable, arguments, log: log)
-        let status = await withCheckedContinuation { (c: CheckedContinuation<Int32, Never>) in
-            Thread.detachNewThread {
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) == -1, errno == EINTR {}
-                c.resume(returning: status)
-            }
-        }
-        guard status == 0 else {
-            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            throw ClusterError("\(executable) \(arguments.joined(separator: " ")) failed (\(status)): \(text)")
-        }
     }
 
     struct ClusterError: Error, CustomStringConvertible {

@@ -73,14 +73,14 @@ public final class SlurmTestCluster: Sendable {
         }
         let key = keyDirectory + "/munge.key"
         let socket = base + "/munge/munge.socket"
-        try await PostgresTestCluster.run(
+        try await ChildProcess.run(
             try program("mungekey"), ["--create", "--keyfile=" + key], log: base + "/mungekey.log")
         var pids: [pid_t] = []
         // Whatever happens from here, the daemons started go with the test process.
         try watch(base: base)
         do {
             func daemon(_ name: String, _ arguments: [String]) throws {
-                pids.append(try PostgresTestCluster.spawn(try program(name), arguments, log: base + "/\(name).out"))
+                pids.append(try ChildProcess.spawn(try program(name), arguments, log: base + "/\(name).out"))
             }
             try daemon(
                 "munged",
@@ -255,6 +255,6 @@ public final class SlurmTestCluster: Sendable {
         for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         defer { close(ends[0]) }
         let script = "cat > /dev/null\n" + cleanup(base: base, sparing: 0)
-        _ = try PostgresTestCluster.spawn("/bin/sh", ["-c", script], log: "/dev/null", input: ends[0])
+        _ = try ChildProcess.spawn("/bin/sh", ["-c", script], log: "/dev/null", input: ends[0])
     }
 }
