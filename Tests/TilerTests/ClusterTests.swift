@@ -74,9 +74,7 @@ import Testing
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try GenerationTests.fourShards(in: dir)
-        _ = try await Fixture.onDispatchThread {
-            try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
-        }
+        try await Self.tileInOneProcess(sources, in: dir)
         let plan = try Self.plan(sources, store: dir + "/cluster", file: dir + "/plan.json")
         #expect(plan.grids.map(\.id) == Self.grids)
         #expect(plan.grids.map(\.jobs.count) == [4, 4])
@@ -117,9 +115,7 @@ import Testing
 
         let finished = try await Fixture.onDispatchThread { try Self.runPlan(plan, .finish) }
         #expect(finished.grids.map(\.generation) == [1, 1])
-        for grid in Self.grids {
-            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
-        }
+        try Self.expectTheOneProcessPyramid(in: dir)
 
         // After the finish, a late worker or a second finisher: nothing to do, nothing touched.
         let done = Self.snapshot(dir + "/cluster")
@@ -128,6 +124,20 @@ import Testing
             try Self.runPlan(plan, .finish)
         }
         #expect(Self.snapshot(dir + "/cluster") == done)
+    }
+
+    /// The sources tiled by one process into `<dir>/one`: what the cluster must make.
+    static func tileInOneProcess(_ sources: [String], in dir: String) async throws {
+        _ = try await Fixture.onDispatchThread {
+            try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
+        }
+    }
+
+    /// Each grid of `<dir>/cluster` is the pyramid of `<dir>/one`.
+    static func expectTheOneProcessPyramid(in dir: String) throws {
+        for grid in Self.grids {
+            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
+        }
     }
 
     /// The manifests are the same but for `created`, and every shard file has the CRC listed.
@@ -157,9 +167,7 @@ import Testing
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try GenerationTests.fourShards(in: dir)
-        _ = try await Fixture.onDispatchThread {
-            try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
-        }
+        try await Self.tileInOneProcess(sources, in: dir)
         let planFile = dir + "/plan.json"
         _ = try Self.plan(sources, store: dir + "/cluster", file: planFile)
         async let first = run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "0/2"])
@@ -168,9 +176,7 @@ import Testing
         #expect(outputs.allSatisfy { $0.contains("worker 0/2 of plan") })
         _ = try await run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "1/2"])
         _ = try await run(Fixture.executable, ["tile", "--plan", planFile, "--finish"])
-        for grid in Self.grids {
-            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
-        }
+        try Self.expectTheOneProcessPyramid(in: dir)
     }
 
     @Test func aTrancheOnAClusterRebuildsWhatOneProcessRebuilds() async throws {
@@ -196,18 +202,14 @@ import Testing
             for i in 0..<2 { try Self.runPlan(plan, .worker(try WorkerShare(index: i, count: 2))) }
             try Self.runPlan(plan, .finish)
         }
-        for grid in Self.grids {
-            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
-        }
+        try Self.expectTheOneProcessPyramid(in: dir)
     }
 
     @Test func aWorkerKilledMidwayAndRunAgainKeepsWhatItHadDone() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try GenerationTests.fourShards(in: dir)
-        _ = try await Fixture.onDispatchThread {
-            try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
-        }
+        try await Self.tileInOneProcess(sources, in: dir)
         let planFile = dir + "/plan.json"
         let plan = try Self.plan(sources, store: dir + "/cluster", file: planFile)
         let total = plan.jobCount
@@ -246,9 +248,7 @@ import Testing
             #expect(after[path] == entry, "\(path) was rewritten")
         }
         _ = try await run(Fixture.executable, ["tile", "--plan", planFile, "--finish"])
-        for grid in Self.grids {
-            try Self.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
-        }
+        try Self.expectTheOneProcessPyramid(in: dir)
     }
 
     @Test func aStalePlanIsRefusedBeforeAnythingIsWritten() async throws {

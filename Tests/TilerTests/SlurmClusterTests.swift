@@ -14,9 +14,7 @@ struct SlurmClusterTests {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try GenerationTests.fourShards(in: dir)
-        _ = try await Fixture.onDispatchThread {
-            try Fixture.tile(sources, store: dir + "/one", grids: ClusterTests.grids)
-        }
+        try await ClusterTests.tileInOneProcess(sources, in: dir)
 
         let slurm = try await SlurmTestCluster.start()
         defer { slurm.stop() }
@@ -43,9 +41,7 @@ struct SlurmClusterTests {
         }
         // Four array tasks (a pending array is one record; each task its own once started).
         #expect(try await slurm.states(of: jobs[0]) == Array(repeating: "COMPLETED", count: 4))
-        for grid in ClusterTests.grids {
-            try ClusterTests.expectSamePyramid(dir + "/cluster/t/\(grid)", dir + "/one/t/\(grid)")
-        }
+        try ClusterTests.expectTheOneProcessPyramid(in: dir)
         // Each worker said what it did.
         let logs = Self.logs(dir + "/logs")
         for i in 0..<4 { #expect(logs.contains("worker \(i)/4 of plan"), "\(logs)") }
