@@ -217,7 +217,8 @@ public struct PyramidFolder: Sendable {
     /// Writes through a hidden temporary name and renames, so readers see the old file or the new.
     static func writeAtomically(_ data: Data, to file: String) throws {
         let dir = (file as NSString).deletingLastPathComponent
-        let tmp = (dir as NSString).appendingPathComponent(".\((file as NSString).lastPathComponent).\(getpid()).tmp")
+        let tmp = (dir as NSString).appendingPathComponent(
+            ".\((file as NSString).lastPathComponent).\(ShardWriter.writerToken).tmp")
         try data.write(to: URL(fileURLWithPath: tmp))
         guard rename(tmp, file) == 0 else {
             let why = String(cString: strerror(errno))

@@ -157,12 +157,21 @@ public final class ShardWriter: @unchecked Sendable {
         unlink(spoolPath)
     }
 
-    /// A hidden name beside `path` that no reader takes for a shard.
+    /// A hidden name beside `path` that no reader takes for a shard, and no other writer uses.
     static func temporaryName(for path: String, suffix: String) -> String {
         let dir = (path as NSString).deletingLastPathComponent
         let name = (path as NSString).lastPathComponent
-        return "\(dir)/.\(name).\(getpid()).\(suffix)"
+        return "\(dir)/.\(name).\(writerToken).\(suffix)"
     }
+
+    /// This process among every writer of a shared store: cluster workers on several machines
+    /// can have one process id, and a requeued copy of a worker writes the same shards.
+    static let writerToken: String = {
+        var host = [CChar](repeating: 0, count: 256)
+        let name = gethostname(&host, host.count) == 0 ? String(cString: host) : "host"
+        let safe = name.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }
+        return "\(String(safe.prefix(64)))-\(getpid())-\(String(UInt32.random(in: .min ... .max), radix: 16))"
+    }()
 
     /// Adds one tile. `mask` is the DEFLATE-compressed 1-bit mask, nil when every pixel is valid.
     public func add(

@@ -75,7 +75,7 @@ public enum TiledFootprint {
             {"crs":"\(crs)","level":\(level),"area_m2":\(g.area),"geometry":\(g.geoJSON(precision: 3))}
             """
         let path = (directory as NSString).appendingPathComponent(fileName)
-        let tmp = (directory as NSString).appendingPathComponent(".\(fileName).\(getpid()).tmp")
+        let tmp = (directory as NSString).appendingPathComponent(".\(fileName).\(ShardWriter.writerToken).tmp")
         try Data(text.utf8).write(to: URL(fileURLWithPath: tmp))
         guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
         return g
