@@ -17,6 +17,11 @@ public struct TileOptions: Sendable {
     public var keepGoing = false
     /// GDAL block cache, shared by all workers.
     public var cacheMB = 48
+    /// With an `s3://` store: the folder shards are built in before they are uploaded (default
+    /// the temporary folder, TMPDIR).
+    public var staging: String?
+    /// Where an `s3://` store's endpoint and credentials come from (the AWS variables).
+    public var environment: [String: String] = ProcessInfo.processInfo.environment
 
     public init(store: String, tmsDirectory: String) {
         self.store = store
@@ -79,7 +84,12 @@ public final class Tiler {
         self.progress = progress ?? Progress(logger: logger)
     }
 
-    var tilesetDirectory: String { (options.store as NSString).appendingPathComponent(definition.id) }
+    /// With an `s3://` store, the bucket and the staging folder the build runs in.
+    private var target: BucketTarget?
+
+    var tilesetDirectory: String {
+        ((target?.staging ?? options.store) as NSString).appendingPathComponent(definition.id)
+    }
 
     public func run() throws -> TilingSummary {
         let started = Date()
@@ -89,6 +99,12 @@ public final class Tiler {
         if ProcessInfo.processInfo.environment["GDAL_MAX_DATASET_POOL_SIZE"] == nil {
             GDAL.setConfig("GDAL_MAX_DATASET_POOL_SIZE", "\(max(16, 4 * options.threads + 8))")
         }
+        if case .s3(let bucket, let prefix) = try StoreLocation(parsing: options.store) {
+            target = try BucketTarget(
+                bucket: bucket, prefix: prefix, staging: options.staging ?? NSTemporaryDirectory(),
+                environment: options.environment)
+        }
+        defer { target?.shutdown() }
         let catalog = try TileMatrixSetCatalog.load(directory: options.tmsDirectory)
         let gridIDs = options.grids.isEmpty ? definition.grids : options.grids
         let grids = try gridIDs.map { id in
@@ -99,6 +115,9 @@ public final class Tiler {
         try checkLayer()
 
         // 1. Source index, cached beside the store.
+        if definition.sources.contains(where: { $0.hasPrefix("s3://") }) {
+            try ObjectSources.configureGDAL(environment: options.environment)
+        }
         let paths = expandSources(definition.sources)
         guard !paths.isEmpty else {
             throw TilerError.noSources("nothing matches \(definition.sources.joined(separator: ", "))")
@@ -123,6 +142,10 @@ public final class Tiler {
                 maxZoom: definition.maxZoom ?? grid.g.maxZoom)
             plans.append(plan)
             let folder = PyramidFolder(directory(of: plan))
+            if let target {
+                try BucketPublisher(pyramid: target.pyramid(tileset: definition.id, grid: plan.tms.id), staging: folder)
+                    .pull(records: false)
+            }
             let previous = try folder.current()
             updates.append(
                 GridUpdate.make(
@@ -183,6 +206,19 @@ public final class Tiler {
         let lock = try FileLock.build(folder, doing: "this build")
         defer { withExtendedLifetime(lock) {} }
         Self.removeTemporaryFiles(in: directory)
+        // Into a bucket: the staging folder takes the bucket's state (a fresh copy, under the lock).
+        let remote = target.map {
+            BucketPublisher(pyramid: $0.pyramid(tileset: definition.id, grid: tms.id), staging: folder)
+        }
+        if let remote {
+            try? FileManager.default.removeItem(atPath: folder.path("shards"))
+            try remote.pull(records: options.resume)
+        }
+        /// A shard's size in the store (the bucket's listing, or the file), nil when it is not there.
+        func storedSize(_ relative: String) -> Int? {
+            if let remote { return remote.size(relative) }
+            return (try? FileManager.default.attributesOfItem(atPath: folder.path(relative)))?[.size] as? Int
+        }
         // Read again under the lock: the generation built on is the one current now.
         let previous = try folder.current()
         let sources = generationSources(plan, usable: usable)
@@ -194,7 +230,7 @@ public final class Tiler {
         if let previous, update.isNoChange(previous: previous),
             previous.title == definition.title, previous.abstract == definition.abstract,
             previous.attribution == definition.attribution, previous.publish == definition.publish,
-            folder.missingShards(of: previous).isEmpty
+            (remote?.missingShards(of: previous) ?? folder.missingShards(of: previous)).isEmpty
         {
             // Nothing to build and nothing to say: the current generation stays (a new one
             // listing the same shards would only make servers reload).
@@ -222,8 +258,7 @@ public final class Tiler {
                 guard r.plan == planID else { return false }
                 guard let path = r.path else { return true }
                 // Trust a record only if its file is there with the recorded size.
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
-                return size == r.bytes
+                return storedSize(path) == r.bytes
             }
             if resumed.isEmpty, !records.isEmpty {
                 throw TilerError.resumeMismatch(
@@ -232,6 +267,14 @@ public final class Tiler {
             if !resumed.isEmpty { logger.info("\(tms.id): resuming, \(resumed.count) shard(s) already finished") }
         } else {
             folder.clearRecords()
+            try remote?.clearRecords()
+        }
+        // What the staging folder keeps of each band's shards once uploaded: the coarse levels the
+        // band above reads, down to the level the footprint is traced at when it lies in the band.
+        let traceLevel = TiledFootprint.level(
+            levels: plan.levels, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, tileSize: 256)
+        @Sendable func kept(_ band: ShardScheme.Band) -> Int {
+            (band.top...band.deepest).contains(traceLevel) ? band.deepest - traceLevel : band.deepest - band.top
         }
 
         // The new generation's shards as they become known: reused, resumed, built.
@@ -260,8 +303,7 @@ public final class Tiler {
             // Reused as they are, unless the file is not what the base generation recorded.
             var rebuild = update.rebuild[b]
             for old in update.reuse[b] {
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(old.path)))?[.size] as? Int
-                if size == old.bytes {
+                if storedSize(old.path) == old.bytes {
                     shardsNow[old.coordinate] = old
                     reused += 1
                 } else {
@@ -279,6 +321,11 @@ public final class Tiler {
             let belowShards = Dictionary(
                 shardsNow.filter { below != nil && $0.key.z == below?.top }.map { ($0.key, $0.value.path) },
                 uniquingKeysWith: { a, _ in a })
+            if let remote {
+                try remote.prepare(
+                    band: band, below: below, todo: todo, previous: todo.compactMap { previousShards[$0]?.path },
+                    belowShards: belowShards, keepBelow: below.map(kept) ?? 0, threads: options.threads)
+            }
             // Work items: whole shards, or each shard's parts (so two cores share even one shard).
             let partsPerSide = ShardBuilder.partsPerSide(band)
             let parts = partsPerSide * partsPerSide
@@ -371,8 +418,14 @@ public final class Tiler {
                             plan: planID, path: summary == nil ? nil : relative, bytes: summary?.bytes ?? 0,
                             crc32: String(format: "%08x", summary?.crc32 ?? 0), tiles: summary?.tiles ?? 0,
                             copied: job.copied.load(ordering: .relaxed), encoded: job.encoded.load(ordering: .relaxed))
-                        // On disk, then recorded (resume trusts a record), while the build goes on.
+                        // On disk (and in the bucket), then recorded (resume trusts a record), while
+                        // the build goes on.
+                        let keep = kept(band)
                         durable.then(sync: summary == nil ? nil : folder.path(relative)) {
+                            if let remote {
+                                if summary != nil { try remote.publish(relative, keep: keep) }
+                                try remote.record(record, for: shard)
+                            }
                             try folder.record(record, for: shard)
                         }
                         results.set(slot[shard] ?? 0, (shard, .success((record, job.pixelsRead))))
@@ -384,6 +437,7 @@ public final class Tiler {
                 }
             }
             progress.finish()
+            remote?.dropPrevious(todo.compactMap { previousShards[$0]?.path })
             for (shard, r) in results.values {
                 switch r {
                 case .success(let (record, pixels)):
@@ -422,10 +476,24 @@ public final class Tiler {
             manifest.publish = definition.publish
             manifest.layer = definition.layer
             manifest.vintage = definition.vintage
-            try folder.commit(manifest, sources: sources)
+            if let remote {
+                try remote.commit(manifest, sources: sources)
+                try remote.clearRecords()
+                // The footprint's level of every shard, in the staging folder.
+                if let band = plan.scheme.band(containing: traceLevel) {
+                    try remote.fetchPrefixes(
+                        shards.filter { $0.z == band.top }.map(\.path), keep: kept(band), threads: options.threads)
+                }
+            } else {
+                try folder.commit(manifest, sources: sources)
+            }
             folder.clearRecords()
             // What is really there, from the masks: coverage progress reads it.
             try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)
+            if let remote {
+                try remote.publishFootprint()
+                remote.cleanUp()
+            }
         }
         return TilingSummary.GridResult(
             grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: generation,
@@ -438,7 +506,7 @@ public final class Tiler {
     /// Refuses a layer or vintage that clashes with another tileset of the store (the same layer
     /// and vintage, a layer named like a tileset, a tileset named like a layer), before any work.
     func checkLayer() throws {
-        var others: [String: (layer: String?, vintage: Vintage?)] = [:]
+        var others: [String: (layer: String?, vintage: Vintage?)] = (try target?.layers(except: definition.id)) ?? [:]
         for listing in (try? FolderStore(options.store).list()) ?? [] where listing.tileset != definition.id {
             let dir = FolderStore(options.store).directory(tileset: listing.tileset, grid: listing.grid)
             guard let m = try? PyramidManifest.load(directory: dir) else { continue }

@@ -18,7 +18,10 @@ struct TileCommand: ParsableCommand {
 
     @Option(help: "Tileset definition (YAML).") var tileset: String?
     @Option(help: "Tileset id (without --tileset).") var id: String?
-    @Option(help: "Store folder.") var store = "store"
+    @Option(help: "Store: a folder, or s3://bucket/prefix (endpoint and credentials from the AWS_* variables).")
+    var store = "store"
+    @Option(help: "With an s3:// store, the folder shards are built in before upload (default: TMPDIR).")
+    var staging: String?
     @Option(name: .customLong("tms"), help: "Grid to build (repeatable): 2154_5cm, PM, 2154_10cm, or G_a_b.")
     var grids: [String] = []
     @Option(help: "Layer this tileset is a vintage of (with --vintage).") var layer: String?
@@ -76,13 +79,14 @@ struct TileCommand: ParsableCommand {
         } catch let e as TilerError {
             throw ValidationError(e.description)
         }
-        let store = try localFolder(self.store, command: "tile")
+        let store = try storeName(self.store)
         var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
         if let threads { options.threads = max(1, threads) }
         options.resume = resume
         options.dryRun = dryRun
         options.keepGoing = keepGoing
         options.cacheMB = cacheMB
+        options.staging = staging
 
         let summary: TilingSummary
         do {
