@@ -242,23 +242,98 @@ struct S3TilingTests {
         }
     }
 
-    /// `dallage tile` as a user runs it, with an environment of its own: (status, standard error).
+    /// `dallage` as a user runs it, with an environment of its own: (status, standard error).
     func dallage(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String) {
+        let (status, _, err) = try await dallageOutput(arguments, environment: environment)
+        return (status, err)
+    }
+
+    /// `dallage` as a user runs it: (status, standard output, standard error).
+    func dallageOutput(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String, String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Fixture.executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AWS_") }
         env.merge(environment) { $1 }
         process.environment = env
+        let out = Pipe()
         let err = Pipe()
         process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = out
         try process.run()
         return try await Fixture.onDispatchThread {
-            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            // Standard error on a thread of its own, so neither pipe can fill and stall the program.
+            let errors = DispatchQueue(label: "stderr")
+            nonisolated(unsafe) var errText = ""
+            let group = DispatchGroup()
+            errors.async(group: group) {
+                errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            }
+            let outText = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            group.wait()
             process.waitUntilExit()
-            return (process.terminationStatus, text)
+            return (process.terminationStatus, outText, errText)
         }
+    }
+
+    /// Every file under a folder with its bytes' CRC-32, by relative path.
+    static func tree(_ dir: String) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for case let f as String in FileManager.default.enumerator(atPath: dir)?.allObjects ?? [] {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir + "/" + f, isDirectory: &isDir), !isDir.boolValue else {
+                continue
+            }
+            out[f] = crc(try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f)))
+        }
+        return out
+    }
+
+    @Test func inspectValidateAndExportReadAPyramidInABucket() async throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try Fixture.sample(in: dir + "/src", columns: 2, rows: 2)
+        let (url, prefix) = Self.store()
+        let pyramid = "\(prefix)/t/2154_5cm"
+        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await tile(sources, store: url, staging: dir + "/staging")
+        let environment = try server.environment
+        let target = "\(url)/t/2154_5cm"
+
+        let (s1, json, _) = try await dallageOutput(["inspect", target, "--json"], environment: environment)
+        #expect(s1 == 0)
+        let stored = try await withBucket { try await $0.get(pyramid + "/pyramid.json") }
+        #expect(json == String(decoding: stored.bytes.readableBytesView, as: UTF8.self) + "\n")
+        let (s2, summary, _) = try await dallageOutput(["inspect", target], environment: environment)
+        #expect(s2 == 0 && summary.contains("tileset     t") && summary.contains("* 1 "), "\(summary)")
+
+        let (s3, report, _) = try await dallageOutput(
+            ["validate", target, "--scratch", dir + "/scratch"], environment: environment)
+        let shards = try await manifest(pyramid).shards
+        #expect(s3 == 0 && report.contains("\(shards.count) shard(s) checked, 0 problem(s)"), "\(report)")
+
+        let (s4, _, _) = try await dallageOutput(
+            ["export", target, "--out", dir + "/from-bucket"], environment: environment)
+        #expect(s4 == 0)
+        _ = try await dallageOutput(
+            ["export", dir + "/store/t/2154_5cm", "--out", dir + "/from-folder"], environment: [:])
+        let exported = try Self.tree(dir + "/from-bucket")
+        #expect(!exported.isEmpty)
+        #expect(exported == (try Self.tree(dir + "/from-folder")))
+
+        // A damaged shard and a stray object: both named, exit 1.
+        let damaged = try #require(shards.first)
+        try await withBucket { bucket in
+            try await bucket.put(pyramid + "/" + damaged.path, ByteBuffer(string: "not a shard"))
+            try await bucket.put(pyramid + "/shards/9/9/9.tif", ByteBuffer(string: "stray"))
+        }
+        let (s5, problems, _) = try await dallageOutput(
+            ["validate", target, "--scratch", dir + "/scratch"], environment: environment)
+        #expect(s5 == 1)
+        #expect(problems.contains("PROBLEM \(damaged.path)"), "\(problems)")
+        #expect(problems.contains("PROBLEM shards/9/9/9.tif: in the bucket but listed by no kept generation"))
+        let scratch = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/scratch")) ?? []
+        #expect(scratch.isEmpty, "\(scratch)")
     }
 
     @Test(arguments: ["credentials", "bucket", "endpoint"])
