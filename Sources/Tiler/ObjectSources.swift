@@ -48,5 +48,9 @@ enum ObjectSources {
             break
         }
         if let bundle = value("AWS_CA_BUNDLE") { GDAL.setConfig("CURL_CA_BUNDLE", bundle) }
+        // An endpoint that does not answer fails a dalle (named, skipped) rather than hanging the
+        // run: GDAL's curl has no timeout of its own. The S3 client's bounds, unless set already.
+        if value("GDAL_HTTP_CONNECTTIMEOUT") == nil { GDAL.setConfig("GDAL_HTTP_CONNECTTIMEOUT", "5") }
+        if value("GDAL_HTTP_TIMEOUT") == nil { GDAL.setConfig("GDAL_HTTP_TIMEOUT", "120") }
     }
 }
