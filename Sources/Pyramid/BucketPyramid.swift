@@ -130,9 +130,18 @@ public struct BucketPyramid: Sendable {
             contentType: "application/json")
     }
 
-    /// Deletes the records of a build (its generation is current, or a new build starts afresh).
-    public func clearRecords() async throws(S3Error) {
-        for o in try await bucket.list(prefix: key("done/")) { try await bucket.delete(o.key) }
+    /// Deletes the records of a build (its generation is current, or a new build starts afresh),
+    /// 16 at a time: a region's build leaves tens of thousands.
+    public func clearRecords() async throws {
+        let keys = try await bucket.list(prefix: key("done/")).map(\.key)
+        let bucket = self.bucket
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (i, key) in keys.enumerated() {
+                if i >= 16 { try await group.next() }
+                group.addTask { try await bucket.delete(key) }
+            }
+            try await group.waitForAll()
+        }
     }
 
     /// Makes `manifest` current if the current generation is still `manifest.generation − 1` (none

@@ -336,7 +336,7 @@ struct S3TilingTests {
         #expect(scratch.isEmpty, "\(scratch)")
     }
 
-    @Test(arguments: ["credentials", "bucket", "endpoint"])
+    @Test(arguments: ["credentials", "no credentials", "bucket", "endpoint"])
     func badSettingsAreOneClearLineBeforeAnyWork(_ what: String) async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -348,6 +348,9 @@ struct S3TilingTests {
         case "credentials":
             environment["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
             expected = "check AWS_ACCESS_KEY_ID"
+        case "no credentials":
+            environment["AWS_ACCESS_KEY_ID"] = nil
+            expected = "no credentials: set AWS_ACCESS_KEY_ID"
         case "bucket":
             bucket = "no-such-bucket-\(UUID().uuidString.prefix(8).lowercased())"
             expected = "create the bucket first"
