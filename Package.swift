@@ -40,7 +40,10 @@ let package = Package(
             dependencies: ["CGDAL", "CTurboJPEG", "CWebP", "CZlib", "GeoGrid"]
         ),
         // The store format: pyramid.json, COG shard writer and reader.
-        .target(name: "Pyramid", dependencies: ["GeoGrid", "Raster"]),
+        .target(
+            name: "Pyramid",
+            dependencies: ["GeoGrid", "Raster", "S3", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         // Talking S3: SigV4 signing (pure), the AWS environment, and a client for any S3-compatible
         // endpoint (ranged GET, PUT, multipart upload, list, delete) with typed errors and retries.
         .target(
@@ -59,8 +62,9 @@ let package = Package(
         .target(
             name: "Tiler",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Yams",
+                "Pyramid", "Raster", "GeoGrid", "Yams", "S3",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // Projects, statuses, territories, tiled progress and publication: SQLite through GRDB. What
@@ -114,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "dallage",
             dependencies: [
-                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Serving", "Coverage", "Render",
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "Server", "Serving", "Coverage", "Render", "S3",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -161,7 +165,13 @@ let package = Package(
                 "Coverage", "Raster", "GeoGrid", "TestSupport", .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TilerTests", dependencies: ["Tiler", "Pyramid", "Raster", "GeoGrid", "TestSupport"]),
+        .testTarget(
+            name: "TilerTests",
+            dependencies: [
+                "Tiler", "Pyramid", "Raster", "GeoGrid", "TestSupport", "S3",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "ServerTests",
             dependencies: [

@@ -48,9 +48,23 @@ public enum PyramidValidator {
         let reader: ShardReader
         do { reader = try ShardReader(path: path) } catch { return ["\(error)"] }
         if reader.fileSize != shard.bytes { out.append("size \(reader.fileSize), expected \(shard.bytes)") }
-        let file: [UInt8]
-        do { file = try reader.readAll() } catch { return out + ["\(error)"] }
-        let crc = String(format: "%08x", file.withUnsafeBytes { Deflate.crc32($0) })
+        // The checksum through a 4 MiB buffer: memory does not grow with the shard.
+        var crc32: UInt32 = 0
+        do {
+            let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 16)
+            defer { chunk.deallocate() }
+            var offset = 0
+            while offset < reader.fileSize {
+                let part = UnsafeMutableRawBufferPointer(
+                    rebasing: chunk[0..<min(chunk.count, reader.fileSize - offset)])
+                try reader.read(at: UInt64(offset), into: part)
+                crc32 = Deflate.crc32(UnsafeRawBufferPointer(part), previous: crc32)
+                offset += part.count
+            }
+        } catch {
+            return out + ["\(error)"]
+        }
+        let crc = String(format: "%08x", crc32)
         if crc != shard.crc32 { out.append("checksum \(crc), expected \(shard.crc32)") }
         guard let band = manifest.shardScheme.band(containing: shard.z), band.top == shard.z else {
             return out + ["level \(shard.z) is not the top of a band"]
@@ -79,7 +93,11 @@ public enum PyramidValidator {
                 }
                 // Each stored tile must be a complete stream a client can use as it is.
                 if sampled < 64 {
-                    let bytes = file[Int(off)..<(Int(off) + count)]
+                    var bytes = [UInt8](repeating: 0, count: count)
+                    do { try bytes.withUnsafeMutableBytes { try reader.read(at: off, into: $0) } } catch {
+                        out.append("\(error)")
+                        break
+                    }
                     if manifest.format == .jpeg,
                         !(bytes.count > 4 && bytes.prefix(2).elementsEqual([0xFF, 0xD8])
                             && bytes.suffix(2).elementsEqual([0xFF, 0xD9]))
@@ -88,7 +106,7 @@ public enum PyramidValidator {
                         break
                     }
                     if manifest.format == .webp,
-                        !(bytes.count > 12 && bytes.first == 0x52 && bytes[bytes.startIndex + 8] == 0x57)
+                        !(bytes.count > 12 && bytes.first == 0x52 && bytes[8] == 0x57)
                     {
                         out.append("level \(o) tile \(i) is not a WebP stream")
                         break

@@ -11,17 +11,12 @@ public enum TiledFootprint {
 
     /// Traces the footprint at the finest level whose whole extent fits in `maxPixels` (16 Mpx by
     /// default: ≈ 45 m pixels over a region of 32,000 km², native pixels for a small area), from the decoded masks.
-    public static func trace(_ reader: PyramidReader, maxPixels: Int = 16 << 20) throws -> (Geometry, level: Int) {
+    public static func trace(_ reader: PyramidReader, maxPixels: Int = defaultMaxPixels) throws -> (
+        Geometry, level: Int
+    ) {
         let m = reader.manifest
-        var level = m.minZoom
-        for z in stride(from: m.maxZoom, through: m.minZoom, by: -1) {
-            guard let l = m.limits(z: z) else { continue }
-            let px = (l.maxCol - l.minCol + 1) * (l.maxRow - l.minRow + 1) * m.tileSize * m.tileSize
-            if px <= maxPixels {
-                level = z
-                break
-            }
-        }
+        let level = Self.level(
+            levels: m.levels, minZoom: m.minZoom, maxZoom: m.maxZoom, tileSize: m.tileSize, maxPixels: maxPixels)
         guard let l = m.limits(z: level) else {
             return (Geometry.empty(), level)
         }
@@ -64,6 +59,23 @@ public enum TiledFootprint {
     /// The mask being traced, written by several threads at once, each in rows of its own.
     private struct MaskBand: @unchecked Sendable {
         let base: UnsafeMutablePointer<UInt8>
+    }
+
+    /// The most pixels a trace decodes.
+    public static let defaultMaxPixels = 16 << 20
+
+    /// The level a trace reads: the finest whose whole extent fits in `maxPixels`. A build into
+    /// object storage keeps that level of its shards in its staging folder to trace from.
+    public static func level(
+        levels: [PyramidManifest.LevelLimits], minZoom: Int, maxZoom: Int, tileSize: Int,
+        maxPixels: Int = defaultMaxPixels
+    ) -> Int {
+        for z in stride(from: maxZoom, through: minZoom, by: -1) {
+            guard let l = levels.first(where: { $0.z == z }) else { continue }
+            let px = (l.maxCol - l.minCol + 1) * (l.maxRow - l.minRow + 1) * tileSize * tileSize
+            if px <= maxPixels { return z }
+        }
+        return minZoom
     }
 
     /// Traces and writes the footprint of the pyramid in `directory` (atomically).

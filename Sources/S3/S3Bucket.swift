@@ -126,15 +126,19 @@ public struct S3Bucket: Sendable {
     }
 
     /// Stores `bytes` as one object in one request, and returns its ETag. With `ifNoneMatch: "*"`
-    /// the store refuses to replace an existing object (`preconditionFailed`): such a PUT is not
-    /// retried after a lost connection, since its own first attempt may have landed.
+    /// the store refuses to replace an existing object, with `ifMatch: etag` to replace any object
+    /// but that one (`preconditionFailed`, both honoured by AWS since 2024 and by SeaweedFS): such a
+    /// PUT is not retried after a lost connection, since its own first attempt may have landed.
     @discardableResult
-    public func put(_ key: String, _ bytes: ByteBuffer, ifNoneMatch: String? = nil, contentType: String? = nil)
-        async throws(S3Error) -> String
-    {
+    public func put(
+        _ key: String, _ bytes: ByteBuffer, ifNoneMatch: String? = nil, ifMatch: String? = nil,
+        contentType: String? = nil
+    ) async throws(S3Error) -> String {
         var call = S3Client.Call(
-            operation: "PUT", method: .PUT, bucket: name, key: key, body: bytes, idempotent: ifNoneMatch == nil)
+            operation: "PUT", method: .PUT, bucket: name, key: key, body: bytes,
+            idempotent: ifNoneMatch == nil && ifMatch == nil)
         if let ifNoneMatch { call.headers.append(("if-none-match", ifNoneMatch)) }
+        if let ifMatch { call.headers.append(("if-match", ifMatch)) }
         if let contentType { call.headers.append(("content-type", contentType)) }
         let answer = try await client.send(call)
         return answer.headers.first(name: "etag") ?? ""

@@ -58,10 +58,7 @@ public struct SourceIndex: Sendable, Codable {
                 let i = counter.next()
                 if i >= paths.count { break }
                 let path = paths[i]
-                var st = stat()
-                let exists = stat(path, &st) == 0
-                let size = exists ? Int(st.st_size) : -1
-                let mtime = exists ? Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 : 0
+                let (size, mtime) = Self.fileState(path)
                 if let c = cached[path], c.fileSize == size, c.modified == mtime {
                     results.set(i, c)
                 } else {
@@ -71,6 +68,15 @@ public struct SourceIndex: Sendable, Codable {
             }
         }
         return SourceIndex(entries: results.values)
+    }
+
+    /// A dalle's size and modification time; size −1 when it is not there. Paths of GDAL's virtual
+    /// file systems (`/vsis3/…`) are asked of GDAL.
+    static func fileState(_ path: String) -> (size: Int, modified: Double) {
+        if path.hasPrefix("/vsi") { return VirtualFiles.stat(path) ?? (-1, 0) }
+        var st = stat()
+        guard stat(path, &st) == 0 else { return (-1, 0) }
+        return (Int(st.st_size), Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
     }
 
     /// Opens one dalle and checks it can really be decoded (first and last blocks).

@@ -20,6 +20,11 @@ public struct TileOptions: Sendable {
     /// A worker's share or the finisher of a cluster build: the sources, tileset and grids come
     /// from its plan (see `ClusterPlan`).
     public var cluster: ClusterRun?
+    /// With an `s3://` store: the folder shards are built in before they are uploaded (default
+    /// the temporary folder, TMPDIR).
+    public var staging: String?
+    /// Where an `s3://` store's endpoint and credentials come from (the AWS variables).
+    public var environment: [String: String] = ProcessInfo.processInfo.environment
 
     public init(store: String, tmsDirectory: String) {
         self.store = store
@@ -82,10 +87,17 @@ public final class Tiler {
         self.progress = progress ?? Progress(logger: logger)
     }
 
-    var tilesetDirectory: String { (options.store as NSString).appendingPathComponent(definition.id) }
+    /// With an `s3://` store, the bucket and the staging folder the build runs in.
+    private var target: BucketTarget?
+
+    var tilesetDirectory: String {
+        ((target?.staging ?? options.store) as NSString).appendingPathComponent(definition.id)
+    }
 
     public func run() throws -> TilingSummary {
         let started = Date()
+        try openTarget()
+        defer { target?.shutdown() }
         let prepared = try prepare()
         var summary = prepared.summary
         if options.dryRun { return summary }
@@ -104,6 +116,20 @@ public final class Tiler {
         }
         summary.seconds = Date().timeIntervalSince(started)
         return summary
+    }
+
+    /// With an `s3://` store, connects to the bucket (checked before any work) and sets up the
+    /// staging folder the build runs in; the caller shuts it down.
+    private func openTarget() throws {
+        guard case .s3(let bucket, let prefix) = try StoreLocation(parsing: options.store) else { return }
+        if options.cluster != nil {
+            throw ClusterError(
+                "the cluster protocol (--plan, --worker, --finish) works on a shared folder store; s3:// stores are not supported by it yet"
+            )
+        }
+        target = try BucketTarget(
+            bucket: bucket, prefix: prefix, staging: options.staging ?? NSTemporaryDirectory(),
+            environment: options.environment)
     }
 
     /// The sources, the grids and their plans, and what each plan changes in the store.
@@ -142,6 +168,9 @@ public final class Tiler {
         try checkLayer()
 
         // 1. Source index, cached beside the store; a cluster's is in its plan.
+        if definition.sources.contains(where: { $0.hasPrefix("s3://") }) {
+            try ObjectSources.configureGDAL(environment: options.environment)
+        }
         let index = try options.cluster?.plan.verifiedSources() ?? indexSources()
         for e in index.skipped { logger.error("skipping dalle \(e.name): \(e.error ?? "")") }
         let usable = index.usable
@@ -156,6 +185,10 @@ public final class Tiler {
                 maxZoom: definition.maxZoom ?? grid.g.maxZoom)
             plans.append(plan)
             let folder = PyramidFolder(directory(of: plan))
+            if let target {
+                try BucketPublisher(pyramid: target.pyramid(tileset: definition.id, grid: plan.tms.id), staging: folder)
+                    .pull(records: false)
+            }
             let previous = try folder.current()
             updates.append(
                 GridUpdate.make(
@@ -224,6 +257,19 @@ public final class Tiler {
         let lock = worker == nil ? try FileLock.build(folder, doing: "this build") : nil
         defer { withExtendedLifetime(lock) {} }
         if worker == nil { Self.removeTemporaryFiles(in: directory) }
+        // Into a bucket: the staging folder takes the bucket's state (a fresh copy, under the lock).
+        let remote = target.map {
+            BucketPublisher(pyramid: $0.pyramid(tileset: definition.id, grid: tms.id), staging: folder)
+        }
+        if let remote {
+            try? FileManager.default.removeItem(atPath: folder.path("shards"))
+            try remote.pull(records: options.resume)
+        }
+        /// A shard's size in the store (the bucket's listing, or the file), nil when it is not there.
+        func storedSize(_ relative: String) -> Int? {
+            if let remote { return remote.size(relative) }
+            return (try? FileManager.default.attributesOfItem(atPath: folder.path(relative)))?[.size] as? Int
+        }
         // Read again under the lock: the generation built on is the one current now.
         let previous = try folder.current()
         let sources = generationSources(plan, usable: usable)
@@ -235,7 +281,7 @@ public final class Tiler {
         if let previous, update.isNoChange(previous: previous),
             previous.title == definition.title, previous.abstract == definition.abstract,
             previous.attribution == definition.attribution, previous.publish == definition.publish,
-            folder.missingShards(of: previous).isEmpty
+            (remote?.missingShards(of: previous) ?? folder.missingShards(of: previous)).isEmpty
         {
             // Nothing to build and nothing to say: the current generation stays (a new one
             // listing the same shards would only make servers reload).
@@ -263,8 +309,7 @@ public final class Tiler {
                 guard r.plan == planID else { return false }
                 guard let path = r.path else { return true }
                 // Trust a record only if its file is there with the recorded size.
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
-                return size == r.bytes
+                return storedSize(path) == r.bytes
             }
             if options.cluster == nil, resumed.isEmpty, !records.isEmpty {
                 throw TilerError.resumeMismatch(
@@ -275,6 +320,14 @@ public final class Tiler {
             }
         } else {
             folder.clearRecords()
+            try remote?.clearRecords()
+        }
+        // What the staging folder keeps of each band's shards once uploaded: the coarse levels the
+        // band above reads, down to the level the footprint is traced at when it lies in the band.
+        let traceLevel = TiledFootprint.level(
+            levels: plan.levels, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, tileSize: 256)
+        @Sendable func kept(_ band: ShardScheme.Band) -> Int {
+            (band.top...band.deepest).contains(traceLevel) ? band.deepest - traceLevel : band.deepest - band.top
         }
 
         // The new generation's shards as they become known: reused, resumed, built.
@@ -305,8 +358,7 @@ public final class Tiler {
             // Reused as they are, unless the file is not what the base generation recorded.
             var rebuild = update.rebuild[b]
             for old in update.reuse[b] {
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(old.path)))?[.size] as? Int
-                if size == old.bytes {
+                if storedSize(old.path) == old.bytes {
                     shardsNow[old.coordinate] = old
                     reused += 1
                 } else {
@@ -326,6 +378,11 @@ public final class Tiler {
             let belowShards = Dictionary(
                 shardsNow.filter { below != nil && $0.key.z == below?.top }.map { ($0.key, $0.value.path) },
                 uniquingKeysWith: { a, _ in a })
+            if let remote {
+                try remote.prepare(
+                    band: band, below: below, todo: todo, previous: todo.compactMap { previousShards[$0]?.path },
+                    belowShards: belowShards, keepBelow: below.map(kept) ?? 0, threads: options.threads)
+            }
             // Work items: whole shards, or each shard's parts (so two cores share even one shard).
             let partsPerSide = ShardBuilder.partsPerSide(band)
             let parts = partsPerSide * partsPerSide
@@ -418,8 +475,14 @@ public final class Tiler {
                             plan: planID, path: summary == nil ? nil : relative, bytes: summary?.bytes ?? 0,
                             crc32: String(format: "%08x", summary?.crc32 ?? 0), tiles: summary?.tiles ?? 0,
                             copied: job.copied.load(ordering: .relaxed), encoded: job.encoded.load(ordering: .relaxed))
-                        // On disk, then recorded (resume trusts a record), while the build goes on.
+                        // On disk (and in the bucket), then recorded (resume trusts a record), while
+                        // the build goes on.
+                        let keep = kept(band)
                         durable.then(sync: summary == nil ? nil : folder.path(relative)) {
+                            if let remote {
+                                if summary != nil { try remote.publish(relative, keep: keep) }
+                                try remote.record(record, for: shard)
+                            }
                             try folder.record(record, for: shard)
                         }
                         results.set(slot[shard] ?? 0, (shard, .success((record, job.pixelsRead))))
@@ -431,6 +494,7 @@ public final class Tiler {
                 }
             }
             progress.finish()
+            remote?.dropPrevious(todo.compactMap { previousShards[$0]?.path })
             for (shard, r) in results.values {
                 switch r {
                 case .success(let (record, pixels)):
@@ -469,10 +533,24 @@ public final class Tiler {
             manifest.publish = definition.publish
             manifest.layer = definition.layer
             manifest.vintage = definition.vintage
-            try folder.commit(manifest, sources: sources)
+            if let remote {
+                try remote.commit(manifest, sources: sources)
+                try remote.clearRecords()
+                // The footprint's level of every shard, in the staging folder.
+                if let band = plan.scheme.band(containing: traceLevel) {
+                    try remote.fetchPrefixes(
+                        shards.filter { $0.z == band.top }.map(\.path), keep: kept(band), threads: options.threads)
+                }
+            } else {
+                try folder.commit(manifest, sources: sources)
+            }
             folder.clearRecords()
             // What is really there, from the masks: coverage progress reads it.
             try TiledFootprint.record(try PyramidReader(directory: directory), directory: directory)
+            if let remote {
+                try remote.publishFootprint()
+                remote.cleanUp()
+            }
         }
         return TilingSummary.GridResult(
             grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: generation,
@@ -485,7 +563,7 @@ public final class Tiler {
     /// Refuses a layer or vintage that clashes with another tileset of the store (the same layer
     /// and vintage, a layer named like a tileset, a tileset named like a layer), before any work.
     func checkLayer() throws {
-        var others: [String: (layer: String?, vintage: Vintage?)] = [:]
+        var others: [String: (layer: String?, vintage: Vintage?)] = (try target?.layers(except: definition.id)) ?? [:]
         for listing in (try? FolderStore(options.store).list()) ?? [] where listing.tileset != definition.id {
             let dir = FolderStore(options.store).directory(tileset: listing.tileset, grid: listing.grid)
             guard let m = try? PyramidManifest.load(directory: dir) else { continue }

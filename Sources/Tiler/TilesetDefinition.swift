@@ -142,7 +142,9 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
             throw TilerError.invalidTileset("\(path): \(error)")
         }
         let base = (path as NSString).deletingLastPathComponent
-        def.sources = def.sources.map { $0.hasPrefix("/") ? $0 : (base as NSString).appendingPathComponent($0) }
+        def.sources = def.sources.map {
+            $0.hasPrefix("/") || $0.hasPrefix("s3://") ? $0 : (base as NSString).appendingPathComponent($0)
+        }
         return def
     }
 }
@@ -177,6 +179,10 @@ public func expandSources(_ patterns: [String]) -> [String] {
     var out = Set<String>()
     let exts = Set(["tif", "tiff", "jp2", "vrt", "jpg", "png"])
     for p in patterns {
+        if let objects = ObjectSources.expand(p, extensions: exts) {
+            out.formUnion(objects)
+            continue
+        }
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
             let e = FileManager.default.enumerator(atPath: p)
@@ -197,5 +203,5 @@ public func expandSources(_ patterns: [String]) -> [String] {
             out.insert(p)
         }
     }
-    return out.map { URL(fileURLWithPath: $0).standardizedFileURL.path }.sorted()
+    return out.map { $0.hasPrefix("/vsi") ? $0 : URL(fileURLWithPath: $0).standardizedFileURL.path }.sorted()
 }

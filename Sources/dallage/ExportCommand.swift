@@ -9,31 +9,62 @@ struct ExportCommand: ParsableCommand {
         abstract: "Write a pyramid's tiles as plain files (<out>/<z>/<x>/<y>.<ext>), byte for byte, for static hosting."
     )
 
-    @Argument(help: "Pyramid folder, e.g. store/demo/PM.") var pyramid: String
+    @Argument(help: "Pyramid folder, e.g. store/demo/PM, or s3://bucket/store/demo/PM.") var pyramid: String
     @Option(help: "Output folder.") var out: String
     @Option(name: .customLong("min-zoom")) var minZoom: Int?
     @Option(name: .customLong("max-zoom")) var maxZoom: Int?
 
     func run() throws {
-        let pyramid = try localFolder(self.pyramid, command: "export")
-        let reader = try PyramidReader(directory: pyramid)
-        let m = reader.manifest
-        let ext = m.format.fileExtension
         var written = 0
         var bytes = 0
-        for shard in m.shards {
-            guard let band = m.shardScheme.band(containing: shard.z) else { continue }
-            for z in band.top...band.deepest where z >= (minZoom ?? m.minZoom) && z <= (maxZoom ?? m.maxZoom) {
-                for t in shard.coordinate.descendants(levels: z - band.top).tiles {
-                    guard let data = try reader.tileData(t) else { continue }
-                    let dir = "\(out)/\(t.z)/\(t.col)"
-                    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                    try Data(data).write(to: URL(fileURLWithPath: "\(dir)/\(t.row).\(ext)"))
-                    written += 1
-                    bytes += data.count
+        switch try PyramidArgument(self.pyramid) {
+        case .folder(let pyramid):
+            let m = try PyramidManifest.load(directory: pyramid)
+            for shard in m.shards {
+                let (n, b) = try export(
+                    try ShardReader(path: (pyramid as NSString).appendingPathComponent(shard.path)), shard, m)
+                written += n
+                bytes += b
+            }
+        case .bucket(let name, let prefix):
+            // One shard at a time, fetched into the output folder's scratch file and removed.
+            let command = self
+            (written, bytes) = try withBucketPyramid(name: name, prefix: prefix) { p in
+                guard let m = try await p.currentManifestText()?.manifest else {
+                    throw ValidationError("\(command.pyramid) is not a pyramid (no pyramid.json under it)")
                 }
+                var totals = (0, 0)
+                for shard in m.shards {
+                    let (n, b) = try await p.withShard(shard.path, scratch: command.out) {
+                        try command.export(try ShardReader(path: $0), shard, m)
+                    }
+                    totals = (totals.0 + n, totals.1 + b)
+                }
+                return totals
             }
         }
         print("wrote \(written) tiles, \(bytes) bytes, to \(out)")
+    }
+
+    /// Writes the tiles of one shard in the zoom range; the tiles and bytes written.
+    func export(_ reader: ShardReader, _ shard: PyramidManifest.Shard, _ m: PyramidManifest) throws -> (Int, Int) {
+        guard let band = m.shardScheme.band(containing: shard.z) else { return (0, 0) }
+        var written = 0
+        var bytes = 0
+        for z in band.top...band.deepest where z >= (minZoom ?? m.minZoom) && z <= (maxZoom ?? m.maxZoom) {
+            let up = z - band.top
+            for t in shard.coordinate.descendants(levels: up).tiles {
+                guard
+                    let data = try reader.tile(
+                        overview: band.deepest - z, col: t.col - (shard.col << up), row: t.row - (shard.row << up))
+                else { continue }
+                let dir = "\(out)/\(t.z)/\(t.col)"
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                try Data(data).write(to: URL(fileURLWithPath: "\(dir)/\(t.row).\(m.format.fileExtension)"))
+                written += 1
+                bytes += data.count
+            }
+        }
+        return (written, bytes)
     }
 }

@@ -7,20 +7,36 @@ struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect", abstract: "Summarise a pyramid (STORE/TILESET/GRID).")
 
-    @Argument(help: "Pyramid folder, e.g. store/demo/2154_5cm.") var pyramid: String
+    @Argument(help: "Pyramid folder, e.g. store/demo/2154_5cm, or s3://bucket/store/demo/2154_5cm.")
+    var pyramid: String
     @Flag(help: "Print pyramid.json as it is.") var json = false
 
     func run() throws {
-        let pyramid = try localFolder(self.pyramid, command: "inspect")
         let m: PyramidManifest
-        do { m = try PyramidManifest.load(directory: pyramid) } catch {
-            throw ValidationError("\(pyramid) is not a pyramid (no readable pyramid.json): \(error)")
+        let text: String
+        let history: [GenerationInfo]
+        switch try PyramidArgument(self.pyramid) {
+        case .folder(let pyramid):
+            do { m = try PyramidManifest.load(directory: pyramid) } catch {
+                throw ValidationError("\(pyramid) is not a pyramid (no readable pyramid.json): \(error)")
+            }
+            text =
+                json
+                ? try String(
+                    contentsOfFile: (pyramid as NSString).appendingPathComponent(PyramidManifest.fileName),
+                    encoding: .utf8) : ""
+            history = (try? PyramidFolder(pyramid).history()) ?? []
+        case .bucket(let name, let prefix):
+            let found = try withBucketPyramid(name: name, prefix: prefix) { p in
+                (try await p.currentManifestText(), (try? await p.history()) ?? [])
+            }
+            guard let current = found.0 else {
+                throw ValidationError("\(self.pyramid) is not a pyramid (no pyramid.json under it)")
+            }
+            (text, m, history) = (current.text, current.manifest, found.1)
         }
         if json {
-            print(
-                try String(
-                    contentsOfFile: (pyramid as NSString).appendingPathComponent(PyramidManifest.fileName),
-                    encoding: .utf8))
+            print(text)
             return
         }
         let b = m.bounds
@@ -37,7 +53,6 @@ struct InspectCommand: ParsableCommand {
             shards      \(m.shards.count), \(m.shards.reduce(0) { $0 + $1.tiles }) tiles, \(Progress.bytes(m.shards.reduce(0) { $0 + $1.bytes }))
             created     \(m.created) by \(m.tool), sources \(m.sourcesDigest)
             """)
-        let history = (try? PyramidFolder(pyramid).history()) ?? []
         if history.isEmpty {
             print("generations none (written before generations: format \(m.formatVersion))")
         } else {
@@ -63,11 +78,22 @@ struct ValidateCommand: ParsableCommand {
         commandName: "validate",
         abstract: "Check every shard against pyramid.json (size, checksum, COG layout); non-zero exit on a problem.")
 
-    @Argument(help: "Pyramid folder, e.g. store/demo/PM.") var pyramid: String
+    @Argument(help: "Pyramid folder, e.g. store/demo/PM, or s3://bucket/store/demo/PM.") var pyramid: String
+    @Option(help: "With an s3:// pyramid, where each shard is fetched to be checked (default: TMPDIR).")
+    var scratch: String?
 
     func run() throws {
-        let pyramid = try localFolder(self.pyramid, command: "validate")
-        let (checked, problems) = try PyramidValidator.validate(directory: pyramid)
+        let checked: Int
+        let problems: [PyramidValidator.Problem]
+        switch try PyramidArgument(self.pyramid) {
+        case .folder(let pyramid):
+            (checked, problems) = try PyramidValidator.validate(directory: pyramid)
+        case .bucket(let name, let prefix):
+            let scratch = self.scratch ?? NSTemporaryDirectory()
+            (checked, problems) = try withBucketPyramid(name: name, prefix: prefix) { p in
+                try await p.validate(scratch: scratch)
+            }
+        }
         for p in problems { print("PROBLEM \(p)") }
         print("\(checked) shard(s) checked, \(problems.count) problem(s)")
         if !problems.isEmpty { throw ExitCode(1) }

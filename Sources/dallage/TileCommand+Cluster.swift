@@ -15,7 +15,9 @@ extension TileCommand {
         }
         var options = options
         // Workers run elsewhere and from other folders: they must find the same store.
-        options.store = URL(fileURLWithPath: options.store).standardizedFileURL.path
+        options.store =
+            URL(fileURLWithPath: try localFolder(options.store, command: "tile --plan-out"))
+            .standardizedFileURL.path
         let made: (plan: ClusterPlan, summary: TilingSummary)
         do {
             made = try Tiler(definition: definition, options: options, logger: logger).makePlan()

@@ -21,7 +21,13 @@ struct TileCommand: ParsableCommand {
 
     @Option(help: "Tileset definition (YAML).") var tileset: String?
     @Option(help: "Tileset id (without --tileset).") var id: String?
-    @Option(help: "Store folder (default: store).") var store: String?
+    @Option(
+        help:
+            "Store: a folder, or s3://bucket/prefix (endpoint and credentials from the AWS_* variables; default: store)."
+    )
+    var store: String?
+    @Option(help: "With an s3:// store, the folder shards are built in before upload (default: TMPDIR).")
+    var staging: String?
     @Option(name: .customLong("tms"), help: "Grid to build (repeatable): 2154_5cm, PM, 2154_10cm, or G_a_b.")
     var grids: [String] = []
     @Option(help: "Layer this tileset is a vintage of (with --vintage).") var layer: String?
@@ -67,13 +73,14 @@ struct TileCommand: ParsableCommand {
             return
         }
         let definition = try makeDefinition()
-        let store = try localFolder(self.store ?? "store", command: "tile")
+        let store = try storeName(self.store ?? "store")
         var options = TileOptions(store: store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
         if let threads { options.threads = max(1, threads) }
         options.resume = resume
         options.dryRun = dryRun
         options.keepGoing = keepGoing
         options.cacheMB = cacheMB
+        options.staging = staging
         if let planOut {
             try writePlan(to: planOut, definition: definition, options: options, logger: logger)
             return
