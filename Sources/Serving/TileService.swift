@@ -134,6 +134,7 @@ public final class TileService: Sendable {
     /// Tiles this service answered through the fast lane (also in /healthz; the Prometheus
     /// counter is process-wide).
     public let fastLaneAnswers = Atomic<Int>(0)
+    private let laterReads = Mutex<(@Sendable (ResolvedTile, TileResponse) -> Void)?>(nil)
 
     public init(catalog: PyramidCatalog, settings: ServingSettings, gate: PublicationGate? = nil, logger: Logger) {
         self.catalog = catalog
@@ -351,14 +352,29 @@ public final class TileService: Sendable {
         }
     }
 
-    /// The stored stream of a tile, waiting for the store when it answers later.
+    /// The stored stream of a tile, waiting for the store when it answers later. A tile that came
+    /// later (from an object store) is handed to the observer set with ``onLaterRead(_:)``.
     public func read(_ t: ResolvedTile) async throws(ServingError) -> TileResponse? {
+        let read = readNow(t, allocator: Self.allocator)
+        guard case .later = read else {
+            // Failures of a read at once were reported by `readNow`.
+            do { return try await read.value().map { response(t, $0) } } catch { throw ServingError(error) }
+        }
         do {
-            return try await readNow(t, allocator: Self.allocator).value().map { response(t, $0) }
+            guard let stored = try await read.value() else { return nil }
+            let r = response(t, stored)
+            laterReads.withLock { $0 }?(t, r)
+            return r
         } catch {
             report(error)
             throw ServingError(error)
         }
+    }
+
+    /// Called with every stored tile read later (from an object store) by ``read(_:)``: the server
+    /// keeps it where its fast lane finds it, so the next request for it is answered from memory.
+    public func onLaterRead(_ observer: @escaping @Sendable (ResolvedTile, TileResponse) -> Void) {
+        laterReads.withLock { $0 = observer }
     }
 
     /// The stored stream of a tile without waiting: read into a buffer of `allocator` at once from
@@ -386,12 +402,13 @@ public final class TileService: Sendable {
     }
 
     /// Logs a shard failure once per shard (the reader marks the later ones `repeated`), whichever
-    /// path met it first.
+    /// path met it first; a passing one (no descriptor left, an object store's timeout) as a warning.
     public func report(_ e: ShardError) {
         if e.transient {
-            logger.warning("cannot open a shard now: \(e)")
+            // A store's outage is marked `repeated` after its first failure for a while.
+            if !e.repeated { logger.warning("cannot read a shard now: \(e)") }
         } else if !e.repeated {
-            logger.error("unreadable shard, its tiles fail until it changes on disk: \(e)")
+            logger.error("unreadable shard, its tiles fail until it changes in the store: \(e)")
         }
     }
 
