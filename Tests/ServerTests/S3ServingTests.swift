@@ -8,6 +8,7 @@ import Pyramid
 import Raster
 import S3
 import Server
+import Serving
 import TestSupport
 import Testing
 
@@ -256,6 +257,51 @@ struct S3ServingTests {
                 #expect(try await Self.get(client, uri("PM", pmUpper.z, pmUpper.minCol, pmUpper.minRow)).status == .ok)
                 #expect(try await Self.get(client, "/tiles/pcrs/2154_5cm/tilejson.json").status == .ok)
             }
+        }
+    }
+
+    /// Extracts, the source dalles' list and coverage's footprints read the bucket as they read
+    /// the folder.
+    @Test func extractsDallesAndFootprintsReadTheBucket() async throws {
+        let prefix = try await Self.uploaded()
+        let triangle = RenderAndExtractTests.triangle.replacingOccurrences(of: "\n", with: "")
+        let geometry = triangle.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+        @Sendable func answers(_ client: some TestClientProtocol) async throws -> (checksums: String, dalles: String) {
+            let body = #"{"tileset":"pcrs","geometry":\#(triangle),"format":"cog"}"#
+            let extract = try await client.execute(uri: "/api/extracts", method: .post, body: ByteBuffer(string: body))
+            {
+                r in
+                #expect(r.status == .ok, "\(String(buffer: r.body))")
+                return Data(r.body.readableBytesView)
+            }
+            let path = NSTemporaryDirectory() + "extract-s3-\(UUID().uuidString).tif"
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            try extract.write(to: URL(fileURLWithPath: path))
+            let (_, info) = try await ServerFixture.run("/usr/bin/gdalinfo", ["-checksum", path])
+            let checksums = info.split(separator: "\n").filter { $0.contains("Checksum=") || $0.hasPrefix("Size is") }
+            let dalles = try await client.execute(
+                uri: "/api/extracts/dalles?tileset=pcrs&geometry=\(geometry)", method: .get
+            ) {
+                r in
+                #expect(r.status == .ok, "\(String(buffer: r.body))")
+                return String(buffer: r.body)
+            }
+            return (checksums.joined(separator: "\n"), dalles)
+        }
+        try await Self.withStore(prefix) { store in
+            let local = try await ServerFixture.app(store: folder).test(.router) { try await answers($0) }
+            let remote = try await ServerFixture.app(
+                store: "s3://\(SeaweedFS.bucketName)/\(prefix)", reading: store
+            ).test(.router) { try await answers($0) }
+            #expect(remote.checksums == local.checksums && local.checksums.contains("Checksum="), "\(remote.checksums)")
+            #expect(remote.dalles == local.dalles && local.dalles.contains("-LA93-0M05-RVB.tif"), "\(remote.dalles)")
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            let catalog = PyramidCatalog(store: store, logger: logger)
+            let fromBucket = try #require(try StoreFootprints(catalog: catalog).footprint(of: "pcrs"))
+            let fromFolder = try #require(try StoreFootprints(store: folder).footprint(of: "pcrs"))
+            #expect(fromBucket.area > 0 && abs(fromBucket.area - fromFolder.area) < 1e-6)
+            #expect(StoreFootprints(catalog: catalog).tilesets() == ["pcrs"])
         }
     }
 
