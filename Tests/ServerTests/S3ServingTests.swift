@@ -140,6 +140,12 @@ struct S3ServingTests {
                 }
                 #expect(present > 10)
                 #expect(store.counters.indexGets == shardsSeen.count)
+                // /healthz says the same (bench/s3 reads it there).
+                let health = try await client.execute(uri: "/healthz", method: .get) { r in
+                    (try JSONSerialization.jsonObject(with: Data(r.body.readableBytesView)) as? [String: Any])?["s3"]
+                        as? [String: Int]
+                }
+                #expect(health?["index_gets"] == shardsSeen.count && health?["tile_gets"] == present)
                 // Asked again: answered from memory, no GET.
                 let before = store.counters.gets
                 let l = try #require(manifest.limits(z: manifest.maxZoom))
