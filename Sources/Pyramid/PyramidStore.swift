@@ -63,6 +63,16 @@ public protocol PyramidSource: AnyObject, Sendable {
 
     /// The tiled footprint (Lambert-93) the tiler wrote beside the manifest, nil when there is none.
     func tiledFootprint() throws -> Geometry?
+
+    /// Whether reads may wait on the network (an object store): then the methods that may block
+    /// must not be called where nothing may wait (an event loop), and are better run off the
+    /// cooperative threads.
+    var answersLater: Bool { get }
+}
+
+extension PyramidSource {
+    /// A local store answers at once.
+    public var answersLater: Bool { false }
 }
 
 /// A source whose tiles are made from others (a layer's stacked view), never stored: readers

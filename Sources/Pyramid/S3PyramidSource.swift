@@ -78,6 +78,9 @@ public final class S3PyramidSource: PyramidSource {
         "\"\(shard.crc32)-\(loc.overview)-\(loc.col)-\(loc.row)-\(count)\""
     }
 
+    /// Every read goes over the network.
+    public var answersLater: Bool { true }
+
     // MARK: - Stored tiles, without blocking
 
     public func storedTile<Bytes: Sendable>(_ tile: TileCoordinate, into allocate: @escaping TileAllocator<Bytes>)

@@ -345,11 +345,38 @@ public final class TileService: Sendable {
     public func tile(_ r: TileRequest, viewer: Viewer, strictLimits: Bool) async throws(ServingError) -> TileResponse? {
         let t = try resolve(r, in: catalog.snapshot(), strictLimits: strictLimits)
         var memo = PublicationMemo()
-        switch try answer(t, viewer: viewer, memo: &memo) {
+        let found: TileAnswer?
+        if answersLater(t) {
+            // Lookups first; decoding (which waits for the store) on a Dispatch thread, not on
+            // one of the few cooperative threads that serve every other request.
+            if let quick = try answer(t, viewer: viewer, memo: &memo, quick: true) {
+                found = quick
+            } else {
+                let result = await withCheckedContinuation {
+                    (done: CheckedContinuation<Result<TileAnswer?, ServingError>, Never>) in
+                    DispatchQueue.global().async {
+                        var memo = PublicationMemo()
+                        done.resume(
+                            returning: Result { () throws(ServingError) -> TileAnswer? in
+                                try self.answer(t, viewer: viewer, memo: &memo)
+                            })
+                    }
+                }
+                found = try result.get()
+            }
+        } else {
+            found = try answer(t, viewer: viewer, memo: &memo)
+        }
+        switch found {
         case .stored(let t)?: return try await read(t)
         case .made(let response)?: return response
         case .empty?, nil: return nil
         }
+    }
+
+    /// Whether the tile's pyramid (or any vintage under a stacked view) reads over the network.
+    private func answersLater(_ t: ResolvedTile) -> Bool {
+        t.stack?.pyramids.contains { $0.source.answersLater } ?? t.pyramid.source.answersLater
     }
 
     /// The stored stream of a tile, waiting for the store when it answers later. A tile that came
@@ -483,6 +510,8 @@ public final class TileService: Sendable {
                 }
             }
             if layers.isEmpty, clip == nil, t.tile.z <= p.manifest.maxZoom {
+                // Reading the mask would wait for an object store: not on an event loop.
+                if quick && p.source.answersLater { return nil }
                 // Still on top: a whole tile here is the answer as it is stored.
                 let cover: TileCover
                 do {
