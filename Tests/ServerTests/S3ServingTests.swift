@@ -109,6 +109,50 @@ struct S3ServingTests {
         }
     }
 
+    /// A pyramid whose manifest is replaced in the bucket (a new generation) is reloaded by the
+    /// next rescan; one that appears is served, without a restart.
+    @Test func rescansSeeARebuiltAndANewPyramid() async throws {
+        let prefix = try await Self.uploaded()
+        let server = try #require(SeaweedFS.current)
+        let path = folder + "/pcrs/2154_5cm/pyramid.json"
+        var manifest = try JSONDecoder().decode(
+            PyramidManifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+        manifest.title = "PCRS rebuilt"
+        let rebuilt = try JSONEncoder().encode(manifest)
+        manifest.tileset = "other"
+        let other = manifest
+        try await Self.withStore(prefix) { store in
+            try await ServerFixture.app(store: "s3://\(SeaweedFS.bucketName)/\(prefix)", reading: store).test(.router) {
+                client in
+                #expect(try await Self.get(client, "/tiles/other/2154_5cm/tilejson.json").status != .ok)
+                try await S3Client.withClient(configuration: server.configuration) { s3 in
+                    let bucket = s3.bucket(SeaweedFS.bucketName)
+                    try await bucket.put("\(prefix)/pcrs/2154_5cm/pyramid.json", ByteBuffer(bytes: rebuilt))
+                    // The same pyramid under another tileset id: its shards are where the manifest says.
+                    for shard in other.shards {
+                        try await bucket.upload(
+                            file: folder + "/pcrs/2154_5cm/\(shard.path)", to: "\(prefix)/other/2154_5cm/\(shard.path)")
+                    }
+                    try await bucket.put(
+                        "\(prefix)/other/2154_5cm/pyramid.json", ByteBuffer(bytes: try JSONEncoder().encode(other)))
+                }
+                try await eventually("the rebuilt manifest to be served") {
+                    String(
+                        decoding: try await Self.get(client, "/wmts/1.0.0/WMTSCapabilities.xml").bytes, as: UTF8.self
+                    )
+                    .contains("PCRS rebuilt")
+                }
+                try await eventually("the new pyramid to be served") {
+                    try await Self.get(client, "/tiles/other/2154_5cm/tilejson.json").status == .ok
+                }
+                let t = ServerFixture.innerTile
+                let a = try await Self.get(client, "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg")
+                let b = try await Self.get(client, "/tiles/other/2154_5cm/22/\(t.col)/\(t.row).jpg")
+                #expect(a.status == .ok && a == b)
+            }
+        }
+    }
+
     @Test func oneGetPerColdTileOnceTheShardIndexIsKnown() async throws {
         let prefix = try await Self.uploaded()
         let manifest = try PyramidReader(directory: folder + "/pcrs/2154_5cm").manifest
