@@ -39,10 +39,16 @@ public struct OpenedStore: Sendable {
                 "store '\(location)': an s3:// store needs an extracts folder (extracts_dir: in the configuration or DALLAGE_EXTRACTS_DIR: a local or shared folder for extract results)"
             )
         }
-        let s3: S3Configuration
+        var s3: S3Configuration
         do { s3 = try S3Configuration(environment: environment) } catch {
             throw StoreStartError("store '\(location)': \(error)")
         }
+        // A tile request waits for its GETs: a store that stalls is given up on in seconds (a
+        // shard's head, the largest read, is about 350 kB), not in the minutes a tiler's upload
+        // of a large part may need.
+        s3.readTimeout = Self.readTimeout
+        s3.requestTimeout = Self.requestTimeout
+        s3.maxAttempts = Self.maxAttempts
         var settings = S3StoreSettings()
         settings.indexCacheBytes = max(0, configuration.shardIndexCacheBytes)
         if let cache = configuration.tileDiskCache {
@@ -65,6 +71,11 @@ public struct OpenedStore: Sendable {
         }
         return OpenedStore(store: store, client: client)
     }
+
+    /// How long a GET may stall, take in all, and how often it is tried, for a server.
+    public static let readTimeout: Duration = .seconds(10)
+    public static let requestTimeout: Duration = .seconds(20)
+    public static let maxAttempts = 3
 
     /// Closes the S3 client's connections, if any.
     public func close() async {

@@ -462,3 +462,22 @@ struct S3ServingTests {
         }
     }
 }
+
+/// The S3 settings of the server's configuration, read from a file and the environment.
+struct S3ConfigurationTests {
+    @Test func diskCacheIndexCacheAndExtractsFolderAreRead() throws {
+        let path = NSTemporaryDirectory() + "dallage-\(UUID().uuidString).yaml"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try
+            "store: s3://ortho/hdf\ntile_disk_cache: {path: /var/cache/dallage, bytes: 1048576}\nshard_index_cache_bytes: 4096\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let file = try ServerConfiguration.load(path: path)
+        #expect(file.tileDiskCache == ServerConfiguration.DiskCache(path: "/var/cache/dallage", bytes: 1 << 20))
+        #expect(file.shardIndexCacheBytes == 4096 && file.storeIsObjectStore)
+        #expect(ServerConfiguration().tileDiskCache == nil && !ServerConfiguration().storeIsObjectStore)
+        let merged = file.merged(environment: ["DALLAGE_EXTRACTS_DIR": "/srv/extracts"], flags: .init())
+        #expect(merged.extractsDirectory == "/srv/extracts" && merged.extractsPath == "/srv/extracts")
+        try "tile_disk_cache: {path: /tmp/x, bytes: 0}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(throws: (any Error).self) { try ServerConfiguration.load(path: path) }
+    }
+}
