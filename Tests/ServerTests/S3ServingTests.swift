@@ -279,8 +279,13 @@ struct S3ServingTests {
         @Sendable func uri(_ grid: String, _ z: Int, _ col: Int, _ row: Int) -> String {
             "/tiles/pcrs/\(grid)/\(z)/\(col)/\(row).jpg"
         }
+        let logged = CollectedLogs()
+        var logger = Logger(label: "test") { _ in logged }
+        logger.logLevel = .warning
         try await Self.withStore(prefix) { store in
-            try await ServerFixture.app(store: "s3://\(SeaweedFS.bucketName)/\(prefix)", reading: store).test(.live) {
+            try await ServerFixture.app(
+                store: "s3://\(SeaweedFS.bucketName)/\(prefix)", reading: store, logger: logger
+            ).test(.live) {
                 client in
                 // A shard whose index is known, then deleted: its other tiles fail.
                 #expect(try await Self.get(client, uri("2154_5cm", a.z, a.col, a.row)).status == .ok)
@@ -306,6 +311,11 @@ struct S3ServingTests {
                 #expect(try await Self.get(client, uri("2154_5cm", upper.z, upper.minCol, upper.minRow)).status == .ok)
                 #expect(try await Self.get(client, uri("PM", pmUpper.z, pmUpper.minCol, pmUpper.minRow)).status == .ok)
                 #expect(try await Self.get(client, "/tiles/pcrs/2154_5cm/tilejson.json").status == .ok)
+                // Each broken shard is logged once, naming it, however often its tiles are asked.
+                for key in deleted {
+                    let lines = logged.messages.filter { $0.contains("unreadable shard") && $0.contains(key) }
+                    #expect(lines.count == 1, "\(key): \(logged.messages)")
+                }
             }
         }
     }

@@ -44,9 +44,11 @@ enum ServerFixture {
         return dir
     }
 
-    /// A server on the folder `store`, or on `reading` (an `s3://` store) when given.
+    /// A server on the folder `store`, or on `reading` (an `s3://` store) when given; quiet unless
+    /// given a `logger`.
     static func app(
-        store: String, reading: (any PyramidStore)? = nil, configure: (inout ServerConfiguration) -> Void = { _ in }
+        store: String, reading: (any PyramidStore)? = nil, logger given: Logger? = nil,
+        configure: (inout ServerConfiguration) -> Void = { _ in }
     ) throws
         -> some ApplicationProtocol
     {
@@ -60,7 +62,7 @@ enum ServerFixture {
         configure(&c)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try buildApplication(configuration: c, store: reading, logger: logger)
+        return try buildApplication(configuration: c, store: reading, logger: given ?? logger)
     }
 
     /// Tiles this server's fast lane has answered so far (from /healthz: the Prometheus counter
