@@ -39,10 +39,15 @@ let package = Package(
             name: "Raster",
             dependencies: ["CGDAL", "CTurboJPEG", "CWebP", "CZlib", "GeoGrid"]
         ),
-        // The store format: pyramid.json, COG shard writer and reader.
+        // The store format: pyramid.json, COG shard writer and reader, and the stores behind one
+        // protocol: a local folder, an S3-compatible bucket (through the S3 target).
         .target(
             name: "Pyramid",
-            dependencies: ["GeoGrid", "Raster", "S3", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "GeoGrid", "Raster", "S3",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // Talking S3: SigV4 signing (pure), the AWS environment, and a client for any S3-compatible
         // endpoint (ranged GET, PUT, multipart upload, list, delete) with typed errors and retries.
@@ -98,7 +103,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "Serving", "Yams",
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "Serving", "S3", "Yams",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -186,6 +186,12 @@ public final class PyramidReader: Sendable {
             return (bytes, try r.maskTile(overview: loc.overview, col: loc.col, row: loc.row))
         }
         guard let (stored, mask) = read else { return nil }
+        return try Self.decode(stored, mask: mask, manifest: manifest)
+    }
+
+    /// A stored tile (a JPEG or WebP stream) and its stored mask as RGBA pixels, alpha from the
+    /// mask (255 where there is none): what every store's `decodeTile` returns.
+    public static func decode(_ stored: [UInt8], mask: [UInt8]?, manifest: PyramidManifest) throws -> [UInt8] {
         let size = manifest.tileSize
         var out = [UInt8](repeating: 255, count: size * size * 4)
         try out.withUnsafeMutableBufferPointer { p in

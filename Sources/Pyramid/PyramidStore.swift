@@ -63,6 +63,16 @@ public protocol PyramidSource: AnyObject, Sendable {
 
     /// The tiled footprint (Lambert-93) the tiler wrote beside the manifest, nil when there is none.
     func tiledFootprint() throws -> Geometry?
+
+    /// Whether reads may wait on the network (an object store): then the methods that may block
+    /// must not be called where nothing may wait (an event loop), and are better run off the
+    /// cooperative threads.
+    var answersLater: Bool { get }
+}
+
+extension PyramidSource {
+    /// A local store answers at once.
+    public var answersLater: Bool { false }
 }
 
 /// A source whose tiles are made from others (a layer's stacked view), never stored: readers
@@ -93,16 +103,24 @@ public struct PyramidListing: Sendable, Hashable {
     }
 }
 
-/// Where pyramids are kept: `<tileset>/<grid>/pyramid.json` and its shards. Today a local folder;
-/// an object store is the next implementation. Readers find pyramids through `list()` and shards
-/// only through a manifest.
+/// Where pyramids are kept: `<tileset>/<grid>/pyramid.json` and its shards, in a local folder
+/// (`FolderStore`) or an S3-compatible bucket (`S3Store`). Readers find pyramids through `list()`
+/// and shards only through a manifest.
 public protocol PyramidStore: Sendable {
     /// The store as the user named it (a folder path, an `s3://` URL).
     var location: String { get }
-    /// The pyramids there now.
+    /// The pyramids there now. May block (an object store answers over the network).
     func list() throws -> [PyramidListing]
-    /// Opens one; `openShards` bounds the shards kept open at once.
+    /// Opens one; `openShards` bounds the shards kept open at once. May block.
     func open(_ pyramid: PyramidListing, openShards: Int) throws -> any PyramidSource
+    /// A small file of the store by its path relative to the store (`<tileset>/sources.json`),
+    /// nil when there is none. May block.
+    func read(_ relativePath: String) throws -> Data?
+}
+
+extension PyramidStore {
+    /// A store without files beside its pyramids.
+    public func read(_ relativePath: String) throws -> Data? { nil }
 }
 
 /// A store in a local folder: listing reads directories and stats manifests; tiles are read with
@@ -134,6 +152,12 @@ public struct FolderStore: PyramidStore {
 
     public func open(_ pyramid: PyramidListing, openShards: Int) throws -> any PyramidSource {
         try PyramidReader(directory: directory(tileset: pyramid.tileset, grid: pyramid.grid), openLimit: openShards)
+    }
+
+    public func read(_ relativePath: String) throws -> Data? {
+        let path = (location as NSString).appendingPathComponent(relativePath)
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        return try Data(contentsOf: URL(fileURLWithPath: path))
     }
 }
 

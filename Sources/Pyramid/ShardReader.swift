@@ -34,6 +34,24 @@ public final class ShardReader: @unchecked Sendable {
         public var offsets: [UInt64]
         public var byteCounts: [UInt64]
         public var tilesAcross: Int { (width + tileWidth - 1) / tileWidth }
+
+        /// Where tile (`col`, `row`) lies in a file of `fileSize` bytes; nil when the tile is
+        /// absent. A range past the end throws (a truncated or replaced file).
+        public func range(col: Int, row: Int, fileSize: Int, path: String) throws -> (offset: UInt64, count: Int)? {
+            let across = tilesAcross
+            guard col >= 0, row >= 0, col < across, row < (height + tileHeight - 1) / tileHeight else {
+                return nil
+            }
+            let i = row * across + col
+            guard i < offsets.count, i < byteCounts.count else { return nil }
+            let offset = offsets[i]
+            let count = byteCounts[i]
+            if offset == 0 || count == 0 { return nil }
+            guard count <= UInt64(fileSize), offset <= UInt64(fileSize) - count else {
+                throw ShardError(path: path, reason: "tile \(col),\(row) lies past the end of the file (truncated?)")
+            }
+            return (offset, Int(count))
+        }
     }
 
     public let path: String
@@ -159,24 +177,13 @@ public final class ShardReader: @unchecked Sendable {
     }
 
     private func range(_ image: Image, col: Int, row: Int) throws -> (offset: UInt64, count: Int)? {
-        let across = image.tilesAcross
-        guard col >= 0, row >= 0, col < across, row < (image.height + image.tileHeight - 1) / image.tileHeight else {
-            return nil
-        }
-        let i = row * across + col
-        guard i < image.offsets.count, i < image.byteCounts.count else { return nil }
-        let offset = image.offsets[i]
-        let count = image.byteCounts[i]
-        if offset == 0 || count == 0 { return nil }
-        guard count <= UInt64(fileSize), offset <= UInt64(fileSize) - count else {
-            throw ShardError(path: path, reason: "tile \(col),\(row) lies past the end of the file (truncated?)")
-        }
-        return (offset, Int(count))
+        try image.range(col: col, row: row, fileSize: fileSize, path: path)
     }
 
-    /// The start of the file, read as far as parsing needs (COG headers come first).
+    /// The start of the file, read as far as parsing needs (COG headers come first): from a file
+    /// descriptor, or from bytes already fetched (an object store's ranged read).
     struct HeaderBytes {
-        let fd: Int32
+        let fd: Int32?
         let fileSize: Int
         let path: String
         var bytes: [UInt8] = []
@@ -188,6 +195,15 @@ public final class ShardReader: @unchecked Sendable {
             try need(min(fileSize, 64 << 10))
         }
 
+        /// The first `bytes.count` bytes of a file of `fileSize` bytes, fetched beforehand: asking
+        /// for more throws ``MoreHeaderNeeded``.
+        init(bytes: [UInt8], fileSize: Int, path: String) {
+            fd = nil
+            self.fileSize = fileSize
+            self.path = path
+            self.bytes = bytes
+        }
+
         /// Makes sure the first `count` bytes are in `bytes`.
         mutating func need(_ count: Int) throws {
             guard count > bytes.count else { return }
@@ -195,6 +211,7 @@ public final class ShardReader: @unchecked Sendable {
                 throw ShardError(path: path, reason: "truncated header")
             }
             let target = min(fileSize, max(count, bytes.count * 2))
+            guard let fd else { throw MoreHeaderNeeded(count: target) }
             let old = bytes.count
             bytes += [UInt8](repeating: 0, count: target - old)
             var done = old
@@ -228,7 +245,8 @@ public final class ShardReader: @unchecked Sendable {
 
     // MARK: - Parsing
 
-    private static func parse(_ h: inout HeaderBytes, path: String) throws -> ([Image], [Image], Bool) {
+    /// The image and mask directories of a shard whose first bytes `h` holds.
+    static func parse(_ h: inout HeaderBytes, path: String) throws -> ([Image], [Image], Bool) {
         func fail(_ why: String) -> ShardError { ShardError(path: path, reason: why) }
         let size = h.fileSize
         func u16(_ o: Int) throws -> Int { try h.u16(o) }
@@ -299,4 +317,9 @@ public final class ShardReader: @unchecked Sendable {
         guard masks.isEmpty || masks.count == images.count else { throw fail("masks do not match the images") }
         return (images, masks, big)
     }
+}
+
+/// Parsing a header held in memory reached past its end: the first `count` bytes are needed.
+struct MoreHeaderNeeded: Error {
+    var count: Int
 }

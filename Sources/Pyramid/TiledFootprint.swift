@@ -98,10 +98,14 @@ public enum TiledFootprint {
 
     /// Reads a footprint: the CRS of the grid it was traced on, and the area in Lambert-93.
     public static func load(path: String) throws -> (crs: String, lambert93: Geometry) {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        try load(data: Data(contentsOf: URL(fileURLWithPath: path)), name: path)
+    }
+
+    /// Reads a footprint from the bytes of its file (`name` says where they came from in errors).
+    public static func load(data: Data, name: String) throws -> (crs: String, lambert93: Geometry) {
         guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
             let crs = object["crs"] as? String, let geometry = object["geometry"]
-        else { throw RasterError("\(path) is not a footprint") }
+        else { throw RasterError("\(name) is not a footprint") }
         let g = try Geometry.fromGeoJSON(
             String(decoding: try JSONSerialization.data(withJSONObject: geometry), as: UTF8.self))
         let source = try SpatialReference(crs)

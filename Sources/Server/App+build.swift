@@ -46,7 +46,7 @@ public func buildRouter(
     }
     if let extracts {
         ExtractsController(
-            extracts: extracts, service: service, store: configuration.store,
+            extracts: extracts, service: service, store: service.catalog.store,
             // The configuration file was checked when it was read; a bad list set in code trusts no one.
             trustedProxies: (try? AddressRanges(configuration.trustedProxies)) ?? .none
         ).addRoutes(to: router)
@@ -69,7 +69,8 @@ public func buildApplication(
 
 /// The whole service: catalog (rescanned in the background), tile service and HTTP server.
 /// Runs until SIGTERM or SIGINT, then finishes the requests in flight, and closes `database`.
-/// `store` reads the pyramids (by default the folder `configuration.store` names).
+/// `store` reads the pyramids (by default the folder `configuration.store` names; an `s3://`
+/// store is opened with `OpenedStore.open` and passed here).
 public func buildApplication(
     configuration: ServerConfiguration, store: (any PyramidStore)? = nil, database: any CoverageDatabase,
     logger: Logger
@@ -77,8 +78,13 @@ public func buildApplication(
     _ = DallageMetrics.registry
     let catalog = PyramidCatalog(
         store: store ?? FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
-    let footprints = StoreFootprints(
-        store: configuration.store, grid: configuration.renderGrid, tilesets: { Set(catalog.tilesets) })
+    // A folder's footprints are read as files (and kept while unchanged); another store's
+    // through the catalog's sources.
+    let footprints =
+        catalog.store is FolderStore
+        ? StoreFootprints(
+            store: catalog.store.location, grid: configuration.renderGrid, tilesets: { Set(catalog.tilesets) })
+        : StoreFootprints(catalog: catalog, grid: configuration.renderGrid)
     let coverage = CoverageService(store: database, adminTokens: configuration.adminTokens, footprints: footprints)
     let gate = PublicationGate(coverage: coverage, logger: logger)
     let service = TileService(catalog: catalog, settings: configuration.serving, gate: gate, logger: logger)
@@ -87,6 +93,9 @@ public func buildApplication(
         logger: logger)
     let serverName = "dallage"
     let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
+    // A tile an object store answered later reached the client through the router: kept hot, the
+    // next request for it is the fast lane's.
+    service.onLaterRead { t, response in loops.remember(t, response) }
     let limits = ConnectionLimits(configuration)
     var app = Application(
         router: buildRouter(configuration: configuration, service: service, coverage: coverage, extracts: extracts),

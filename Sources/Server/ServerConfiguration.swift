@@ -68,6 +68,33 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     /// Reverse proxies (addresses or networks such as `10.0.0.0/8`) whose `X-Forwarded-For` names
     /// the client; from anyone else the header is ignored and the connection's address counts.
     public var trustedProxies: [String] = []
+    /// For an `s3://` store: tile bytes fetched from the bucket kept on local disk (`{path, bytes}`);
+    /// nil for none.
+    public var tileDiskCache: DiskCache?
+    /// For an `s3://` store: bytes of shard indexes kept in memory (each shard's first tile costs
+    /// one more GET, for its index, until it is evicted).
+    public var shardIndexCacheBytes: Int = ServerConfiguration.defaultShardIndexCacheBytes
+
+    /// A folder on local disk and the most bytes kept there.
+    public struct DiskCache: Codable, Sendable, Equatable {
+        /// The folder (created if needed; only its `*.tile` files are the cache's).
+        public var path: String
+        /// The most bytes of tiles kept.
+        public var bytes: Int
+
+        /// `bytes` at most in `path`.
+        public init(path: String, bytes: Int) {
+            self.path = path
+            self.bytes = bytes
+        }
+    }
+
+    /// Whether the store is in an object store (`s3://`): then the database and the extracts'
+    /// folder cannot default to places inside it.
+    public var storeIsObjectStore: Bool {
+        if case .s3? = try? StoreLocation(parsing: store) { return true }
+        return false
+    }
 
     public var extractsPath: String {
         extractsDirectory ?? (store as NSString).appendingPathComponent(".extracts")
@@ -90,6 +117,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultRenderGrid = Pyramid.defaultRenderGrid
     public static let defaultIdleTimeoutSeconds = 60.0
     public static let defaultHeaderTimeoutSeconds = 10.0
+    public static let defaultShardIndexCacheBytes = S3StoreSettings.defaultIndexCacheBytes
 
     enum CodingKeys: String, CodingKey {
         case host, port, store
@@ -117,6 +145,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         case extractBytesPerClient = "extract_bytes_per_client"
         case extractLimits = "extract_limits"
         case trustedProxies = "trusted_proxies"
+        case tileDiskCache = "tile_disk_cache"
+        case shardIndexCacheBytes = "shard_index_cache_bytes"
     }
 
     public init() {}
@@ -154,6 +184,13 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
             try c.decodeIfPresent(Int.self, forKey: .extractBytesPerClient) ?? d.extractBytesPerClient
         extractLimits = try c.decodeIfPresent(ExtractLimits.self, forKey: .extractLimits) ?? d.extractLimits
         trustedProxies = try c.decodeIfPresent([String].self, forKey: .trustedProxies) ?? []
+        tileDiskCache = try c.decodeIfPresent(DiskCache.self, forKey: .tileDiskCache)
+        shardIndexCacheBytes =
+            try c.decodeIfPresent(Int.self, forKey: .shardIndexCacheBytes) ?? d.shardIndexCacheBytes
+        if let cache = tileDiskCache, cache.bytes <= 0 || cache.path.isEmpty {
+            throw DecodingError.dataCorruptedError(
+                forKey: .tileDiskCache, in: c, debugDescription: "tile_disk_cache needs a path and bytes > 0")
+        }
         do { _ = try AddressRanges(trustedProxies) } catch {
             throw DecodingError.dataCorruptedError(
                 forKey: .trustedProxies, in: c, debugDescription: "trusted_proxies: \(error)")
@@ -191,6 +228,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
         if let v = environment["DALLAGE_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.tileCacheBytes = v }
         if let v = environment["DALLAGE_HOT_TILE_CACHE_BYTES"].flatMap({ Int($0) }) { c.hotTileCacheBytes = v }
         if let v = environment["DALLAGE_DB"] { c.database = v }
+        if let v = environment["DALLAGE_EXTRACTS_DIR"], !v.isEmpty { c.extractsDirectory = v }
         if let v = environment["DALLAGE_ADMIN_TOKEN"], !v.isEmpty { c.adminTokens.append(v) }
         if let v = flags.host { c.host = v }
         if let v = flags.port { c.port = v }

@@ -324,11 +324,18 @@ public final class PyramidCatalog: Sendable {
         return out
     }
 
-    /// Rescans every `interval` seconds until cancelled.
+    /// Rescans every `interval` seconds until cancelled. Each rescan runs on a Dispatch thread: it
+    /// may wait for an object store, and must not hold one of the cooperative threads meanwhile.
     public func watch(every interval: Double) async {
+        let milliseconds = interval.isFinite ? Int(min(max(interval, 0.01), 86_400) * 1000) : 2000
         while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
-            rescan()
+            try? await Task.sleep(for: .milliseconds(milliseconds))
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global().async {
+                    self.rescan()
+                    done.resume()
+                }
+            }
         }
     }
 }

@@ -136,11 +136,12 @@ extension ServingError {
         self.init(kind, locator: e.parameter, e.message)
     }
 
-    /// A shard that cannot be read: for now (no file descriptor left) or until it changes.
+    /// A shard that cannot be read: for now (no file descriptor left, the object store does not
+    /// answer) or until it changes.
     public init(_ e: ShardError) {
         self =
             e.transient
-            ? ServingError(.unavailable, "the server cannot open more files now; try again")
+            ? ServingError(.unavailable, "the tile cannot be read now; try again")
             : ServingError(.internal, "the shard holding this tile cannot be read")
     }
 

@@ -5,13 +5,16 @@ import Raster
 import Synchronization
 
 /// Coverage's view of a store of pyramids: its tilesets, and the footprint the tiler records
-/// beside each pyramid (`<store>/<tileset>/<grid>/footprint.json`). Of a tileset's grids with a
+/// beside each pyramid (`<store>/<tileset>/<grid>/footprint.json`), read from a folder, or through
+/// a catalog's sources for any store. Of a tileset's grids with a
 /// footprint, the one `preferredPyramid` picks for `grid` (the server's `render_grid`) counts.
 public final class StoreFootprints: TiledFootprints {
     public let store: String
     /// The grid whose footprint counts when the tileset has it.
     public let grid: String
     private let knownTilesets: (@Sendable () -> Set<String>)?
+    /// The catalog whose pyramids' sources answer, for a store that is not a folder.
+    private let catalog: PyramidCatalog?
     /// Footprints read, by path, with their file's modification time: a rebuilt pyramid's is read again.
     private let read = Mutex<[String: (modified: Date, crs: String, lambert93: Geometry)]>([:])
 
@@ -24,6 +27,16 @@ public final class StoreFootprints: TiledFootprints {
         self.store = store
         self.grid = grid
         knownTilesets = tilesets
+        catalog = nil
+    }
+
+    /// The footprints of the pyramids `catalog` serves, read through their sources: for any store
+    /// (an object store's are fetched and kept a while by its sources).
+    public init(catalog: PyramidCatalog, grid: String = defaultRenderGrid) {
+        store = catalog.store.location
+        self.grid = grid
+        knownTilesets = { Set(catalog.tilesets) }
+        self.catalog = catalog
     }
 
     public func tilesets() -> Set<String> {
@@ -32,6 +45,21 @@ public final class StoreFootprints: TiledFootprints {
     }
 
     public func footprint(of tileset: String) throws -> Geometry? {
+        if let catalog {
+            // A footprint that cannot be read has no CRS here, as below.
+            let recorded = catalog.pyramids(of: tileset).compactMap {
+                p -> (ServedPyramid, Result<Geometry, any Error>)? in
+                do {
+                    return try p.source.tiledFootprint().map { (p, .success($0)) }
+                } catch {
+                    return (p, .failure(error))
+                }
+            }
+            let chosen = preferredPyramid(
+                among: recorded, setting: grid, grid: { $0.0.grid },
+                crs: { (try? $0.1.get()) == nil ? "" : $0.0.manifest.tileMatrixSet.crs })
+            return try chosen?.1.get()
+        }
         let dir = (store as NSString).appendingPathComponent(tileset)
         guard let grids = try? FileManager.default.contentsOfDirectory(atPath: dir).sorted() else { return nil }
         let recorded = grids.filter { !$0.hasPrefix(".") }.map {

@@ -134,6 +134,7 @@ public final class TileService: Sendable {
     /// Tiles this service answered through the fast lane (also in /healthz; the Prometheus
     /// counter is process-wide).
     public let fastLaneAnswers = Atomic<Int>(0)
+    private let laterReads = Mutex<(@Sendable (ResolvedTile, TileResponse) -> Void)?>(nil)
 
     public init(catalog: PyramidCatalog, settings: ServingSettings, gate: PublicationGate? = nil, logger: Logger) {
         self.catalog = catalog
@@ -344,21 +345,63 @@ public final class TileService: Sendable {
     public func tile(_ r: TileRequest, viewer: Viewer, strictLimits: Bool) async throws(ServingError) -> TileResponse? {
         let t = try resolve(r, in: catalog.snapshot(), strictLimits: strictLimits)
         var memo = PublicationMemo()
-        switch try answer(t, viewer: viewer, memo: &memo) {
+        let found: TileAnswer?
+        if answersLater(t) {
+            // Lookups first; decoding (which waits for the store) on a Dispatch thread, not on
+            // one of the few cooperative threads that serve every other request.
+            if let quick = try answer(t, viewer: viewer, memo: &memo, quick: true) {
+                found = quick
+            } else {
+                let result = await withCheckedContinuation {
+                    (done: CheckedContinuation<Result<TileAnswer?, ServingError>, Never>) in
+                    DispatchQueue.global().async {
+                        var memo = PublicationMemo()
+                        done.resume(
+                            returning: Result { () throws(ServingError) -> TileAnswer? in
+                                try self.answer(t, viewer: viewer, memo: &memo)
+                            })
+                    }
+                }
+                found = try result.get()
+            }
+        } else {
+            found = try answer(t, viewer: viewer, memo: &memo)
+        }
+        switch found {
         case .stored(let t)?: return try await read(t)
         case .made(let response)?: return response
         case .empty?, nil: return nil
         }
     }
 
-    /// The stored stream of a tile, waiting for the store when it answers later.
+    /// Whether the tile's pyramid (or any vintage under a stacked view) reads over the network.
+    private func answersLater(_ t: ResolvedTile) -> Bool {
+        t.stack?.pyramids.contains { $0.source.answersLater } ?? t.pyramid.source.answersLater
+    }
+
+    /// The stored stream of a tile, waiting for the store when it answers later. A tile that came
+    /// later (from an object store) is handed to the observer set with ``onLaterRead(_:)``.
     public func read(_ t: ResolvedTile) async throws(ServingError) -> TileResponse? {
+        let read = readNow(t, allocator: Self.allocator)
+        guard case .later = read else {
+            // Failures of a read at once were reported by `readNow`.
+            do { return try await read.value().map { response(t, $0) } } catch { throw ServingError(error) }
+        }
         do {
-            return try await readNow(t, allocator: Self.allocator).value().map { response(t, $0) }
+            guard let stored = try await read.value() else { return nil }
+            let r = response(t, stored)
+            laterReads.withLock { $0 }?(t, r)
+            return r
         } catch {
             report(error)
             throw ServingError(error)
         }
+    }
+
+    /// Called with every stored tile read later (from an object store) by ``read(_:)``: the server
+    /// keeps it where its fast lane finds it, so the next request for it is answered from memory.
+    public func onLaterRead(_ observer: @escaping @Sendable (ResolvedTile, TileResponse) -> Void) {
+        laterReads.withLock { $0 = observer }
     }
 
     /// The stored stream of a tile without waiting: read into a buffer of `allocator` at once from
@@ -386,12 +429,13 @@ public final class TileService: Sendable {
     }
 
     /// Logs a shard failure once per shard (the reader marks the later ones `repeated`), whichever
-    /// path met it first.
+    /// path met it first; a passing one (no descriptor left, an object store's timeout) as a warning.
     public func report(_ e: ShardError) {
         if e.transient {
-            logger.warning("cannot open a shard now: \(e)")
+            // A store's outage is marked `repeated` after its first failure for a while.
+            if !e.repeated { logger.warning("cannot read a shard now: \(e)") }
         } else if !e.repeated {
-            logger.error("unreadable shard, its tiles fail until it changes on disk: \(e)")
+            logger.error("unreadable shard, its tiles fail until it changes in the store: \(e)")
         }
     }
 
@@ -466,6 +510,8 @@ public final class TileService: Sendable {
                 }
             }
             if layers.isEmpty, clip == nil, t.tile.z <= p.manifest.maxZoom {
+                // Reading the mask would wait for an object store: not on an event loop.
+                if quick && p.source.answersLater { return nil }
                 // Still on top: a whole tile here is the answer as it is stored.
                 let cover: TileCover
                 do {

@@ -10,7 +10,8 @@ struct ServeCommand: AsyncParsableCommand {
         abstract: "Serve every pyramid of the store over WMTS, XYZ, TileJSON and OGC API Tiles.")
 
     @Option(help: "Configuration file (YAML); DALLAGE_* variables and flags override it.") var config: String?
-    @Option(help: "Store folder.") var store: String?
+    @Option(help: "Store: a folder, or s3://bucket/prefix (credentials and endpoint from AWS_* variables).")
+    var store: String?
     @Option(help: "Address to listen on.") var host: String?
     @Option(help: "Port.") var port: Int?
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
@@ -30,18 +31,33 @@ struct ServeCommand: AsyncParsableCommand {
             flags: .init(
                 host: host, port: port, store: store,
                 tmsDirectory: tmsDirectory ?? (config == nil ? defaultTMSDirectory() : nil)))
-        _ = try localFolder(configuration.store, command: "serve")
-        guard FileManager.default.fileExists(atPath: configuration.store) else {
-            throw ValidationError(
-                "store '\(configuration.store)' does not exist (tile something first: dallage tile …)")
+        let opened: OpenedStore
+        do {
+            opened = try await OpenedStore.open(
+                configuration, environment: ProcessInfo.processInfo.environment, logger: logger)
+        } catch {
+            // One line, without the usage text a ValidationError would add: the command was right.
+            throw StartFailure(description: error.description)
         }
-        let location: DatabaseLocation
-        do { location = try configuration.databaseLocation() } catch { throw ValidationError(error.message) }
-        let database = try await location.open(logger: logger)
-        logger.info(
-            "listening on http://\(configuration.host):\(configuration.port), store \(configuration.store), database \(location)"
-        )
-        let app = try buildApplication(configuration: configuration, database: database, logger: logger)
-        try await app.runService()
+        do {
+            let location: DatabaseLocation
+            do { location = try configuration.databaseLocation() } catch { throw ValidationError(error.message) }
+            let database = try await location.open(logger: logger)
+            logger.info(
+                "listening on http://\(configuration.host):\(configuration.port), store \(opened.store.location), database \(location)"
+            )
+            let app = try buildApplication(
+                configuration: configuration, store: opened.store, database: database, logger: logger)
+            try await app.runService()
+        } catch {
+            await opened.close()
+            throw error
+        }
+        await opened.close()
     }
+}
+
+/// A server that cannot start, said in one line (`Error: …`), exit status 1.
+struct StartFailure: Error, CustomStringConvertible {
+    var description: String
 }

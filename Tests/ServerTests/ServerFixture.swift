@@ -44,7 +44,12 @@ enum ServerFixture {
         return dir
     }
 
-    static func app(store: String, configure: (inout ServerConfiguration) -> Void = { _ in }) throws
+    /// A server on the folder `store`, or on `reading` (an `s3://` store) when given; quiet unless
+    /// given a `logger`.
+    static func app(
+        store: String, reading: (any PyramidStore)? = nil, logger given: Logger? = nil,
+        configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) throws
         -> some ApplicationProtocol
     {
         var c = ServerConfiguration()
@@ -57,7 +62,7 @@ enum ServerFixture {
         configure(&c)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try buildApplication(configuration: c, logger: logger)
+        return try buildApplication(configuration: c, store: reading, logger: given ?? logger)
     }
 
     /// Tiles this server's fast lane has answered so far (from /healthz: the Prometheus counter

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
+import Pyramid
 import Raster
 import Render
 import Serving
@@ -11,8 +12,8 @@ import Serving
 struct ExtractsController: Sendable {
     let extracts: ExtractService
     let service: TileService
-    /// The store folder, where each tileset's source index is.
-    let store: String
+    /// The store, where each tileset's source index is (`<tileset>/sources.json`).
+    let store: any PyramidStore
     /// Proxies whose `X-Forwarded-For` names the client.
     let trustedProxies: AddressRanges
 
@@ -137,9 +138,9 @@ struct ExtractsController: Sendable {
             let admin = service.viewer(authorization: request.headers[.authorization]) == .administrator
             let (plan, _) = try await extracts.plan(r, admin: admin)
             let polygon = try Geometry.fromWKT(plan.polygonWKT)
-            let index = (store as NSString).appendingPathComponent("\(tileset)/sources.json")
-            guard let data = FileManager.default.contents(atPath: index),
-                let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+            // Read off the cooperative threads: an object store answers over the network.
+            let data = try await offload { [store] in try? store.read("\(tileset)/sources.json") }
+            guard let data, let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
                 let entries = object["entries"] as? [[String: Any]]
             else { throw ServingError(.notFound, "no source index for '\(tileset)'") }
             var found: [(name: String, path: String, size: Int)] = []

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Metrics
 import Prometheus
+import Pyramid
 import Serving
 
 /// `/healthz` and `/metrics` (Prometheus text).
@@ -11,12 +12,18 @@ struct OperationsController: Sendable {
 
     func addRoutes(to router: Router<DallageRequestContext>) {
         router.getOrHead("/healthz") { request, _ in
-            try Document.json(
-                [
-                    "status": "ok", "pyramids": service.catalog.all.count, "tilesets": service.catalog.tilesets.count,
-                    "fast_lane_tiles": service.fastLaneAnswers.load(ordering: .relaxed),
-                ],
-                request: request)
+            var health: [String: Any] = [
+                "status": "ok", "pyramids": service.catalog.all.count, "tilesets": service.catalog.tilesets.count,
+                "fast_lane_tiles": service.fastLaneAnswers.load(ordering: .relaxed),
+            ]
+            // What an object store cost so far: GETs of shard heads (indexes) and of tiles.
+            if let s3 = service.catalog.store as? S3Store {
+                health["s3"] = [
+                    "gets": s3.counters.gets, "index_gets": s3.counters.indexGets, "tile_gets": s3.counters.tileGets,
+                    "bytes": s3.counters.bytes,
+                ]
+            }
+            return try Document.json(health, request: request)
         }
         router.getOrHead("/metrics") { _, _ in
             var buffer: [UInt8] = []

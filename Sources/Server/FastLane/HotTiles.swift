@@ -126,6 +126,15 @@ final class FastLaneLoops: Sendable {
         self.tilesServed = tilesServed
     }
 
+    /// Keeps a stored tile the router read (from a store that answers later) as a ready response,
+    /// under the key the fast lane looks up: the lane answers it next time. Safe from any thread.
+    func remember(_ t: ResolvedTile, _ response: TileResponse) {
+        guard let shard = t.pyramid.contentKey(of: t.tile) else { return }
+        hot.put(HotTiles.Key(shard: shard, tile: t.tile), HotTiles.Entry(response, allocator: Self.allocator))
+    }
+
+    private static let allocator = ByteBufferAllocator()
+
     /// The state of `loop`; call it on that loop.
     func state(on loop: any EventLoop) -> FastLaneLoop {
         loops.withLock { loops in

@@ -1,7 +1,8 @@
 import Synchronization
 
-/// A least-recently-used cache bounded by the total cost (bytes) of its values.
-final class ByteLRU<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+/// A least-recently-used cache bounded by the total cost (bytes) of its values: transcoded tiles
+/// (the serving core), shard indexes of an object store.
+public final class ByteLRU<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     private struct Entry {
         var value: Value
         var cost: Int
@@ -14,12 +15,15 @@ final class ByteLRU<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         var tick: UInt64 = 0
     }
 
-    let capacity: Int
+    /// The most cost kept at once.
+    public let capacity: Int
     private let state = Mutex(State())
 
-    init(capacity: Int) { self.capacity = capacity }
+    /// An empty cache holding at most `capacity` in cost.
+    public init(capacity: Int) { self.capacity = capacity }
 
-    func get(_ key: Key) -> Value? {
+    /// The value kept under `key`, now the most recently used; nil when none.
+    public func get(_ key: Key) -> Value? {
         state.withLock { s in
             guard var e = s.entries[key] else { return nil }
             s.tick += 1
@@ -29,7 +33,8 @@ final class ByteLRU<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         }
     }
 
-    func set(_ key: Key, _ value: Value, cost: Int) {
+    /// Keeps `value` under `key`; a value costing more than the whole capacity is not kept.
+    public func set(_ key: Key, _ value: Value, cost: Int) {
         guard cost <= capacity else { return }
         state.withLock { s in
             if let old = s.entries[key] { s.total -= old.cost }
@@ -47,9 +52,18 @@ final class ByteLRU<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         }
     }
 
-    /// Drops everything (after a publication change, say).
-    func removeAll() { state.withLock { $0 = State() } }
+    /// Drops the value kept under `key`, if any.
+    public func remove(_ key: Key) {
+        state.withLock { s in
+            if let old = s.entries.removeValue(forKey: key) { s.total -= old.cost }
+        }
+    }
 
-    var totalCost: Int { state.withLock { $0.total } }
-    var count: Int { state.withLock { $0.entries.count } }
+    /// Drops everything (after a publication change, say).
+    public func removeAll() { state.withLock { $0 = State() } }
+
+    /// The cost of what is kept.
+    public var totalCost: Int { state.withLock { $0.total } }
+    /// How many values are kept.
+    public var count: Int { state.withLock { $0.entries.count } }
 }
