@@ -80,4 +80,23 @@ public final class ChildProcess: Sendable {
         }
     }
 
+    /// Runs `script` (sh) once this test process is gone, however it ends (a crash included): the
+    /// script starts now and first reads a pipe whose only writer is this process, so it goes on
+    /// when the kernel closes that pipe with the process. `asUser` runs it as another user (through
+    /// `runuser`, when we are root).
+    public static func whenThisProcessEnds(run script: String, asUser user: String? = nil) throws {
+        var ends: [Int32] = [0, 0]
+        // Both ends close-on-exec: the writer stays open for the life of this process and in no
+        // child; the reader becomes the script's standard input.
+        guard pipe(&ends) == 0 else { throw HarnessError("pipe() failed: \(String(cString: strerror(errno)))") }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        defer { close(ends[0]) }
+        let body = "cat > /dev/null\n" + script
+        if let user, getuid() == 0 {
+            _ = try spawn(
+                "/usr/sbin/runuser", ["-u", user, "--", "/bin/sh", "-c", body], log: "/dev/null", input: ends[0])
+        } else {
+            _ = try spawn("/bin/sh", ["-c", body], log: "/dev/null", input: ends[0])
+        }
+    }
 }

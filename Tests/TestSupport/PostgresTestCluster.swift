@@ -89,24 +89,13 @@ public actor PostgresTestCluster {
         return Running(base: base, port: port, password: password)
     }
 
-    /// Stops the cluster and deletes its folder once this test process is gone, however it ends
-    /// (a crash included). The watcher reads a pipe whose only writer is this process: the read
-    /// ends when the kernel closes it with the process, so the watcher waits on that very event.
+    /// Stops the cluster and deletes its folder once this test process is gone, however it ends.
     private static func watch(base: String) throws {
-        var ends: [Int32] = [0, 0]
-        // Both ends close-on-exec: the writer stays open for the life of this process and in no
-        // child; the reader becomes the watcher's standard input. (Children spawned here close
-        // every inherited file anyway.)
-        guard pipe(&ends) == 0 else { throw ClusterError("pipe() failed: \(String(cString: strerror(errno)))") }
-        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        defer { close(ends[0]) }
-        let script = """
-            cat > /dev/null
-            \(binaries)/pg_ctl -D \(base)/data stop -m immediate
-            rm -rf \(base)
-            """
-        let (shell, arguments) = serverCommand("/bin/sh", ["-c", script])
-        _ = try ChildProcess.spawn(shell, arguments, log: "/dev/null", input: ends[0])
+        try ChildProcess.whenThisProcessEnds(
+            run: """
+                \(binaries)/pg_ctl -D \(base)/data stop -m immediate
+                rm -rf \(base)
+                """, asUser: "postgres")
     }
 
     struct ClusterError: Error, CustomStringConvertible {

@@ -181,21 +181,45 @@ public final class SeaweedFS: Sendable {
     }
 }
 
-/// Runs every test of a suite with one SeaweedFS server, killed after the last.
+/// Runs every test of a suite with the test process's SeaweedFS server: one for all suites (each
+/// test works under a key prefix of its own), started by the first and killed when the process
+/// ends. A server per suite made three Go servers start at once beside the rest of the suite,
+/// and the load stalled other tests' requests past their timeouts.
 public struct SeaweedFSTrait: SuiteTrait, TestScoping {
     public init() {}
 
     public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
     ) async throws {
-        let server = try await SeaweedFS.start()
-        defer { server.kill() }
+        let server = try await SharedSeaweedFS.instance.server()
         try await SeaweedFS.$current.withValue(server) { try await function() }
     }
 }
 
+/// The one SeaweedFS of the test process.
+actor SharedSeaweedFS {
+    static let instance = SharedSeaweedFS()
+    private var starting: Task<SeaweedFS, any Error>?
+
+    func server() async throws -> SeaweedFS {
+        if let starting { return try await starting.value }
+        let task = Task {
+            let server = try await SeaweedFS.start()
+            let sockets = server.ports.map { "/tmp/seaweedfs-*-\($0).sock" }.joined(separator: " ")
+            try ChildProcess.whenThisProcessEnds(
+                run: """
+                    kill -9 \(server.process.processIdentifier)
+                    rm -rf '\(server.directory.path)' \(sockets)
+                    """)
+            return server
+        }
+        starting = task
+        return try await task.value
+    }
+}
+
 extension Trait where Self == SeaweedFSTrait {
-    /// A SeaweedFS server for the suite, as `SeaweedFS.current`.
+    /// The test process's SeaweedFS server for the suite, as `SeaweedFS.current`.
     public static var seaweedFS: Self { Self() }
 }
 
