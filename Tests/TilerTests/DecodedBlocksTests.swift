@@ -10,7 +10,7 @@ import Testing
 @Suite struct DecodedBlocksTests {
     /// 2×2 JPEG 2000 dalles of 512 px in blocks of 128 px, the first with an alpha band, placed
     /// off the grid's tiles so that blocks straddle the reads of 256-px tiles.
-    static func dalles(in dir: String) throws -> [SourceEntry] {
+    static func dalles(in dir: String, block: Int = 128) throws -> [SourceEntry] {
         let tiffs = try Fixture.sample(in: dir + "/tif", origin: (704_003.2, 7_060_001.6))
         return try tiffs.sorted().enumerated().map { i, tif in
             let name = ((tif as NSString).lastPathComponent as NSString).deletingPathExtension
@@ -18,11 +18,11 @@ import Testing
             let bands = i == 0 ? ["-b", "1", "-b", "2", "-b", "3", "-b", "mask"] : []
             try Fixture.run(
                 "/usr/bin/gdal_translate",
-                ["-q", "-of", "JP2OpenJPEG", "-co", "QUALITY=25", "-co", "REVERSIBLE=NO", "-co", "BLOCKXSIZE=128"]
-                    + ["-co", "BLOCKYSIZE=128"] + bands + [tif, jp2])
+                ["-q", "-of", "JP2OpenJPEG", "-co", "QUALITY=25", "-co", "REVERSIBLE=NO", "-co", "BLOCKXSIZE=\(block)"]
+                    + ["-co", "BLOCKYSIZE=\(block)"] + bands + [tif, jp2])
             let size = try #require(try FileManager.default.attributesOfItem(atPath: jp2)[.size] as? Int)
             let e = SourceIndex.inspect(path: jp2, size: size, mtime: 0)
-            #expect(e.error == nil && e.blockWidth == 128 && e.bands == (i == 0 ? 4 : 3))
+            #expect(e.error == nil && e.blockWidth == block && e.bands == (i == 0 ? 4 : 3))
             return e
         }
     }
@@ -87,6 +87,19 @@ import Testing
         #expect(warped == warpedMosaic)
         #expect(warped.filter { !$0.isEmpty }.count >= 16)
         #expect(warpedBlocks.decodes == blocks)
+    }
+
+    @Test func aTruncatedDalleIsStillFoundAtIndexingWhereBlocksAreCheckedAtTheCoarsestLevel() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Blocks of 256 px: the dalles have a coarser level (GDAL shows levels of 128 px blocks or more).
+        let whole = try Self.dalles(in: dir, block: 256)[1]
+        #expect(whole.error == nil && whole.overviews > 0)
+        let data = try Data(contentsOf: URL(fileURLWithPath: whole.path))
+        let truncated = dir + "/truncated.jp2"
+        try data.prefix(data.count * 3 / 4).write(to: URL(fileURLWithPath: truncated))
+        let e = SourceIndex.inspect(path: truncated, size: data.count * 3 / 4, mtime: 0)
+        #expect(e.error?.isEmpty == false)
     }
 
     @Test func aBudgetSmallerThanARowOfBlocksKeepsMemoryBoundedAndThePixelsTheSame() throws {
