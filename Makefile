@@ -85,6 +85,7 @@ test: test-deps lint
 
 bench: build
 	bench/tiler
+	bench/jp2
 	bench/server
 	bench/extract
 

@@ -162,6 +162,30 @@ public final class Dataset {
         GDALSetMetadataItem(h, key, value, nil)
     }
 
+    /// True when GDAL says every pixel of `band` is valid: no alpha, no nodata, no mask (its mask
+    /// then reads 255 everywhere, so a reader can write 255 instead of reading it).
+    public func maskIsAllValid(band: Int) -> Bool {
+        guard let b = GDALGetRasterBand(h, Int32(band)) else { return false }
+        return GDALGetMaskFlags(b) & GMF_ALL_VALID != 0
+    }
+
+    /// Reads a window of the mask of `band` (0 = no data, 255 = data, GDAL's convention) into a
+    /// byte buffer of the same size, `pixelSpace` and `lineSpace` bytes apart: the alpha bytes of
+    /// an RGBA buffer, for instance.
+    public func readMask(
+        band: Int, x: Int, y: Int, width: Int, height: Int, into buffer: UnsafeMutablePointer<UInt8>,
+        pixelSpace: Int, lineSpace: Int
+    ) throws {
+        guard let b = GDALGetRasterBand(h, Int32(band)), let mask = GDALGetMaskBand(b) else {
+            throw RasterError("no band \(band) in \(path)")
+        }
+        CPLErrorReset()
+        let err = GDALRasterIO(
+            mask, GF_Read, Int32(x), Int32(y), Int32(width), Int32(height), buffer, Int32(width), Int32(height),
+            GDT_Byte, Int32(pixelSpace), Int32(lineSpace))
+        if err != CE_None { throw RasterError.gdal("cannot read the mask of \(path) at (\(x), \(y))") }
+    }
+
     /// Block size of band 1.
     public var blockSize: (width: Int, height: Int) {
         var bx: Int32 = 0

@@ -33,12 +33,19 @@ final class DalleReader: LeafReader {
     let footprints: RectIndex<SourceEntry>
     let resampling: Resampling
     let bad: BadDalles
+    /// Blocks of JPEG 2000 dalles decoded once for all workers; nil to read everything through
+    /// the mosaic.
+    let decoded: DecodedBlocks?
     private var sameCRS: [String: Bool] = [:]
+    /// The dalles of the shard by CRS: a mosaic of each, and where each dalle lies on it in whole
+    /// pixels when its blocks are read through `decoded` (nil: read through the mosaic).
     private var groups:
         [(
             entries: [SourceEntry], vrt: Dataset, origin: (Double, Double), resolution: Double, same: Bool, width: Int,
-            height: Int
+            height: Int, placements: [(x: Int, y: Int)]?
         )] = []
+    /// JPEG 2000 dalles this worker has open to decode blocks, the most recently used last.
+    private var dalles: [(path: String, dataset: Dataset)] = []
     private var shardBox = BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0)
     private var reprojectors: [String: Reprojector] = [:]
     private var sourceBuffer: UnsafeMutablePointer<UInt8>?
@@ -46,13 +53,17 @@ final class DalleReader: LeafReader {
 
     deinit { sourceBuffer?.deallocate() }
 
-    init(tms: TileMatrixSet, footprints: RectIndex<SourceEntry>, resampling: Resampling, bad: BadDalles) throws {
+    init(
+        tms: TileMatrixSet, footprints: RectIndex<SourceEntry>, resampling: Resampling, bad: BadDalles,
+        decoded: DecodedBlocks? = nil
+    ) throws {
         self.tms = tms
         gridSRS = try SpatialReference(tms.crs)
         gridWKT = gridSRS.wkt
         self.footprints = footprints
         self.resampling = resampling
         self.bad = bad
+        self.decoded = decoded
     }
 
     func begin(shard: BoundingBox) throws {
@@ -75,8 +86,10 @@ final class DalleReader: LeafReader {
                 same = (try? SpatialReference(wkt))?.isSame(as: gridSRS) ?? false
                 sameCRS[wkt] = same
             }
-            let (xml, origin, res, w, h) = Self.vrtXML(entries.sorted { $0.path < $1.path }, wkt: wkt)
-            groups.append((entries, try Dataset.open(xml), origin, res, same, w, h))
+            let sorted = entries.sorted { $0.path < $1.path }
+            let (xml, origin, res, w, h) = Self.vrtXML(sorted, wkt: wkt)
+            let placements = decoded == nil ? nil : Self.placements(sorted, origin: origin, resolution: res)
+            groups.append((sorted, try Dataset.open(xml), origin, res, same, w, h, placements))
         }
     }
 
@@ -122,6 +135,12 @@ final class DalleReader: LeafReader {
                 let rx1 = min(g.width, x0 + side)
                 let ry1 = min(g.height, y0 + side)
                 guard rx1 > rx0, ry1 > ry0 else { return false }
+                if let placements = g.placements {
+                    try compose(
+                        g.entries, placements, x: x0, y: y0, width: side, height: side, into: canvas.pixels,
+                        stride: canvas.stride, readSide: side)
+                    return true
+                }
                 let dst = canvas.pixels + (ry0 - y0) * canvas.stride + (rx0 - x0) * 4
                 try g.vrt.read(
                     x: rx0, y: ry0, width: rx1 - rx0, height: ry1 - ry0, bands: [1, 2, 3, 4], into: dst,
@@ -150,8 +169,14 @@ final class DalleReader: LeafReader {
                 sourceBuffer = .allocate(capacity: sourceCapacity)
             }
             guard let src = sourceBuffer else { continue }
-            try g.vrt.read(
-                x: x0, y: y0, width: w, height: h, bands: [1, 2, 3, 4], into: src, bufferWidth: w, bufferHeight: h)
+            if let placements = g.placements {
+                src.initialize(repeating: 0, count: w * h * 4)
+                try compose(
+                    g.entries, placements, x: x0, y: y0, width: w, height: h, into: src, stride: w * 4, readSide: nil)
+            } else {
+                try g.vrt.read(
+                    x: x0, y: y0, width: w, height: h, bands: [1, 2, 3, 4], into: src, bufferWidth: w, bufferHeight: h)
+            }
             reprojector.resample(
                 grid: grid, offsetX: x0, offsetY: y0, source: src, sourceWidth: w, sourceHeight: h,
                 output: canvas.pixels, width: side, height: side, outputStride: canvas.stride)
@@ -166,6 +191,114 @@ final class DalleReader: LeafReader {
             transform: same ? nil : try CoordinateTransform(from: gridSRS, to: try SpatialReference(wkt)))
         reprojectors[wkt] = r
         return r
+    }
+
+    /// Copies the window (x, y, width, height) of a mosaic's pixel grid into `dst` (RGBA, `stride`
+    /// bytes a line, cleared beforehand) from the decoded blocks of its dalles: the pixels the
+    /// mosaic (VRT) gives, a later dalle over an earlier one, each block decoded once in the
+    /// build. `readSide`: the side of the build's reads, which tile the grid from this one, so
+    /// that each block's reads are counted (nil when reads do not tile the mosaic: reprojection).
+    private func compose(
+        _ entries: [SourceEntry], _ placements: [(x: Int, y: Int)], x: Int, y: Int, width: Int, height: Int,
+        into dst: UnsafeMutablePointer<UInt8>, stride: Int, readSide: Int?
+    ) throws {
+        guard let decoded else { return }
+        /// Reads of `readSide` along one axis that meet pixels start..<start+length.
+        func reads(_ start: Int, _ length: Int, origin: Int) -> Int? {
+            guard let side = readSide else { return nil }
+            func floorDiv(_ a: Int, _ b: Int) -> Int { a >= 0 ? a / b : -((-a + b - 1) / b) }
+            return floorDiv(start + length - 1 - origin, side) - floorDiv(start - origin, side) + 1
+        }
+        for (e, p) in zip(entries, placements) {
+            let x0 = max(x, p.x)
+            let y0 = max(y, p.y)
+            let x1 = min(x + width, p.x + e.width)
+            let y1 = min(y + height, p.y + e.height)
+            guard x1 > x0, y1 > y0 else { continue }
+            let bw = e.blockWidth
+            let bh = e.blockHeight
+            for row in (y0 - p.y) / bh...(y1 - 1 - p.y) / bh {
+                for col in (x0 - p.x) / bw...(x1 - 1 - p.x) / bw {
+                    // The block on the mosaic: where it starts and its size (smaller at the dalle's edges).
+                    let bx = p.x + col * bw
+                    let by = p.y + row * bh
+                    let w = min(bw, e.width - col * bw)
+                    let h = min(bh, e.height - row * bh)
+                    let key = DecodedBlocks.Key(path: e.path, col: col, row: row)
+                    let uses = reads(bx, w, origin: x).flatMap { a in reads(by, h, origin: y).map { a * $0 } }
+                    let block = try decoded.block(key, uses: uses) {
+                        try decode(e, x: col * bw, y: row * bh, width: w, height: h)
+                    }
+                    let cx0 = max(x0, bx)
+                    let cx1 = min(x1, bx + w)
+                    for r in max(y0, by)..<min(y1, by + h) {
+                        (dst + (r - y) * stride + (cx0 - x) * 4).update(
+                            from: block.pixels + ((r - by) * w + (cx0 - bx)) * 4, count: (cx1 - cx0) * 4)
+                    }
+                    decoded.done(key)
+                }
+            }
+        }
+    }
+
+    /// Decodes one block of a JPEG 2000 dalle into RGBA, alpha from its alpha band or its mask,
+    /// as the mosaic reads it. GDAL decodes every band of the block at once (and with OpenJPEG's
+    /// threads, `GDAL_NUM_THREADS`: all cores by default, so a worker left alone at the end of a
+    /// band still keeps them busy).
+    private func decode(_ e: SourceEntry, x: Int, y: Int, width: Int, height: Int) throws -> DecodedBlocks.Block {
+        let ds = try dataset(e.path)
+        let block = DecodedBlocks.Block(width: width, height: height)
+        try ds.read(
+            x: x, y: y, width: width, height: height, bands: e.bands == 4 ? [1, 2, 3, 4] : [1, 2, 3],
+            into: block.pixels, bufferWidth: width, bufferHeight: height, pixelSpace: 4, lineSpace: width * 4)
+        if e.bands != 4 {
+            if ds.maskIsAllValid(band: 1) {
+                for i in 0..<width * height { block.pixels[i * 4 + 3] = 255 }
+            } else {
+                try ds.readMask(
+                    band: 1, x: x, y: y, width: width, height: height, into: block.pixels + 3, pixelSpace: 4,
+                    lineSpace: width * 4)
+            }
+        }
+        return block
+    }
+
+    /// This worker's handle on a dalle, opened on first use; a few stay open.
+    private func dataset(_ path: String) throws -> Dataset {
+        if let i = dalles.firstIndex(where: { $0.path == path }) {
+            let d = dalles.remove(at: i)
+            dalles.append(d)
+            return d.dataset
+        }
+        let ds = try Dataset.open(path)
+        if dalles.count >= 8 { dalles.removeFirst() }
+        dalles.append((path, ds))
+        return ds
+    }
+
+    /// Where each dalle lies on the mosaic of `entries`, in whole pixels, when every one is a
+    /// JPEG 2000 dalle of 3 or 4 bands at the mosaic's resolution: then its blocks are decoded
+    /// once for the build and copied. Nil otherwise: other formats are cheap to decode, and a
+    /// dalle off the mosaic's pixel grid is resampled by the mosaic.
+    static func placements(_ entries: [SourceEntry], origin: (Double, Double), resolution res: Double)
+        -> [(x: Int, y: Int)]?
+    {
+        var out: [(x: Int, y: Int)] = []
+        for e in entries {
+            let ext = (e.path as NSString).pathExtension.lowercased()
+            guard ["jp2", "j2k", "jpx", "jpf"].contains(ext), e.bands == 3 || e.bands == 4, e.blockWidth > 0,
+                e.blockHeight > 0
+            else { return nil }
+            let dx = (e.bounds.minX - origin.0) / res
+            let dy = (origin.1 - e.bounds.maxY) / res
+            let w = e.bounds.width / res
+            let h = e.bounds.height / res
+            guard abs(dx - dx.rounded()) < 1e-6, abs(dy - dy.rounded()) < 1e-6, abs(w - Double(e.width)) < 1e-6,
+                abs(h - Double(e.height)) < 1e-6
+            else { return nil }
+            out.append((Int(dx.rounded()), Int(dy.rounded())))
+        }
+        return out
     }
 
     /// Reads a dalle in full; the reason when it cannot be decoded.

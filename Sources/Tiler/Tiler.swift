@@ -350,6 +350,7 @@ public final class Tiler {
         let durable = Durability()
         // Footprints in the grid's CRS, each tied to its dalle.
         let footprints = RectIndex(Array(zip(plan.footprints, usable)))
+        let decoded = DecodedBlocks(budget: DecodedBlocks.budgetPerWorker * max(2, options.threads))
         var failed: [String] = []
         var pixelsRead = 0
         // A worker builds its share of the deepest band and leaves the rest to the finisher.
@@ -416,7 +417,7 @@ public final class Tiler {
                         } else {
                             try DalleReader(
                                 tms: tms, footprints: footprints, resampling: definition.reprojectionResampling,
-                                bad: bad)
+                                bad: bad, decoded: decoded)
                         }
                     builder = try ShardBuilder(
                         tms: tms, band: band, format: definition.format, quality: definition.quality, reader: reader,
@@ -510,6 +511,10 @@ public final class Tiler {
             if !failed.isEmpty && !options.keepGoing { break }
         }
 
+        if decoded.decodes > 0 {
+            logger.info(
+                "\(tms.id): \(decoded.decodes) JPEG 2000 block(s) decoded, \(decoded.droppedEarly) dropped early")
+        }
         // Every shard on disk and recorded before any manifest names it.
         if let error = durable.wait() {
             logger.error("\(tms.id): a built shard could not be flushed or recorded: \(error)")
