@@ -374,33 +374,8 @@ struct S3ServingTests {
             try await ServerFixture.app(store: "s3://\(SeaweedFS.bucketName)/\(prefix)", reading: store).test(.live) {
                 client in
                 let port = try #require(client.port)
-                let out = NSTemporaryDirectory() + "wmts-s3-\(UUID().uuidString).tif"
-                defer { try? FileManager.default.removeItem(atPath: out) }
-                let tms = try #require(pyramid.manifest.tileMatrixSet.matrix(22))
-                let minX = tms.originX + Double(t.col) * 12.8
-                let maxY = tms.originY - Double(t.row) * 12.8
-                let (status, log) = try await ServerFixture.run(
-                    "/usr/bin/gdal_translate",
-                    [
-                        "--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q",
-                        "WMTS:http://127.0.0.1:\(port)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=2154_5cm",
-                        "-projwin", "\(minX)", "\(maxY)", "\(minX + 12.8)", "\(maxY - 12.8)", "-b", "1", "-b", "2",
-                        "-b", "3", out,
-                    ])
-                #expect(status == 0, "\(log)")
-                let ds = try Dataset.open(out)
-                #expect(ds.width == 256 && ds.height == 256)
-                var px = [UInt8](repeating: 255, count: 256 * 256 * 4)
-                try px.withUnsafeMutableBufferPointer { p in
-                    try ds.read(
-                        x: 0, y: 0, width: 256, height: 256, bands: [1, 2, 3], into: p.baseAddress!, bufferWidth: 256,
-                        bufferHeight: 256, pixelSpace: 4)
-                }
-                var same = 0
-                for i in stride(from: 0, to: px.count, by: 4)
-                where px[i] == expected[i] && px[i + 1] == expected[i + 1] && px[i + 2] == expected[i + 2] {
-                    same += 1
-                }
+                let same = try await ServerFixture.pixelsGDALReadsLikeThePyramid(
+                    base: "http://127.0.0.1:\(port)", pyramid: pyramid, expected: expected)
                 #expect(same == 256 * 256)
             }
         }

@@ -115,6 +115,49 @@ enum ServerFixture {
         return mask
     }
 
+    /// How many of ``innerTile``'s pixels GDAL's WMTS driver reads from the server at `base`
+    /// (its capabilities, layer `pcrs`, grid 2154_5cm, the tile's window) equal to `expected`
+    /// (the tile's RGBA pixels as the pyramid holds them): 256 × 256 when every one does.
+    static func pixelsGDALReadsLikeThePyramid(
+        base: String, pyramid: PyramidReader, expected: [UInt8]
+    ) async throws -> Int {
+        let t = innerTile
+        let out = NSTemporaryDirectory() + "wmts-\(UUID().uuidString).tif"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        guard let tms = pyramid.manifest.tileMatrixSet.matrix(22) else { return 0 }
+        let minX = tms.originX + Double(t.col) * 12.8
+        let maxY = tms.originY - Double(t.row) * 12.8
+        let (status, log) = try await run(
+            "/usr/bin/gdal_translate",
+            [
+                // No disk cache: every run must fetch from the server it tests.
+                "--config", "GDAL_ENABLE_WMS_CACHE", "NO", "-q",
+                "WMTS:\(base)/wmts/1.0.0/WMTSCapabilities.xml,layer=pcrs,tilematrixset=2154_5cm",
+                "-projwin", "\(minX)", "\(maxY)", "\(minX + 12.8)", "\(maxY - 12.8)", "-b", "1", "-b", "2", "-b", "3",
+                out,
+            ])
+        guard status == 0 else { throw HarnessFailure("gdal_translate failed: \(log)") }
+        let ds = try Dataset.open(out)
+        guard ds.width == 256, ds.height == 256 else { return 0 }
+        var px = [UInt8](repeating: 255, count: 256 * 256 * 4)
+        try px.withUnsafeMutableBufferPointer { p in
+            try ds.read(
+                x: 0, y: 0, width: 256, height: 256, bands: [1, 2, 3], into: p.baseAddress!, bufferWidth: 256,
+                bufferHeight: 256, pixelSpace: 4)
+        }
+        var same = 0
+        for i in stride(from: 0, to: px.count, by: 4)
+        where px[i] == expected[i] && px[i + 1] == expected[i + 1] && px[i + 2] == expected[i + 2] {
+            same += 1
+        }
+        return same
+    }
+
+    struct HarnessFailure: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
     /// Runs a tool to its end on a Dispatch thread: the server under test keeps its threads.
     static func run(_ tool: String, _ arguments: [String]) async throws -> (Int32, String) {
         try await withCheckedThrowingContinuation { c in
