@@ -32,7 +32,7 @@ struct ShardIndex: Sendable {
 /// One pyramid of an ``S3Store``. A stored tile is one ranged GET once its shard's index is known
 /// (the first tile of a shard costs one more, for the index); the read is handed back as
 /// `.later`, so no thread waits on it. What may block (`decodeTile`, `withTileAndMask`, `cover`,
-/// `tiledFootprint`: WMS, extracts, transcoding) waits through `waitFor`.
+/// `tiledFootprint`: WMS, extracts, transcoding) waits through ``ObjectStoreIO/wait(_:)``.
 ///
 /// Tile validators are the folder store's (the shard's checksum from the manifest with the tile's
 /// place and size), so a pyramid copied between a folder and a bucket keeps its ETags. A shard
@@ -328,7 +328,7 @@ public final class S3PyramidSource: PyramidSource {
 
     private func waitTileAndMask(_ tile: TileCoordinate) throws -> ([UInt8], [UInt8]?)? {
         guard let (loc, shard) = locate(tile) else { return nil }
-        return try waitFor { () async throws(ShardError) -> ([UInt8], [UInt8]?)? in
+        return try ObjectStoreIO.wait { () async throws(ShardError) -> ([UInt8], [UInt8]?)? in
             try await self.tileAndMask(loc, shard)
         }
     }
@@ -350,7 +350,7 @@ public final class S3PyramidSource: PyramidSource {
 
     public func cover(_ tile: TileCoordinate) throws -> TileCover {
         guard let (loc, shard) = locate(tile) else { return .absent }
-        return try waitFor { () async throws(ShardError) -> TileCover in
+        return try ObjectStoreIO.wait { () async throws(ShardError) -> TileCover in
             let index = try await self.index(shard)
             let mask: (offset: UInt64, count: Int)?
             do {

@@ -65,7 +65,7 @@ public final class S3Store: PyramidStore {
     // MARK: - Listing
 
     public func list() throws -> [PyramidListing] {
-        try waitFor { () async throws(S3Error) -> [PyramidListing] in try await self.listing() }
+        try ObjectStoreIO.wait { () async throws(S3Error) -> [PyramidListing] in try await self.listing() }
     }
 
     /// The pyramids under the prefix: tilesets, then their grids, then each grid's
@@ -131,7 +131,7 @@ public final class S3Store: PyramidStore {
     // MARK: - Opening
 
     public func open(_ pyramid: PyramidListing, openShards: Int) throws -> any PyramidSource {
-        try waitFor { () async throws -> S3PyramidSource in try await self.openSource(pyramid) }
+        try ObjectStoreIO.wait { () async throws -> S3PyramidSource in try await self.openSource(pyramid) }
     }
 
     /// Reads a pyramid's manifest (one GET) and makes its source.
@@ -145,7 +145,7 @@ public final class S3Store: PyramidStore {
     // MARK: - Small files
 
     public func read(_ relative: String) throws -> Data? {
-        try waitFor { () async throws(S3Error) -> Data? in try await self.object(relative) }
+        try ObjectStoreIO.wait { () async throws(S3Error) -> Data? in try await self.object(relative) }
     }
 
     /// A small object of the store (a manifest, a footprint, a source index), nil when absent.
@@ -206,7 +206,7 @@ public final class S3ReadCounters: Sendable {
 }
 
 /// Work under way by key, so that callers asking for the same thing at once share one run: the
-/// first starts it (on the object-store executor), the others await the same task. A run that
+/// first starts it (on ``ObjectStoreIO/executor``), the others await the same task. A run that
 /// ends is forgotten; what it fetched is kept by the caches, not here.
 final class InFlight<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     private let tasks = Mutex<[Key: Task<Value, any Error>]>([:])
