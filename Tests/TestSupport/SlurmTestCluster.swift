@@ -194,7 +194,22 @@ public final class SlurmTestCluster: Sendable {
         }
     }
 
-    /// Cancels every job, stops the daemons and removes the folder.
+    /// Runs `body` with the cluster, then stops it on a thread of its own (also when `body`
+    /// throws): stopping waits for jobs and daemons to end, which must not hold one of the
+    /// cooperative threads every other test's server needs (their requests timed out meanwhile).
+    public func whileRunning<R: Sendable>(_ body: () async throws -> R) async throws -> R {
+        let result: Result<R, any Error>
+        do { result = .success(try await body()) } catch { result = .failure(error) }
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                self.stop()
+                done.resume()
+            }
+        }
+        return try result.get()
+    }
+
+    /// Cancels every job, stops the daemons and removes the folder. Blocks.
     public func stop() {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")

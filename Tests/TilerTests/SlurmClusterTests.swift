@@ -17,45 +17,46 @@ struct SlurmClusterTests {
         try await ClusterTests.tileInOneProcess(sources, in: dir)
 
         let slurm = try await SlurmTestCluster.start()
-        defer { slurm.stop() }
-        let plan = dir + "/plan.json"
-        let environment = [
-            "DALLAGE": Fixture.executable, "DALLAGE_TMS_DIR": Fixture.tmsDirectory, "LOG_DIR": dir + "/logs",
-        ]
-        let submitted = try await run(
-            Fixture.root + "/deploy/slurm/submit.sh",
-            ["4", plan, "--id", "t", "--tms", "2154_5cm", "--tms", "PM", "--store", dir + "/cluster"] + sources,
-            environment: slurm.environment.merging(environment) { $1 })
-        // "workers: job A (4 task(s)); finisher: job F"
-        let ids = submitted.split(separator: "\n").last?.split(separator: " ").compactMap { word -> String? in
-            let digits = word.trimmingCharacters(in: CharacterSet(charactersIn: ";"))
-            return Int(digits) != nil && !word.hasPrefix("(") ? digits : nil
-        }
-        let jobs = try #require(ids, "submit.sh said: \(submitted)")
-        try #require(jobs.count == 2, "submit.sh said: \(submitted)")
-        do {
-            try await slurm.waitForCompletion(of: jobs)
-        } catch {
-            Issue.record("\(error)\n\(Self.logs(dir + "/logs"))")
-            throw error
-        }
-        // Four array tasks (a pending array is one record; each task its own once started).
-        #expect(try await slurm.states(of: jobs[0]) == Array(repeating: "COMPLETED", count: 4))
-        try ClusterTests.expectTheOneProcessPyramid(in: dir)
-        // Each worker said what it did.
-        let logs = Self.logs(dir + "/logs")
-        for i in 0..<4 { #expect(logs.contains("worker \(i)/4 of plan"), "\(logs)") }
+        try await slurm.whileRunning {
+            let plan = dir + "/plan.json"
+            let environment = [
+                "DALLAGE": Fixture.executable, "DALLAGE_TMS_DIR": Fixture.tmsDirectory, "LOG_DIR": dir + "/logs",
+            ]
+            let submitted = try await run(
+                Fixture.root + "/deploy/slurm/submit.sh",
+                ["4", plan, "--id", "t", "--tms", "2154_5cm", "--tms", "PM", "--store", dir + "/cluster"] + sources,
+                environment: slurm.environment.merging(environment) { $1 })
+            // "workers: job A (4 task(s)); finisher: job F"
+            let ids = submitted.split(separator: "\n").last?.split(separator: " ").compactMap { word -> String? in
+                let digits = word.trimmingCharacters(in: CharacterSet(charactersIn: ";"))
+                return Int(digits) != nil && !word.hasPrefix("(") ? digits : nil
+            }
+            let jobs = try #require(ids, "submit.sh said: \(submitted)")
+            try #require(jobs.count == 2, "submit.sh said: \(submitted)")
+            do {
+                try await slurm.waitForCompletion(of: jobs)
+            } catch {
+                Issue.record("\(error)\n\(Self.logs(dir + "/logs"))")
+                throw error
+            }
+            // Four array tasks (a pending array is one record; each task its own once started).
+            #expect(try await slurm.states(of: jobs[0]) == Array(repeating: "COMPLETED", count: 4))
+            try ClusterTests.expectTheOneProcessPyramid(in: dir)
+            // Each worker said what it did.
+            let logs = Self.logs(dir + "/logs")
+            for i in 0..<4 { #expect(logs.contains("worker \(i)/4 of plan"), "\(logs)") }
 
-        // Worker 1 of 4 again, as a job of its own: not a file of the store touched.
-        let before = ClusterTests.snapshot(dir + "/cluster")
-        let again = try await slurm.submit(
-            [
-                "--output=\(dir)/logs/again-%j.out", Fixture.root + "/deploy/slurm/dallage-tile.sbatch", "worker",
-                plan, "1/4",
-            ], environment: environment)
-        try await slurm.waitForCompletion(of: [again])
-        #expect(ClusterTests.snapshot(dir + "/cluster") == before)
-        #expect(Self.logs(dir + "/logs").contains("is already current: nothing to do"))
+            // Worker 1 of 4 again, as a job of its own: not a file of the store touched.
+            let before = ClusterTests.snapshot(dir + "/cluster")
+            let again = try await slurm.submit(
+                [
+                    "--output=\(dir)/logs/again-%j.out", Fixture.root + "/deploy/slurm/dallage-tile.sbatch", "worker",
+                    plan, "1/4",
+                ], environment: environment)
+            try await slurm.waitForCompletion(of: [again])
+            #expect(ClusterTests.snapshot(dir + "/cluster") == before)
+            #expect(Self.logs(dir + "/logs").contains("is already current: nothing to do"))
+        }
     }
 
     /// Every job's output, for a failure message.
