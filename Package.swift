@@ -152,8 +152,8 @@ let package = Package(
             name: "GeoGridTests",
             dependencies: ["GeoGrid", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
-        .testTarget(name: "RasterTests", dependencies: ["Raster"]),
-        .testTarget(name: "PyramidTests", dependencies: ["Pyramid", "Raster", "GeoGrid"]),
+        .testTarget(name: "RasterTests", dependencies: ["Raster", "TestSupport"]),
+        .testTarget(name: "PyramidTests", dependencies: ["Pyramid", "Raster", "GeoGrid", "TestSupport"]),
         .testTarget(
             name: "S3Tests",
             dependencies: [

@@ -243,10 +243,10 @@ public final class Geometry: @unchecked Sendable {
         OGR_L_CreateField(layer, field, 1)
         OGR_Fld_Destroy(field)
         CPLErrorReset()
-        // The band is its own mask: zero pixels make no polygon.
-        guard GDALPolygonize(band, band, layer, 0, nil, nil, nil) == CE_None else {
-            throw RasterError.gdal("cannot polygonize the mask")
-        }
+        // The band is its own mask: zero pixels make no polygon. The band belongs to `ds`, which
+        // must outlive its use: Swift may end a local's life after its last mention.
+        let polygonized = withExtendedLifetime(ds) { GDALPolygonize(band, band, layer, 0, nil, nil, nil) }
+        guard polygonized == CE_None else { throw RasterError.gdal("cannot polygonize the mask") }
         var parts: [Geometry] = []
         OGR_L_ResetReading(layer)
         while let f = OGR_L_GetNextFeature(layer) {

@@ -1,5 +1,6 @@
 import Foundation
 import Raster
+import TestSupport
 import Testing
 
 @testable import Coverage
@@ -12,7 +13,7 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
 
 /// Issue 11: lost updates, a database that cannot take writes, hashes as secrets, actor names,
 /// perimeters out of Lambert-93's area, deliverables in unknown tilesets, empty PATCHes.
-@Suite struct CoverageHardeningTests {
+@Suite(.blocking) struct CoverageHardeningTests {
     /// 20 steps added at once, through two stores on one database (two processes): all stored,
     /// and the history chains each step count to the next.
     @Test(arguments: StoreKind.allCases)

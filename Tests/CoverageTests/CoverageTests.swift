@@ -172,7 +172,7 @@ extension Livrable {
     }
 }
 
-@Suite struct ProjectStoreTests {
+@Suite(.blocking) struct ProjectStoreTests {
     @Test(arguments: StoreKind.allCases)
     func tiledProgressIsThePartOfThePerimeterInsideTheFootprint(store: StoreKind) async throws {
         // The western 400 m of Lille (1 km²) are tiled in pcrs.

@@ -14,7 +14,7 @@ private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> Extra
 }
 
 /// The extract queue, shared by several servers: the same tests on SQLite and PostgreSQL.
-@Suite struct ExtractJobStoreTests {
+@Suite(.blocking) struct ExtractJobStoreTests {
     @Test(arguments: StoreKind.allCases)
     func jobsAreKeptAndCountedPerClient(store kind: StoreKind) async throws {
         let store = try await TestDatabase.make(kind).open()
@@ -125,7 +125,7 @@ private func job(_ n: Int, client: String = "c1", estimated: Int = 100) -> Extra
 }
 
 /// What crosses processes: revisions heard by other servers, schema steps applied once.
-@Suite struct SharedDatabaseTests {
+@Suite(.blocking) struct SharedDatabaseTests {
     /// A change written through one store reaches a server listening through another (NOTIFY on
     /// PostgreSQL, polling on SQLite), asked with a deadline.
     @Test(arguments: StoreKind.allCases)

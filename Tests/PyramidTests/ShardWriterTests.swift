@@ -2,9 +2,11 @@ import Foundation
 import GeoGrid
 import Pyramid
 import Raster
+import TestSupport
 import Testing
 
 /// Writes a small shard by hand and reads it back with our reader and with GDAL.
+@Suite(.blocking)
 struct ShardWriterTests {
     static func makeShard(in dir: String, partial: Bool, parallelism: Int = 1) throws -> (String, ShardSummary) {
         let path = dir + "/shards/3/1/2.tif"

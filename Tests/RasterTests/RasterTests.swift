@@ -1,5 +1,6 @@
 import Foundation
 import GeoGrid
+import TestSupport
 import Testing
 
 @testable import Raster
@@ -34,7 +35,7 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
     return mse == 0 ? .infinity : 10 * log10(255 * 255 / mse)
 }
 
-@Suite struct CodecTests {
+@Suite(.blocking) struct CodecTests {
     @Test func jpegRoundTripKeepsPixelsAndSize() throws {
         let codec = try JPEGCodec()
         let src = testImage(width: 256, height: 256)
@@ -131,7 +132,7 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
     }
 }
 
-@Suite struct ProjectionTests {
+@Suite(.blocking) struct ProjectionTests {
     @Test func lambert93ToWGS84KnownPoint() throws {
         // The Lambert-93 false origin (3°E, 46.5°N) sits at (700000, 6600000).
         let t = try CoordinateTransform(from: SpatialReference(epsg: 2154), to: SpatialReference.wgs84())
@@ -165,7 +166,7 @@ private func psnr(_ a: [UInt8], _ b: [UInt8]) -> Double {
     }
 }
 
-@Suite struct ReprojectorTests {
+@Suite(.blocking) struct ReprojectorTests {
     /// An opaque square whose red grows by `step` per column and green by `step` per row.
     static func gradient(side: Int, step: Int) -> [UInt8] {
         var src = [UInt8](repeating: 255, count: side * side * 4)

@@ -33,22 +33,17 @@ import Tiler
         return false
     }
 
-    /// Builds (or rebuilds) tileset `pcrs` on 2154_5cm from `sources`, on a Dispatch thread.
+    /// Builds (or rebuilds) tileset `pcrs` on 2154_5cm from `sources`, on `Blocking.queue`.
     static func tile(_ sources: [String], store: String) async throws {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-            DispatchQueue.global().async {
-                c.resume(
-                    with: Result {
-                        var options = TileOptions(store: store, tmsDirectory: ServerFixture.root + "/config/tms")
-                        options.threads = 2
-                        var logger = Logger(label: "test")
-                        logger.logLevel = .critical
-                        _ = try Tiler(
-                            definition: TilesetDefinition(id: "pcrs", sources: sources, grids: ["2154_5cm"]),
-                            options: options, logger: logger, progress: Progress(logger: logger, interactive: false)
-                        ).run()
-                    })
-            }
+        try await Blocking.run {
+            var options = TileOptions(store: store, tmsDirectory: ServerFixture.root + "/config/tms")
+            options.threads = 2
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            _ = try Tiler(
+                definition: TilesetDefinition(id: "pcrs", sources: sources, grids: ["2154_5cm"]),
+                options: options, logger: logger, progress: Progress(logger: logger, interactive: false)
+            ).run()
         }
     }
 

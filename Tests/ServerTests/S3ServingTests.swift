@@ -422,28 +422,23 @@ struct S3ServingTests {
     static func serve(_ binary: String, _ arguments: [String], environment: [String: String]) async throws -> (
         Int32, String
     ) {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async {
-                c.resume(
-                    with: Result {
-                        let p = Process()
-                        p.executableURL = URL(fileURLWithPath: binary)
-                        p.arguments = arguments
-                        var env = ProcessInfo.processInfo.environment.filter {
-                            !$0.key.hasPrefix("AWS_") && !$0.key.hasPrefix("DALLAGE_")
-                        }
-                        env.merge(environment) { $1 }
-                        p.environment = env
-                        p.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
-                        let err = Pipe()
-                        p.standardError = err
-                        p.standardOutput = FileHandle.nullDevice
-                        try p.run()
-                        let data = err.fileHandleForReading.readDataToEndOfFile()
-                        p.waitUntilExit()
-                        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-                    })
+        try await Blocking.run {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = arguments
+            var env = ProcessInfo.processInfo.environment.filter {
+                !$0.key.hasPrefix("AWS_") && !$0.key.hasPrefix("DALLAGE_")
             }
+            env.merge(environment) { $1 }
+            p.environment = env
+            p.currentDirectoryURL = URL(fileURLWithPath: NSTemporaryDirectory())
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let data = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: data, as: UTF8.self))
         }
     }
 }

@@ -6,6 +6,7 @@ import Logging
 import Pyramid
 import Raster
 import Server
+import TestSupport
 import Tiler
 
 @testable import Serving
@@ -15,10 +16,12 @@ enum ServerFixture {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
 
+    /// Built by the first test that asks, on `Blocking.queue` so that the build's workers do not
+    /// take the threads the servers of other suites answer on.
     static let shared: String = {
         let dir = NSTemporaryDirectory() + "dallage-server-\(UUID().uuidString)"
         // swift-format-ignore: NeverUseForceTry
-        try! build(in: dir)
+        try! Blocking.queue.sync { try build(in: dir) }
         return dir
     }()
 
@@ -158,11 +161,9 @@ enum ServerFixture {
         init(_ description: String) { self.description = description }
     }
 
-    /// Runs a tool to its end on a Dispatch thread: the server under test keeps its threads.
+    /// Runs a tool to its end on `Blocking.queue`: the server under test keeps its threads.
     static func run(_ tool: String, _ arguments: [String]) async throws -> (Int32, String) {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async { c.resume(with: Result { try runBlocking(tool, arguments) }) }
-        }
+        try await Blocking.run { try runBlocking(tool, arguments) }
     }
 
     static func runBlocking(_ tool: String, _ arguments: [String]) throws -> (Int32, String) {

@@ -573,18 +573,20 @@ struct ServerOperationsTests {
             _ = try await client.execute(uri: uri, method: .get) { $0.status }
             let before = try await client.execute(uri: uri, method: .get) { $0.headers[.eTag] }
             // Re-tile the same area at another quality: same URLs, other bytes.
-            var options = TileOptions(store: dir + "/store", tmsDirectory: ServerFixture.root + "/config/tms")
-            options.grids = ["2154_5cm"]
-            var logger = Logger(label: "test")
-            logger.logLevel = .critical
-            var def = TilesetDefinition(
-                id: "pcrs", sources: expandSources([ServerFixture.shared + "/src"]), grids: ["2154_5cm"])
-            def.quality = 60
-            _ = try Tiler(
-                definition: def, options: options, logger: logger,
-                progress: Progress(logger: logger, interactive: false)
-            )
-            .run()
+            try await Blocking.run {
+                var options = TileOptions(store: dir + "/store", tmsDirectory: ServerFixture.root + "/config/tms")
+                options.grids = ["2154_5cm"]
+                var logger = Logger(label: "test")
+                logger.logLevel = .critical
+                var def = TilesetDefinition(
+                    id: "pcrs", sources: expandSources([ServerFixture.shared + "/src"]), grids: ["2154_5cm"])
+                def.quality = 60
+                _ = try Tiler(
+                    definition: def, options: options, logger: logger,
+                    progress: Progress(logger: logger, interactive: false)
+                )
+                .run()
+            }
             // The server sees the rebuild at its next rescan of the store (every `rescan_seconds`).
             try await eventually("the rebuilt pyramid to be served") {
                 try await client.execute(uri: uri, method: .get) { $0.headers[.eTag] } != before

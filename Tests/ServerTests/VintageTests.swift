@@ -6,6 +6,7 @@ import Logging
 import Pyramid
 import Raster
 import Server
+import TestSupport
 import Testing
 import Tiler
 
@@ -26,14 +27,10 @@ import Tiler
     /// Across the bottom edge of the top-left dalle: rows 0…127 in 2024, 128…255 in 2021 only.
     static let straddling = TileCoordinate(z: 22, col: 55_000, row: 385_939)
 
-    /// Built once, on a Dispatch thread: the tests await it (suspended) rather than wait on a
+    /// Built once, on `Blocking.queue`: the tests await it (suspended) rather than wait on a
     /// lazy global's lock, which would hold every cooperative thread — and with them every other
     /// suite's servers and clients — for the whole build.
-    static let building = Task<(dir: String, sources: [String]), Error> {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async { c.resume(with: Result { try build() }) }
-        }
-    }
+    static let building = Task<(dir: String, sources: [String]), Error> { try await Blocking.run { try build() } }
     static func shared() async throws -> (dir: String, sources: [String]) { try await building.value }
     static func store() async throws -> String { try await shared().dir + "/store" }
 

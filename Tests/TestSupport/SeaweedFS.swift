@@ -293,9 +293,9 @@ public func run(_ program: String, _ arguments: [String], environment: [String: 
     return String(decoding: stdout, as: UTF8.self)
 }
 
-/// Everything a file handle gives until its end, read on a Dispatch thread.
+/// Everything a file handle gives until its end, read on `Blocking.queue`.
 private func readToEnd(_ handle: FileHandle) async -> Data {
     await withCheckedContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(returning: handle.readDataToEndOfFile()) }
+        Blocking.queue.async { continuation.resume(returning: handle.readDataToEndOfFile()) }
     }
 }

@@ -11,7 +11,7 @@ import Testing
 /// The cluster protocol: a plan, workers each building a share of the deepest bands, and a
 /// finisher make the very pyramid one process makes; reruns change nothing; a stale or
 /// mismatched plan is refused before anything is written.
-@Suite struct ClusterTests {
+@Suite(.blocking) struct ClusterTests {
     static let grids = ["2154_5cm", "PM"]
 
     static func definition(_ sources: [String]) -> TilesetDefinition {
@@ -91,7 +91,7 @@ import Testing
         var built: [Int] = []
         for i in 0..<3 {
             let share = try WorkerShare(index: i, count: 3)
-            let summary = try await Fixture.onDispatchThread { try Self.runPlan(plan, .worker(share)) }
+            let summary = try await Blocking.run { try Self.runPlan(plan, .worker(share)) }
             built.append(summary.grids.reduce(0) { $0 + $1.shardsBuilt })
             #expect(summary.grids.flatMap(\.failed).isEmpty)
         }
@@ -107,19 +107,19 @@ import Testing
 
         // A worker run again (retried by the scheduler): not a file touched.
         let workersDone = Self.snapshot(dir + "/cluster")
-        let again = try await Fixture.onDispatchThread {
+        let again = try await Blocking.run {
             try Self.runPlan(plan, .worker(try WorkerShare(index: 1, count: 3)))
         }
         #expect(again.grids.reduce(0) { $0 + $1.shardsBuilt } == 0)
         #expect(Self.snapshot(dir + "/cluster") == workersDone)
 
-        let finished = try await Fixture.onDispatchThread { try Self.runPlan(plan, .finish) }
+        let finished = try await Blocking.run { try Self.runPlan(plan, .finish) }
         #expect(finished.grids.map(\.generation) == [1, 1])
         try Self.expectTheOneProcessPyramid(in: dir)
 
         // After the finish, a late worker or a second finisher: nothing to do, nothing touched.
         let done = Self.snapshot(dir + "/cluster")
-        try await Fixture.onDispatchThread {
+        try await Blocking.run {
             try Self.runPlan(plan, .worker(try WorkerShare(index: 2, count: 3)))
             try Self.runPlan(plan, .finish)
         }
@@ -128,7 +128,7 @@ import Testing
 
     /// The sources tiled by one process into `<dir>/one`: what the cluster must make.
     static func tileInOneProcess(_ sources: [String], in dir: String) async throws {
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run {
             try Fixture.tile(sources, store: dir + "/one", grids: Self.grids)
         }
     }
@@ -187,18 +187,18 @@ import Testing
         let first = try GenerationTests.fourShards(in: dir)
         let added = try GenerationTests.neighbour(in: dir)
         for store in ["one", "cluster"] {
-            _ = try await Fixture.onDispatchThread {
+            _ = try await Blocking.run {
                 try Fixture.tile(first, store: dir + "/" + store, grids: Self.grids)
             }
         }
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run {
             try Fixture.tile(first + added, store: dir + "/one", grids: Self.grids)
         }
         let plan = try Self.plan(first + added, store: dir + "/cluster", file: dir + "/plan.json")
         #expect(plan.grids.map(\.base) == [1, 1] && plan.grids.map(\.generation) == [2, 2])
         // Only the shard the new dalle lies in, per grid; the other three are reused.
         #expect(plan.grids.map(\.jobs.count) == [1, 1] && plan.grids.map(\.reused) == [3, 3])
-        try await Fixture.onDispatchThread {
+        try await Blocking.run {
             for i in 0..<2 { try Self.runPlan(plan, .worker(try WorkerShare(index: i, count: 2))) }
             try Self.runPlan(plan, .finish)
         }
@@ -227,7 +227,7 @@ import Testing
             p.standardError = FileHandle.nullDevice
             p.standardOutput = FileHandle.nullDevice
             try p.run()
-            atKill = try await Fixture.onDispatchThread {
+            atKill = try await Blocking.onThreadOfItsOwn {
                 let seen = Fixture.poll(timeout: 120) { !p.isRunning || recorded() > 0 }
                 if p.isRunning { kill(p.processIdentifier, SIGKILL) }
                 guard seen else { return 0 }
@@ -261,7 +261,7 @@ import Testing
         // Another build (of three of the dalles) switched the pyramid since the plan: its
         // generation would be lost. (The same build of the same dalles would have made this
         // plan's generation: a worker then has nothing to do.)
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run {
             try Fixture.tile(Array(sources.dropLast()), store: dir + "/store", grids: Self.grids)
         }
         let switched = Self.snapshot(dir + "/store")

@@ -2,12 +2,13 @@ import Foundation
 import GeoGrid
 import Raster
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import Tiler
 
 /// JPEG 2000 dalles are decoded once per block for all workers, and read as the mosaic reads them.
-@Suite struct DecodedBlocksTests {
+@Suite(.blocking) struct DecodedBlocksTests {
     /// 2×2 JPEG 2000 dalles of 512 px in blocks of 128 px, the first with an alpha band, placed
     /// off the grid's tiles so that blocks straddle the reads of 256-px tiles.
     static func dalles(in dir: String, block: Int = 128) throws -> [SourceEntry] {

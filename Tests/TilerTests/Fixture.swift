@@ -50,18 +50,9 @@ enum Fixture {
         ).run()
     }
 
-    /// Runs blocking work (a tiling run, which builds on the calling thread) on a Dispatch thread:
-    /// Swift concurrency has only as many threads as cores, and a server under test in another
-    /// suite answers on them, so a long synchronous run there makes its requests time out.
-    static func onDispatchThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { c in
-            DispatchQueue.global().async { c.resume(with: Result { try work() }) }
-        }
-    }
-
-    /// Waits, on the calling (Dispatch) thread, until `condition` holds or `timeout` passes, asking
-    /// every `interval`; false at the deadline. For a watcher that must react within milliseconds
-    /// while Swift concurrency's threads are busy with other suites.
+    /// Waits, on the calling thread, until `condition` holds or `timeout` passes, asking every
+    /// `interval`; false at the deadline. For a watcher that must react within milliseconds: call it
+    /// on a thread of its own (`Blocking.onThreadOfItsOwn`), never on a busy pool.
     static func poll(
         timeout: TimeInterval, every interval: TimeInterval = 0.002, until condition: () -> Bool
     ) -> Bool {

@@ -2,13 +2,14 @@ import Foundation
 import GeoGrid
 import Pyramid
 import Raster
+import TestSupport
 import Testing
 
 @testable import Tiler
 
 /// Tranches: a pyramid built again after dalles were added, replaced or removed rebuilds only the
 /// shards they reach, copies what they do not, and switches generations atomically.
-@Suite struct GenerationTests {
+@Suite(.blocking) struct GenerationTests {
     /// Four dalles 2 km apart: four shards in the deepest band (z22→15 of 2154_5cm).
     static func fourShards(in dir: String) throws -> [String] {
         try (0..<4).flatMap { i in
@@ -76,7 +77,7 @@ import Testing
         let first = try Self.fourShards(in: dir)
         let added = try Self.neighbour(in: dir)
         let pyramid = dir + "/store/t/2154_5cm"
-        let one = try await Fixture.onDispatchThread {
+        let one = try await Blocking.run {
             try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"])
         }
         #expect(one.grids[0].generation == 1)
@@ -85,7 +86,7 @@ import Testing
         #expect(before.keys.filter { $0.z == 15 }.count == 4)
 
         // The plan says what will happen before anything is written.
-        let dry = try await Fixture.onDispatchThread {
+        let dry = try await Blocking.run {
             try Fixture.tile(first + added, store: dir + "/store", grids: ["2154_5cm"]) { $0.dryRun = true }
         }
         let update = try #require(dry.updates.first)
@@ -96,7 +97,7 @@ import Testing
         #expect(update.reuse.map(\.count) == [3, 0, 0])
         #expect(try Self.files(pyramid) == before)
 
-        let two = try await Fixture.onDispatchThread {
+        let two = try await Blocking.run {
             try Fixture.tile(first + added, store: dir + "/store", grids: ["2154_5cm"])
         }
         let g = try #require(two.grids.first)
@@ -134,7 +135,7 @@ import Testing
         #expect(g.tilesCopied >= untouched)
 
         // The new area reads back exactly: at the deepest level, the bytes a build from scratch makes.
-        let fresh = try await Fixture.onDispatchThread {
+        let fresh = try await Blocking.run {
             try Fixture.tile(first + added, store: dir + "/fresh", grids: ["2154_5cm"])
         }
         #expect(fresh.grids[0].tiles == g.tiles)
@@ -157,7 +158,7 @@ import Testing
         // Two dalles side by side in one shard, and two more elsewhere.
         let sources = try Self.fourShards(in: dir) + Self.neighbour(in: dir)
         let pyramid = dir + "/store/t/2154_5cm"
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
         let tms = try Fixture.grid("2154_5cm")
         let replaced = sources[4]
         let box = try Self.footprint(replaced)
@@ -168,7 +169,7 @@ import Testing
             "/usr/bin/gdal_translate", ["-q", "-scale", "0", "255", "255", "0", replaced, dir + "/maj.tif"])
         try FileManager.default.removeItem(atPath: replaced)
         try FileManager.default.moveItem(atPath: dir + "/maj.tif", toPath: replaced)
-        let two = try await Fixture.onDispatchThread {
+        let two = try await Blocking.run {
             try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
         }
         #expect(two.updates[0].changed == [(replaced as NSString).lastPathComponent])
@@ -188,7 +189,7 @@ import Testing
         #expect(changed >= inside.count)
 
         // The dalle withdrawn: its own tiles are gone, its neighbour's stay.
-        let three = try await Fixture.onDispatchThread {
+        let three = try await Blocking.run {
             try Fixture.tile(Array(sources.dropLast()), store: dir + "/store", grids: ["2154_5cm"])
         }
         #expect(three.updates[0].removed == [(replaced as NSString).lastPathComponent])
@@ -208,10 +209,10 @@ import Testing
         let first = try Self.fourShards(in: dir)
         let pyramid = dir + "/store/t/2154_5cm"
         let folder = PyramidFolder(pyramid)
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
         let v1 = try Self.tiles(pyramid)
         let added = try Self.neighbour(in: dir)
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run {
             try Fixture.tile(first + added, store: dir + "/store", grids: ["2154_5cm"])
         }
         let g2 = try #require(try folder.current())
@@ -248,8 +249,8 @@ import Testing
         let first = try Self.fourShards(in: dir)
         let pyramid = dir + "/store/t/2154_5cm"
         let folder = PyramidFolder(pyramid)
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run {
             try Fixture.tile(first + Self.neighbour(in: dir), store: dir + "/store", grids: ["2154_5cm"])
         }
         func listing() -> [String] {
@@ -286,7 +287,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let first = try Self.fourShards(in: dir)
         let pyramid = dir + "/store/t/2154_5cm"
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(first, store: dir + "/store", grids: ["2154_5cm"]) }
         // As version 0.1 left it: no generation, no generations folder.
         var old = try PyramidManifest.load(directory: pyramid)
         old.formatVersion = 1
@@ -324,7 +325,7 @@ import Testing
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try Self.fourShards(in: dir)
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
         let more = sources + (try Self.neighbour(in: dir))
         // Two processes started together on generation 1.
         func start() throws -> (Process, Pipe) {
@@ -344,7 +345,7 @@ import Testing
         }
         let (a, ea) = try start()
         let (b, eb) = try start()
-        let outputs = try await Fixture.onDispatchThread {
+        let outputs = try await Blocking.run {
             let texts = [ea, eb].map { String(decoding: $0.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
             a.waitUntilExit()
             b.waitUntilExit()

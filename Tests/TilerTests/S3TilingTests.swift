@@ -10,7 +10,7 @@ import Tiler
 
 /// The tiler writing to object storage (a real SeaweedFS): the same shards, byte for byte, as into
 /// a folder; `--resume` from the records in the bucket after a kill; bad settings refused at once.
-@Suite(.seaweedFS, .serialized)
+@Suite(.seaweedFS, .serialized, .blocking)
 struct S3TilingTests {
     var server: SeaweedFS {
         get throws { try #require(SeaweedFS.current, "the suite's SeaweedFS server") }
@@ -35,7 +35,7 @@ struct S3TilingTests {
             { _ in }
     ) async throws -> TilingSummary {
         let environment = try server.environment
-        return try await Fixture.onDispatchThread {
+        return try await Blocking.run {
             try Fixture.tile(sources, store: store, grids: ["2154_5cm"]) { options in
                 options.environment = environment
                 options.staging = staging
@@ -82,7 +82,7 @@ struct S3TilingTests {
         let sources = try GenerationTests.fourShards(in: dir)
         let (url, prefix) = Self.store()
         let pyramid = "\(prefix)/t/2154_5cm"
-        _ = try await Fixture.onDispatchThread {
+        _ = try await Blocking.run {
             try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
         }
         let summary = try await tile(sources, store: url, staging: dir + "/staging")
@@ -113,7 +113,7 @@ struct S3TilingTests {
         // A tranche: the shard it reaches and those above are rebuilt (their previous versions
         // fetched from the bucket), the others kept; again the folder's bytes.
         let more = sources + (try GenerationTests.neighbour(in: dir))
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(more, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(more, store: dir + "/store", grids: ["2154_5cm"]) }
         let two = try #require(try await tile(more, store: url, staging: dir + "/staging").grids.first)
         #expect(two.generation == 2)
         #expect(two.shardsReused == 3 && two.shardsBuilt == 3)
@@ -137,7 +137,7 @@ struct S3TilingTests {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let sources = try Fixture.sample(in: dir + "/src", columns: 1, rows: 1)
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
         let m = try #require(try PyramidFolder(dir + "/store/t/2154_5cm").current())
         try await withBucket { bucket in
             let pyramid = BucketPyramid(bucket: bucket, prefix: "switch-\(UUID().uuidString.prefix(8))/t/g")
@@ -228,10 +228,10 @@ struct S3TilingTests {
             return urls
         }
         let environment = try server.environment
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/local", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/local", grids: ["2154_5cm"]) }
         // Named one by one, and as a folder.
         for (name, given) in [("keys", urls), ("folder", ["s3://\(SeaweedFS.bucketName)/\(folder)/"])] {
-            let summary = try await Fixture.onDispatchThread {
+            let summary = try await Blocking.run {
                 try Fixture.tile(given, store: dir + "/" + name, grids: ["2154_5cm"]) { $0.environment = environment }
             }
             #expect(summary.sources == 4 && summary.skipped.isEmpty, "\(summary.skipped)")
@@ -261,7 +261,7 @@ struct S3TilingTests {
         process.standardError = err
         process.standardOutput = out
         try process.run()
-        return try await Fixture.onDispatchThread {
+        return try await Blocking.run {
             // Standard error on a thread of its own, so neither pipe can fill and stall the program.
             let errors = DispatchQueue(label: "stderr")
             nonisolated(unsafe) var errText = ""
@@ -295,7 +295,7 @@ struct S3TilingTests {
         let sources = try Fixture.sample(in: dir + "/src", columns: 2, rows: 2)
         let (url, prefix) = Self.store()
         let pyramid = "\(prefix)/t/2154_5cm"
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
         _ = try await tile(sources, store: url, staging: dir + "/staging")
         let environment = try server.environment
         let target = "\(url)/t/2154_5cm"

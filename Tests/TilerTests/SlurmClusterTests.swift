@@ -8,7 +8,9 @@ import Testing
 /// The Slurm template (`deploy/slurm`) on a real single-node Slurm: `submit.sh` plans, submits an
 /// array of four workers and the finisher behind them, and the pyramid is the one a single process
 /// makes; a worker run again as a job changes nothing.
-@Suite(.serialized, .enabled(if: SlurmTestCluster.isInstalled, Comment(rawValue: SlurmTestCluster.notInstalled)))
+@Suite(
+    .serialized, .blocking, .enabled(if: SlurmTestCluster.isInstalled, Comment(rawValue: SlurmTestCluster.notInstalled))
+)
 struct SlurmClusterTests {
     @Test func anArrayOfFourWorkersAndAFinisherMakeTheOneProcessPyramid() async throws {
         let dir = Fixture.temporaryDirectory()

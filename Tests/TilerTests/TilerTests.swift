@@ -2,10 +2,11 @@ import Foundation
 import GeoGrid
 import Pyramid
 import Raster
+import TestSupport
 import Testing
 import Tiler
 
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct TilerTests {
     @Test func nativeLevelIsThePixelsOfTheSource() throws {
         let dir = Fixture.temporaryDirectory()
@@ -275,7 +276,7 @@ struct TilerTests {
     }
 }
 
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct ResumeTests {
     @Test func killedIncrementalRunResumesToWhatACleanRunMakes() async throws {
         let dir = Fixture.temporaryDirectory()
@@ -288,11 +289,11 @@ struct ResumeTests {
             return try Fixture.sample(in: dir + "/tranche\(i)", columns: 1, rows: 1, origin: origin)
         }
         for store in ["a", "b"] {
-            _ = try await Fixture.onDispatchThread {
+            _ = try await Blocking.run {
                 try Fixture.tile(first, store: dir + "/" + store, grids: ["2154_5cm"], threads: 1)
             }
         }
-        let reference = try await Fixture.onDispatchThread {
+        let reference = try await Blocking.run {
             try Fixture.tile(first + tranche, store: dir + "/a", grids: ["2154_5cm"], threads: 1)
         }
         #expect(reference.grids[0].shardsReused == 0)
@@ -315,7 +316,7 @@ struct ResumeTests {
             p.standardError = FileHandle.nullDevice
             p.standardOutput = FileHandle.nullDevice
             try p.run()
-            atKill = try await Fixture.onDispatchThread {
+            atKill = try await Blocking.onThreadOfItsOwn {
                 // The first record, or the run's end (then the test tries again).
                 let seen = Fixture.poll(timeout: 120) { !p.isRunning || !folder.records().isEmpty }
                 if p.isRunning { kill(p.processIdentifier, SIGKILL) }
@@ -332,7 +333,7 @@ struct ResumeTests {
         let base = try #require(try folder.current()?.generation)
 
         // Resuming redoes only what was not finished and ends with the shards a clean run made.
-        let resumed = try await Fixture.onDispatchThread {
+        let resumed = try await Blocking.run {
             try Fixture.tile(first + tranche, store: dir + "/b", grids: ["2154_5cm"], threads: 1) { $0.resume = true }
         }
         let grid = try #require(resumed.grids.first)
