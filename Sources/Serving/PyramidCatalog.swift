@@ -324,14 +324,15 @@ public final class PyramidCatalog: Sendable {
         return out
     }
 
-    /// Rescans every `interval` seconds until cancelled. Each rescan runs on a Dispatch thread: it
-    /// may wait for an object store, and must not hold one of the cooperative threads meanwhile.
+    /// Rescans every `interval` seconds until cancelled. Each rescan runs on a utility-QoS Dispatch
+    /// thread: it may wait for an object store, and must not hold one of the cooperative threads
+    /// meanwhile (on Linux those are the default-QoS pool `DispatchQueue.global()` hands out).
     public func watch(every interval: Double) async {
         let milliseconds = interval.isFinite ? Int(min(max(interval, 0.01), 86_400) * 1000) : 2000
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(milliseconds))
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-                DispatchQueue.global().async {
+                DispatchQueue.global(qos: .utility).async {
                     self.rescan()
                     done.resume()
                 }

@@ -347,14 +347,15 @@ public final class TileService: Sendable {
         var memo = PublicationMemo()
         let found: TileAnswer?
         if answersLater(t) {
-            // Lookups first; decoding (which waits for the store) on a Dispatch thread, not on
-            // one of the few cooperative threads that serve every other request.
+            // Lookups first; decoding (which waits for the store) on a utility-QoS Dispatch thread,
+            // not on one of the few cooperative threads that serve every other request (on Linux
+            // those are the default-QoS pool, `DispatchQueue.global()`'s).
             if let quick = try answer(t, viewer: viewer, memo: &memo, quick: true) {
                 found = quick
             } else {
                 let result = await withCheckedContinuation {
                     (done: CheckedContinuation<Result<TileAnswer?, ServingError>, Never>) in
-                    DispatchQueue.global().async {
+                    DispatchQueue.global(qos: .utility).async {
                         var memo = PublicationMemo()
                         done.resume(
                             returning: Result { () throws(ServingError) -> TileAnswer? in
