@@ -118,6 +118,34 @@ struct S3ExtractTests {
             }
         }
 
+        // `dallage serve` as a replica is started (s3:// store and extracts_dir from the environment,
+        // the same database): it serves the download too.
+        let port = try freePorts(1)[0]
+        let log = NSTemporaryDirectory() + "s3-replica-\(UUID().uuidString).log"
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let replica = try ChildProcess(
+            ServerFixture.root + "/.build/debug/dallage",
+            [
+                "serve", "--store", "s3://\(SeaweedFS.bucketName)/\(storePrefix)", "--port", "\(port)", "--tms-dir",
+                ServerFixture.root + "/config/tms",
+            ],
+            environment: server.environment.merging([
+                "DALLAGE_DB": database, "DALLAGE_EXTRACTS_DIR": "s3://\(SeaweedFS.bucketName)/\(resultsPrefix)",
+                "AWS_CA_BUNDLE": "",
+            ]) { $1 }, log: log)
+        defer { replica.kill() }
+        let base = "http://127.0.0.1:\(port)"
+        let fetched = NSTemporaryDirectory() + "s3-replica-\(UUID().uuidString).tif"
+        defer { try? FileManager.default.removeItem(atPath: fetched) }
+        try await eventually("the replica to answer /healthz", timeout: .seconds(60), every: .milliseconds(100)) {
+            (try? await run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", base + "/healthz"])) == "200"
+        }
+        let code = try await run(
+            "curl", ["-s", "-o", fetched, "-w", "%{http_code}", base + "/api/extracts/\(id)/download"])
+        #expect(code == "200", "\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: fetched)) == Data(fromBucket))
+        replica.kill()
+
         // Expired (as if its time had passed): the next server pass deletes the object.
         let jobs = try SQLiteCoverageStore(path: database)
         var job = try #require(try await jobs.job(id: id))
