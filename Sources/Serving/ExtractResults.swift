@@ -16,6 +16,9 @@ public protocol ExtractResultStore: Sendable, CustomStringConvertible {
     func keep(_ name: String) async throws -> Int
     /// Deletes the result `name`; one that is already gone is not an error.
     func remove(_ name: String) async throws
+    /// Whether every file of `workDirectory` is temporary (results are kept elsewhere): then one
+    /// left by a server killed before its upload is deleted after an hour, as other temporary files.
+    var workFilesAreTemporary: Bool { get }
 }
 
 /// Results in a folder (the default, `<store>/.extracts`): rendered in place, served as files.
@@ -28,6 +31,7 @@ public struct FolderExtractResults: ExtractResultStore {
 
     public var workDirectory: String { directory }
     public var description: String { directory }
+    public var workFilesAreTemporary: Bool { false }
 
     public func renderPath(_ name: String) -> String { directory + "/" + name }
 
@@ -66,6 +70,7 @@ public struct BucketExtractResults: ExtractResultStore {
     static let partSize = 64 << 20
 
     public var workDirectory: String { staging }
+    public var workFilesAreTemporary: Bool { true }
     public var description: String { prefix.isEmpty ? "s3://\(bucket.name)" : "s3://\(bucket.name)/\(prefix)" }
 
     /// The object key of the result `name`.

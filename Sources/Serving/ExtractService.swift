@@ -480,15 +480,20 @@ public final class ExtractService: Sendable {
     }
 
     /// Deletes finished results past their expiry, and temporary files (zips of dalles, direct
-    /// extracts a failed request left) older than an hour.
+    /// extracts a failed request left, with results in a bucket a result whose upload a killed
+    /// server never finished) older than an hour.
     func expire() async {
         let dir = results.workDirectory
         let hourAgo = Date().addingTimeInterval(-3600)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        where name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             let path = dir + "/" + name
-            if let m = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date, m < hourAgo
-            {
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                let m = attributes[.modificationDate] as? Date, m < hourAgo
+            else { continue }
+            // Results left in a staging folder are files: a folder there may be another staging
+            // folder (of a prefix below this one's).
+            let leftResult = results.workFilesAreTemporary && attributes[.type] as? FileAttributeType == .typeRegular
+            if name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") || leftResult {
                 try? FileManager.default.removeItem(atPath: path)
             }
         }

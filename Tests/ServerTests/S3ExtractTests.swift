@@ -147,6 +147,14 @@ struct S3ExtractTests {
         replica.kill()
 
         // Expired (as if its time had passed): the next server pass deletes the object.
+        // A result a killed server never uploaded, two hours old, is deleted with the expired
+        // job's object; a folder there (another prefix's staging folder) is left alone.
+        let old: [FileAttributeKey: Any] = [.modificationDate: Date().addingTimeInterval(-7200)]
+        let left = staging + "/0123456789abcdef0123456789abcdef.tif"
+        try FileManager.default.createDirectory(atPath: staging + "/below", withIntermediateDirectories: true)
+        try Data("half".utf8).write(to: URL(fileURLWithPath: left))
+        try FileManager.default.setAttributes(old, ofItemAtPath: left)
+        try FileManager.default.setAttributes(old, ofItemAtPath: staging + "/below")
         let jobs = try SQLiteCoverageStore(path: database)
         var job = try #require(try await jobs.job(id: id))
         job.expiresAt = "2000-01-01T00:00:00Z"
@@ -159,6 +167,8 @@ struct S3ExtractTests {
                 }
             }
         }
+        #expect(!FileManager.default.fileExists(atPath: left))
+        #expect(FileManager.default.fileExists(atPath: staging + "/below"))
         let after = try await server.boto3(
             "print(s3.list_objects_v2(Bucket=bucket, Prefix=sys.argv[1] + '/').get('KeyCount', 0))",
             arguments: [resultsPrefix])
