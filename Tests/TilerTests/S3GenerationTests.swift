@@ -58,6 +58,31 @@ struct S3GenerationTests {
         #expect(g2.generation == 2)
         #expect(try await export("v2") != v1)
 
+        // A server on the bucket, serving generation 2: a tile the added dalle changed.
+        let v2 = try S3TilingTests.tree(dir + "/v2")
+        let changed = try #require(v2.keys.sorted().first { v1[$0] != v2[$0] })
+        let port = try freePorts(1)[0]
+        let serverLog = dir + "/serve.log"
+        let serve = try ChildProcess(
+            Fixture.executable,
+            ["serve", "--store", url, "--port", "\(port)", "--tms-dir", Fixture.tmsDirectory],
+            environment: environment.merging([
+                "DALLAGE_DB": dir + "/serve.sqlite", "DALLAGE_EXTRACTS_DIR": dir + "/extracts", "AWS_CA_BUNDLE": "",
+            ]) { $1 }, log: serverLog)
+        defer { serve.kill() }
+        let tileURL = "http://127.0.0.1:\(port)/tiles/t/2154_5cm/" + changed
+        /// The served tile's CRC-32, nil when it is absent.
+        func served() async throws -> String? {
+            let file = dir + "/served-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: file) }
+            let code = try await run("curl", ["-s", "-o", file, "-w", "%{http_code}", tileURL])
+            guard code == "200" else { return code == "404" ? nil : "status \(code)" }
+            return S3TilingTests.crc(try Data(contentsOf: URL(fileURLWithPath: file)))
+        }
+        try await eventually("the server to serve generation 2", timeout: .seconds(60), every: .milliseconds(100)) {
+            (try? await served()) == v2[changed]
+        }
+
         // Back to generation 1, as generation 3 listing its shards: its tiles and footprint again.
         let (s1, out1, err1) = try await tiling.dallageOutput(
             ["rollback", target, "1", "--staging", staging], environment: environment)
@@ -70,6 +95,10 @@ struct S3GenerationTests {
         #expect(g3.shards == g1.shards)
         #expect(try await export("v3") == v1)
         #expect(try await object(pyramid + "/footprint.json") == footprint1)
+        // The server moves to it at its next rescan (the manifest's ETag changed).
+        try await eventually("the server to serve generation 1's tile again", timeout: .seconds(60)) {
+            try await served() == v1[changed]
+        }
         let stagingLeft = (try? FileManager.default.subpathsOfDirectory(atPath: staging)) ?? []
         #expect(stagingLeft.allSatisfy { !$0.hasSuffix(".tif") }, "\(stagingLeft)")
 
@@ -90,6 +119,7 @@ struct S3GenerationTests {
         let onlyG2 = Set(g2.shards.map(\.path)).subtracting(g3.shards.map(\.path))
         #expect(!onlyG2.isEmpty && out3.contains("deleted \(onlyG2.count) shard file(s)"), "\(out3)")
         #expect(try await export("v4") == v1)
+        #expect(try await served() == v1[changed], "\((try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? "")")
 
         // Rolling back to a collected generation: one line, nothing changed.
         let manifestBefore = try await object(pyramid + "/pyramid.json")
