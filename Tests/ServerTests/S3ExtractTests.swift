@@ -6,10 +6,11 @@ import Logging
 import NIOCore
 import Pyramid
 import S3
-import Server
 import Serving
 import TestSupport
 import Testing
+
+@testable import Server
 
 /// Extracts with an `s3://` store and `extracts_dir` (issue 15): queued results land in the bucket
 /// and any server on the database serves them; `/api/extracts/dalles` zips dalles from a bucket.
@@ -274,5 +275,19 @@ struct S3ExtractTests {
             #expect(output.contains(reason), "\(reason): \(output)")
             #expect(!output.contains("not-the-secret") && !output.contains(SeaweedFS.secretKey), "\(output)")
         }
+    }
+}
+
+/// Which source dalle paths name an object: the tiler's `/vsis3/bucket/key`, a user's `s3://bucket/key`.
+struct DalleObjectNameTests {
+    @Test(
+        arguments: [
+            ("/vsis3/ortho/2024/a.tif", "ortho", "2024/a.tif"), ("s3://ortho/a b/ሴ.jp2", "ortho", "a b/ሴ.jp2"),
+            ("/vsis3/ortho/", nil, nil), ("/vsis3/ortho", nil, nil), ("/vsis3//a.tif", nil, nil), ("s3://", nil, nil),
+            ("/data/src/a.tif", nil, nil), ("vsis3/ortho/a.tif", nil, nil), ("/vsis3x/ortho/a.tif", nil, nil),
+        ] as [(String, String?, String?)])
+    func objectNames(_ path: String, _ bucket: String?, _ key: String?) {
+        let found = ExtractsController.objectName(path)
+        #expect(found?.bucket == bucket && found?.key == key, "\(path)")
     }
 }
