@@ -73,7 +73,14 @@ public struct OpenedStore: Sendable {
         s3.maxAttempts = Self.maxAttempts
         let client: S3Client
         do { client = try S3Client(configuration: s3, logger: logger) } catch {
-            throw StoreStartError("\(needsClient ?? "AWS_CA_BUNDLE"): \(error)")
+            guard let needsClient else {
+                // Only dalles in a bucket would have needed it: they answer 503, the rest is served.
+                logger.warning("no S3 client for dalles in a bucket: \(error)")
+                return OpenedStore(
+                    store: FolderStore(configuration.store),
+                    extractResults: FolderExtractResults(directory: configuration.extractsPath), client: nil)
+            }
+            throw StoreStartError("\(needsClient): \(error)")
         }
         do throws(StoreStartError) {
             let store: any PyramidStore
