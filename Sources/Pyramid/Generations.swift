@@ -103,7 +103,7 @@ public struct PyramidFolder: Sendable {
 
     /// Refuses manifests this version cannot build on: written before generations existed, or
     /// by a newer version.
-    static func checkFormat(_ m: PyramidManifest, in directory: String) throws {
+    public static func checkFormat(_ m: PyramidManifest, in directory: String) throws {
         if m.formatVersion > formatVersion {
             throw GenerationError(
                 "\(directory) was written by a newer dallage (manifest format \(m.formatVersion), this one reads up to \(formatVersion))"

@@ -13,6 +13,19 @@ public struct GenerationInfo: Sendable {
     public var isCurrent: Bool
 }
 
+/// A shard file of a pyramid as `gc` sees it: its path relative to the pyramid, size and date.
+public struct StoredShardFile: Sendable {
+    public var path: String
+    public var size: Int
+    public var modified: Date
+
+    public init(path: String, size: Int, modified: Date) {
+        self.path = path
+        self.size = size
+        self.modified = modified
+    }
+}
+
 /// What `dallage gc` removed, or would remove.
 public struct CollectionReport: Sendable {
     public var kept: [Int]
@@ -102,23 +115,63 @@ extension PyramidFolder {
             throw GenerationError("\(directory) has no pyramid.json: nothing to collect")
         }
         let all = generations()
+        var manifests: [Int: Result<PyramidManifest, any Error>] = [:]
+        for g in all where g <= currentGeneration {
+            manifests[g] = Result { try manifest(generation: g) }
+        }
+        let root = path("shards")
+        var files: [StoredShardFile] = []
+        if let e = FileManager.default.enumerator(atPath: root) {
+            while let f = e.nextObject() as? String {
+                guard f.hasSuffix(".tif"),
+                    let attributes = try? FileManager.default.attributesOfItem(atPath: path("shards/" + f))
+                else { continue }
+                files.append(
+                    StoredShardFile(
+                        path: "shards/" + f, size: (attributes[.size] as? Int) ?? 0,
+                        modified: (attributes[.modificationDate] as? Date) ?? now))
+            }
+        }
+        let report = try Self.collection(
+            of: directory, keep: keep, current: currentGeneration, generations: all, manifests: manifests,
+            files: files, missing: missingShards(of:), grace: grace, now: now)
+        if !dryRun {
+            for f in report.deletedFiles { try FileManager.default.removeItem(atPath: path(f)) }
+            for g in report.dropped { try forget(generation: g) }
+            removeEmptyFolders(under: root)
+        }
+        return report
+    }
+
+    /// What `gc` deletes from a pyramid, decided from what is stored, in a folder or a bucket alike:
+    /// the current generation and the `keep − 1` before it are kept; an older one stays while it
+    /// stopped being current less than `grace` seconds ago; a shard file no kept or protected
+    /// generation lists goes, unless younger than `grace`. `manifests` holds each generation up to
+    /// the current one as read (a kept one that could not be read refuses everything), `missing`
+    /// names the shards of a manifest that are not stored whole.
+    public static func collection(
+        of location: String, keep: Int, current currentGeneration: Int, generations all: [Int],
+        manifests read: [Int: Result<PyramidManifest, any Error>], files: [StoredShardFile],
+        missing: (PyramidManifest) -> [String], grace: TimeInterval, now: Date
+    ) throws -> CollectionReport {
         guard all.contains(currentGeneration) else {
             throw GenerationError(
-                "generations/\(currentGeneration).json, the record of the current generation, is missing from \(directory); nothing deleted"
+                "generations/\(currentGeneration).json, the record of the current generation, is missing from \(location); nothing deleted"
             )
         }
         let committed = all.filter { $0 <= currentGeneration }
         let kept = Array(committed.suffix(keep))
         var manifests: [Int: PyramidManifest] = [:]
         for g in committed {
-            do {
-                manifests[g] = try manifest(generation: g)
-            } catch  where kept.contains(g) {
+            switch read[g] {
+            case .success(let m)?: manifests[g] = m
+            case .failure(let error)? where kept.contains(g):
                 throw GenerationError(
-                    "kept generation \(g) of \(directory) cannot be read (\(error)), so what it needs is unknown; nothing deleted"
+                    "kept generation \(g) of \(location) cannot be read (\(error)), so what it needs is unknown; nothing deleted"
                 )
-            } catch {
+            default:
                 // An unreadable generation that is not kept: dropped with the others.
+                break
             }
         }
         // When each generation stopped being current: when the next one was made.
@@ -133,39 +186,24 @@ extension PyramidFolder {
         var needed = Set<String>()
         for g in kept + protected {
             guard let m = manifests[g] else { continue }
-            if kept.contains(g), let missing = missingShards(of: m).first {
+            if kept.contains(g), let gone = missing(m).first {
                 throw GenerationError(
-                    "kept generation \(g) of \(directory) needs \(missing), which is missing or damaged; nothing deleted (rebuild with `dallage tile`, then collect)"
+                    "kept generation \(g) of \(location) needs \(gone), which is missing or damaged; nothing deleted (rebuild with `dallage tile`, then collect)"
                 )
             }
             needed.formUnion(m.shards.map(\.path))
         }
         let dropped = all.filter { !kept.contains($0) && !protected.contains($0) }
-
         var deleted: [String] = []
         var freed = 0
         var young = 0
-        let root = path("shards")
-        var files: [String] = []
-        if let e = FileManager.default.enumerator(atPath: root) {
-            while let f = e.nextObject() as? String {
-                if f.hasSuffix(".tif") { files.append("shards/" + f) }
-            }
-        }
-        for f in files.sorted() where !needed.contains(f) {
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path(f)) else { continue }
-            let modified = (attributes[.modificationDate] as? Date) ?? now
-            if now.timeIntervalSince(modified) < grace {
+        for f in files.sorted(by: { $0.path < $1.path }) where !needed.contains(f.path) {
+            if now.timeIntervalSince(f.modified) < grace {
                 young += 1
                 continue
             }
-            deleted.append(f)
-            freed += (attributes[.size] as? Int) ?? 0
-        }
-        if !dryRun {
-            for f in deleted { try FileManager.default.removeItem(atPath: path(f)) }
-            for g in dropped { try forget(generation: g) }
-            removeEmptyFolders(under: root)
+            deleted.append(f.path)
+            freed += f.size
         }
         return CollectionReport(
             kept: kept, protected: protected, dropped: dropped, deletedFiles: deleted, freedBytes: freed,

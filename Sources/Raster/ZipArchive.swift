@@ -5,13 +5,33 @@ import Foundation
 /// descriptor (general purpose flag bit 3), so an archive is sent while it is made and nothing is
 /// kept on disk. ZIP64 fields are written only where a size, an offset or the entry count needs them.
 public struct ZipArchive: Sendable {
-    /// One file to put in an archive: its name there and its path on disk.
+    /// One file to put in an archive: its name there, and its bytes: a path on disk, or a reader
+    /// of a file elsewhere (an object in a bucket) whose size and date are known.
     public struct Entry: Sendable {
         public var name: String
-        public var path: String
+        public var content: Content
+
+        /// Where an entry's bytes come from.
+        public enum Content: Sendable {
+            /// A local file, read with `pread`.
+            case file(path: String)
+            /// `size` bytes dated `modified`, read by `read(offset, count)`, which answers at most
+            /// `count` bytes (none at the end).
+            case reader(size: UInt64, modified: Date, read: @Sendable (UInt64, Int) async throws -> [UInt8])
+        }
+
+        /// A local file.
         public init(name: String, path: String) {
             self.name = name
-            self.path = path
+            content = .file(path: path)
+        }
+
+        /// A file read through `read`.
+        public init(
+            name: String, size: UInt64, modified: Date, read: @escaping @Sendable (UInt64, Int) async throws -> [UInt8]
+        ) {
+            self.name = name
+            content = .reader(size: size, modified: modified, read: read)
         }
     }
 
@@ -190,29 +210,48 @@ public struct ZipArchive: Sendable {
             }
         }
         for f in files {
-            let fd = open(f.path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
-            defer { close(fd) }
-            var st = stat()
-            guard fstat(fd, &st) == 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
-            let size = UInt64(max(0, st.st_size))
-            let modified = Date(
-                timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
-            try await send(zip.begin(name: f.name, modified: modified, expectedSize: size))
-            var crc: UInt32 = 0
-            var sent: UInt64 = 0
-            while sent < size {
-                let want = Int(min(UInt64(chunkSize), size - sent))
-                let n = pread(fd, buffer.baseAddress, want, off_t(sent))
-                if n < 0, errno == EINTR { continue }
-                guard n >= 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
-                if n == 0 { break }
-                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-                crc = Deflate.crc32(chunk, previous: crc)
-                try await emit(chunk)
-                sent += UInt64(n)
+            switch f.content {
+            case .file(let path):
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
+                defer { close(fd) }
+                var st = stat()
+                guard fstat(fd, &st) == 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
+                let size = UInt64(max(0, st.st_size))
+                let modified = Date(
+                    timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+                try await send(zip.begin(name: f.name, modified: modified, expectedSize: size))
+                var crc: UInt32 = 0
+                var sent: UInt64 = 0
+                while sent < size {
+                    let want = Int(min(UInt64(chunkSize), size - sent))
+                    let n = pread(fd, buffer.baseAddress, want, off_t(sent))
+                    if n < 0, errno == EINTR { continue }
+                    guard n >= 0 else { throw RasterError("cannot read \(f.name) (errno \(errno))") }
+                    if n == 0 { break }
+                    let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                    crc = Deflate.crc32(chunk, previous: crc)
+                    try await emit(chunk)
+                    sent += UInt64(n)
+                }
+                try await send(zip.end(crc: crc, size: sent))
+            case .reader(let size, let modified, let read):
+                try await send(zip.begin(name: f.name, modified: modified, expectedSize: size))
+                var crc: UInt32 = 0
+                var sent: UInt64 = 0
+                while sent < size {
+                    let want = Int(min(UInt64(chunkSize), size - sent))
+                    let bytes = try await read(sent, want)
+                    if bytes.isEmpty { break }
+                    let n = min(bytes.count, want)
+                    crc = bytes.withUnsafeBytes {
+                        Deflate.crc32(UnsafeRawBufferPointer(rebasing: $0[0..<n]), previous: crc)
+                    }
+                    try await send(n == bytes.count ? bytes : Array(bytes.prefix(n)))
+                    sent += UInt64(n)
+                }
+                try await send(zip.end(crc: crc, size: sent))
             }
-            try await send(zip.end(crc: crc, size: sent))
         }
         try await send(zip.finish())
     }

@@ -62,3 +62,46 @@ extension S3Bucket {
         return (total ?? 0, etag ?? "")
     }
 }
+
+/// One version of an object, read a range at a time: the size and ETag a HEAD gave, then ranged
+/// GETs that must all come from that version (a replaced object fails the read, never mixes two
+/// versions). What streams an object to a client holds one range in memory, whatever its size.
+public struct S3ObjectReader: Sendable {
+    /// The bucket and key read.
+    public let bucket: S3Bucket
+    public let key: String
+    /// What the HEAD said: size, ETag, date.
+    public let info: S3ObjectInfo
+
+    /// Asks the object's size and ETag (one HEAD); `notFound` when there is none.
+    public init(bucket: S3Bucket, key: String) async throws(S3Error) {
+        self.bucket = bucket
+        self.key = key
+        info = try await bucket.head(key)
+    }
+
+    /// The object's size in bytes.
+    public var size: Int { info.size }
+
+    /// When the object was written, from `Last-Modified` (an HTTP date); nil when absent or unreadable.
+    public var modified: Date? {
+        guard let text = info.lastModified else { return nil }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        return f.date(from: text)
+    }
+
+    /// Up to `count` bytes from `offset` (fewer where the object ends; none past it).
+    public func read(at offset: Int, count: Int) async throws(S3Error) -> ByteBuffer {
+        guard count > 0, offset < info.size else { return ByteBuffer() }
+        let piece = try await bucket.get(key, range: offset..<min(info.size, offset + count))
+        guard piece.etag == info.etag else {
+            throw S3Error(
+                kind: .invalidResponse, operation: "GET", resource: "s3://\(bucket.name)/\(key)",
+                message: "the object changed while it was read (ETag \(info.etag), then \(piece.etag))")
+        }
+        return piece.bytes
+    }
+}

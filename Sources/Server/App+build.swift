@@ -3,13 +3,14 @@ import Foundation
 import Hummingbird
 import Logging
 import Pyramid
+import S3
 import ServiceLifecycle
 import Serving
 
 /// Builds the router with every surface: WMTS, XYZ/TileJSON, OGC API Tiles, operations.
 public func buildRouter(
     configuration: ServerConfiguration, service: TileService, coverage: CoverageService? = nil,
-    extracts: ExtractService? = nil
+    extracts: ExtractService? = nil, objects: S3Client? = nil
 ) -> Router<DallageRequestContext> {
     let registry = DallageMetrics.registry
     let configured = configuration.publicURL
@@ -46,7 +47,7 @@ public func buildRouter(
     }
     if let extracts {
         ExtractsController(
-            extracts: extracts, service: service, store: service.catalog.store,
+            extracts: extracts, service: service, store: service.catalog.store, objects: objects,
             // The configuration file was checked when it was read; a bad list set in code trusts no one.
             trustedProxies: (try? AddressRanges(configuration.trustedProxies)) ?? .none
         ).addRoutes(to: router)
@@ -57,25 +58,35 @@ public func buildRouter(
 /// The whole service on the configuration's SQLite database (a PostgreSQL URL is opened with
 /// `DatabaseLocation.open` and passed to the other `buildApplication`).
 public func buildApplication(
-    configuration: ServerConfiguration, store: (any PyramidStore)? = nil, logger: Logger
+    configuration: ServerConfiguration, store: (any PyramidStore)? = nil,
+    extractResults: (any ExtractResultStore)? = nil, objects: S3Client? = nil, logger: Logger
 ) throws -> some ApplicationProtocol {
     guard case .sqlite(let path) = try configuration.databaseLocation() else {
         throw CoverageError(
             .unavailable, "a PostgreSQL database is opened before building the application (DatabaseLocation.open)")
     }
     return try buildApplication(
-        configuration: configuration, store: store, database: SQLiteCoverageStore(path: path), logger: logger)
+        configuration: configuration, store: store, database: SQLiteCoverageStore(path: path),
+        extractResults: extractResults, objects: objects, logger: logger)
 }
 
 /// The whole service: catalog (rescanned in the background), tile service and HTTP server.
 /// Runs until SIGTERM or SIGINT, then finishes the requests in flight, and closes `database`.
 /// `store` reads the pyramids (by default the folder `configuration.store` names; an `s3://`
-/// store is opened with `OpenedStore.open` and passed here).
+/// store is opened with `OpenedStore.open` and passed here), `extractResults` keeps finished
+/// extracts (by default the folder `extracts_dir` names; an `s3://` one is opened by
+/// `OpenedStore.open` too), and `objects` reads source dalles named `s3://…` or `/vsis3/…` for
+/// `/api/extracts/dalles` (none: such dalles cannot be read).
 public func buildApplication(
     configuration: ServerConfiguration, store: (any PyramidStore)? = nil, database: any CoverageDatabase,
-    logger: Logger
+    extractResults: (any ExtractResultStore)? = nil, objects: S3Client? = nil, logger: Logger
 ) throws -> some ApplicationProtocol {
     _ = DallageMetrics.registry
+    if extractResults == nil, case .s3? = try? StoreLocation(parsing: configuration.extractsPath) {
+        throw StoreStartError(
+            "extracts_dir '\(configuration.extractsPath)' is in a bucket: open it with OpenedStore.open and pass it as extractResults"
+        )
+    }
     let catalog = PyramidCatalog(
         store: store ?? FolderStore(configuration.store), openShards: configuration.openShards, logger: logger)
     // A folder's footprints are read as files (and kept while unchanged); another store's
@@ -90,7 +101,7 @@ public func buildApplication(
     let service = TileService(catalog: catalog, settings: configuration.serving, gate: gate, logger: logger)
     let extracts = ExtractService(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, settings: configuration.extracts,
-        logger: logger)
+        results: extractResults, logger: logger)
     let serverName = "dallage"
     let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
     // A tile an object store answered later reached the client through the router: kept hot, the
@@ -98,7 +109,8 @@ public func buildApplication(
     service.onLaterRead { t, response in loops.remember(t, response) }
     let limits = ConnectionLimits(configuration)
     var app = Application(
-        router: buildRouter(configuration: configuration, service: service, coverage: coverage, extracts: extracts),
+        router: buildRouter(
+            configuration: configuration, service: service, coverage: coverage, extracts: extracts, objects: objects),
         server: .http1(limits: limits) { loop in
             TileFastLane(
                 service: service, loop: loops.state(on: loop), limits: limits, serverName: serverName, logger: logger)

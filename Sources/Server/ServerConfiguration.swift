@@ -54,7 +54,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var idleTimeoutSeconds: Double = ServerConfiguration.defaultIdleTimeoutSeconds
     /// Seconds from a request's first byte to the end of its head (slow clients get 408).
     public var headerTimeoutSeconds: Double = ServerConfiguration.defaultHeaderTimeoutSeconds
-    /// Where queued extracts are written; by default `.extracts` in the store.
+    /// Where queued extracts are kept: a folder (by default `.extracts` in a folder store), or
+    /// `s3://bucket/prefix` (opened by `OpenedStore.open`), so that replicas need no shared folder.
     public var extractsDirectory: String?
     /// Seconds a finished extract stays downloadable.
     public var extractTTLSeconds: Double = 86_400

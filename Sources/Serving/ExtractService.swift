@@ -52,6 +52,8 @@ public final class ExtractService: Sendable {
     public let jobs: any ExtractJobStore
     let gate: PublicationGate?
     public let settings: ExtractSettings
+    /// Where finished jobs are kept: `settings.directory`, or a prefix in a bucket.
+    public let results: any ExtractResultStore
     public let logger: Logger
     /// Who runs this service's jobs, as claims record it: host, process and a random part.
     public let worker: String
@@ -60,8 +62,9 @@ public final class ExtractService: Sendable {
 
     public init(
         catalog: PyramidCatalog, coverage: CoverageService, jobs: any ExtractJobStore, gate: PublicationGate?,
-        settings: ExtractSettings, logger: Logger
+        settings: ExtractSettings, results: (any ExtractResultStore)? = nil, logger: Logger
     ) {
+        self.results = results ?? FolderExtractResults(directory: settings.directory)
         self.catalog = catalog
         self.coverage = coverage
         self.jobs = jobs
@@ -220,7 +223,7 @@ public final class ExtractService: Sendable {
     public func writeNow(
         _ plan: ExtractPlan, from source: any PyramidSource, cancelled: () -> Bool = { false }
     ) throws -> String {
-        let dir = settings.directory
+        let dir = results.workDirectory
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
             throw storageFailure(error, writing: dir, bytes: plan.estimatedBytes) ?? unwritable(error, dir)
         }
@@ -241,7 +244,7 @@ public final class ExtractService: Sendable {
     /// writable), nil when it is not. The path goes to the log only: clients never see the
     /// server's folders.
     public func storageFailure(_ error: any Error, writing path: String, bytes: Int) -> ServingError? {
-        let dir = settings.directory
+        let dir = results.workDirectory
         var st = statvfs()
         guard statvfs(dir, &st) == 0, access(dir, W_OK) == 0 else { return unwritable(error, path) }
         let free = Double(st.f_bavail) * Double(st.f_frsize)
@@ -304,10 +307,15 @@ public final class ExtractService: Sendable {
         return (0..<2).map { _ in String(g.next() as UInt64, radix: 16).leftPadded(to: 16) }.joined()
     }
 
-    /// The file of a finished job.
-    public func resultPath(_ job: ExtractJob) throws -> String {
+    /// The name of a job's result (`<id>.<ext>`), in the results' folder or under their prefix.
+    public func resultName(_ job: ExtractJob) -> String {
         let format = (try? JSONDecoder().decode(ExtractRequest.self, from: Data(job.request.utf8)))?.format ?? .gtiff
-        return settings.directory + "/\(job.id).\(format.fileExtension)"
+        return "\(job.id).\(format.fileExtension)"
+    }
+
+    /// The local file a job is rendered to (for results in a folder, the result itself).
+    public func resultPath(_ job: ExtractJob) throws -> String {
+        results.renderPath(resultName(job))
     }
 
     static func now(_ d: Date = Date()) -> String { CoverageService.timestamp(d) }
@@ -366,10 +374,10 @@ public final class ExtractService: Sendable {
             let path = try resultPath(job)
             do {
                 try FileManager.default.createDirectory(
-                    atPath: settings.directory, withIntermediateDirectories: true)
+                    atPath: results.workDirectory, withIntermediateDirectories: true)
             } catch {
                 throw storageFailure(error, writing: path, bytes: job.estimatedBytes)
-                    ?? unwritable(error, settings.directory)
+                    ?? unwritable(error, results.workDirectory)
             }
             let id = job.id
             let store = jobs
@@ -381,9 +389,15 @@ public final class ExtractService: Sendable {
             } onCancel: {
                 _ = self.cancelled.withLock { $0.insert(id) }
             }
+            // In a bucket: uploaded whole under its name, or not at all.
+            let bytes: Int
+            do { bytes = try await results.keep(resultName(job)) } catch {
+                try? FileManager.default.removeItem(atPath: path)
+                throw error
+            }
             job.state = .done
             job.progress = 1
-            job.bytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            job.bytes = bytes
             job.expiresAt = Self.now(Date().addingTimeInterval(settings.ttlSeconds))
             job.message = plan.repaired ? "the geometry was invalid and has been repaired" : nil
         } catch let e as ExtractError where e.kind == .cancelled {
@@ -393,10 +407,15 @@ public final class ExtractService: Sendable {
             job.state = .failed
             job.message = "\(error)"
             logger.error("extract \(job.id) failed: \(error)")
+        } catch  where Task.isCancelled {
+            // A shutdown cut the upload of a finished result: the job runs again.
+            job.state = .queued
+            job.message = "interrupted by a shutdown; will restart"
+            logger.info("extract \(job.id) interrupted by a shutdown: \(error)")
         } catch {
             // The reason is logged whole; the job tells the client no server path.
             job.state = .failed
-            let path = (try? resultPath(job)) ?? settings.directory
+            let path = (try? resultPath(job)) ?? results.workDirectory
             job.message =
                 storageFailure(error, writing: path, bytes: job.estimatedBytes)?.message
                 ?? "the extract failed on the server; try again later"
@@ -461,22 +480,31 @@ public final class ExtractService: Sendable {
     }
 
     /// Deletes finished results past their expiry, and temporary files (zips of dalles, direct
-    /// extracts a failed request left) older than an hour.
+    /// extracts a failed request left, with results in a bucket a result whose upload a killed
+    /// server never finished) older than an hour.
     func expire() async {
-        let dir = settings.directory
+        let dir = results.workDirectory
         let hourAgo = Date().addingTimeInterval(-3600)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        where name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
             let path = dir + "/" + name
-            if let m = try? FileManager.default.attributesOfItem(atPath: path)[.modificationDate] as? Date, m < hourAgo
-            {
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                let m = attributes[.modificationDate] as? Date, m < hourAgo
+            else { continue }
+            // Results left in a staging folder are files: a folder there may be another staging
+            // folder (of a prefix below this one's).
+            let leftResult = results.workFilesAreTemporary && attributes[.type] as? FileAttributeType == .typeRegular
+            if name.hasPrefix("dalles-") || name.hasPrefix("direct-") || name.hasPrefix(".") || leftResult {
                 try? FileManager.default.removeItem(atPath: path)
             }
         }
         guard let done = try? await jobs.jobs(in: [.done]) else { return }
         let now = Self.now()
         for var j in done where (j.expiresAt ?? now) < now {
-            if let path = try? resultPath(j) { try? FileManager.default.removeItem(atPath: path) }
+            do { try await results.remove(resultName(j)) } catch {
+                // Left done, so that the next pass deletes it: an expired job keeps nothing.
+                logger.warning("cannot delete the expired extract \(j.id) from \(results): \(error)")
+                continue
+            }
             j.state = .expired
             j.updatedAt = now
             try? await jobs.updateJob(j)

@@ -3,37 +3,74 @@ import Coverage
 import Foundation
 import Logging
 import Pyramid
+import S3
 import Serving
 
-/// Where the coverage database is: `--db`, else `DALLAGE_DB`, else `<store>/dallage.sqlite`.
+/// Where the coverage database is: `--db`, else `DALLAGE_DB`, else `<store>/dallage.sqlite` (a
+/// folder store only: an `s3://` store needs an explicit database, as the server does).
 struct DatabaseOptions: ParsableArguments {
     @Option(
         help: """
             Coverage database: a SQLite file or postgres://user:password@host:port/db?sslmode=… \
-            Default: DALLAGE_DB, else <store>/dallage.sqlite.
+            Default: DALLAGE_DB, else <store>/dallage.sqlite (required with an s3:// store).
             """)
     var db: String?
-    @Option(help: "Store of pyramids (for tiled progress).") var store = "store"
+    @Option(
+        help:
+            "Store of pyramids (for tiled progress and deliverables): a folder or s3://bucket/prefix (AWS_* variables)."
+    )
+    var store = "store"
 
-    /// The coverage service on this database, with tiled progress read from `store` on `grid`'s
-    /// pyramids (`render_grid`).
-    func service(grid: String = defaultRenderGrid) async throws -> CoverageService {
-        let store = try storeFolder()
-        let text =
-            db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
-            ?? (store as NSString).appendingPathComponent("dallage.sqlite")
-        let location: DatabaseLocation
-        do { location = try DatabaseLocation(parsing: text) } catch { throw ValidationError(error.message) }
+    /// Runs `body` with the coverage service on this database, with tiled progress read from
+    /// `store` on `grid`'s pyramids (`render_grid`), and the store itself. A bucket is reached
+    /// with the AWS environment, checked first (one listing), and its client closed after.
+    func withService<R>(
+        grid: String = defaultRenderGrid, _ body: (CoverageService, any PyramidStore) async throws -> R
+    ) async throws -> R {
+        let location: StoreLocation
+        do { location = try StoreLocation(parsing: store) } catch { throw ValidationError(error.description) }
         var logger = Logger(label: "dallage.database")
         logger.logLevel = .error
-        return CoverageService(
-            store: try await location.open(logger: logger), adminTokens: [],
-            footprints: StoreFootprints(store: store, grid: grid))
+        func open(_ text: String) async throws -> any CoverageDatabase {
+            let database: DatabaseLocation
+            do { database = try DatabaseLocation(parsing: text) } catch { throw ValidationError(error.message) }
+            return try await database.open(logger: logger)
+        }
+        let explicit = db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
+        switch location {
+        case .folder(let path):
+            let service = CoverageService(
+                store: try await open(explicit ?? (path as NSString).appendingPathComponent("dallage.sqlite")),
+                adminTokens: [], footprints: StoreFootprints(store: path, grid: grid))
+            return try await body(service, FolderStore(path))
+        case .s3(let bucket, let prefix):
+            guard let explicit else {
+                throw ValidationError(
+                    "store '\(location)': an s3:// store needs an explicit database (--db or DALLAGE_DB: a SQLite file or a postgres:// URL)"
+                )
+            }
+            let configuration: S3Configuration
+            do { configuration = try S3Configuration(environment: ProcessInfo.processInfo.environment) } catch {
+                throw ValidationError("store '\(location)': \(error)")
+            }
+            let database = try await open(explicit)
+            return try await S3Client.withClient(configuration: configuration, logger: logger) { client in
+                let objects = S3Store(bucket: client.bucket(bucket), prefix: prefix, logger: logger)
+                do { try await objects.check() } catch {
+                    throw StartFailure(description: "store '\(location)' cannot be read: \(error)")
+                }
+                // Tilesets and footprints as the server reads them from a bucket: its catalog.
+                let catalog = PyramidCatalog(store: objects, logger: logger)
+                let service = CoverageService(
+                    store: database, adminTokens: [], footprints: StoreFootprints(catalog: catalog, grid: grid))
+                return try await body(service, objects)
+            }
+        }
     }
 
-    /// The store's folder; an `s3://` store or another URL is a clear error.
-    func storeFolder() throws -> String {
-        try localFolder(store)
+    /// Runs `body` with the coverage service (see `withService(grid:_:)`).
+    func withService<R>(_ body: (CoverageService) async throws -> R) async throws -> R {
+        try await withService { service, _ in try await body(service) }
     }
 }
 
@@ -65,11 +102,13 @@ struct TerritoriesCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let (inserted, updated, skipped) = try await database.service().importTerritories(
-                path: file, level: level, codeField: codeField, nameField: nameField,
-                departementField: departementField)
-            print("\(level.rawValue): \(inserted) new, \(updated) updated, \(skipped.count) skipped")
-            for s in skipped { print("  skipped \(s)") }
+            try await database.withService { service in
+                let (inserted, updated, skipped) = try await service.importTerritories(
+                    path: file, level: level, codeField: codeField, nameField: nameField,
+                    departementField: departementField)
+                print("\(level.rawValue): \(inserted) new, \(updated) updated, \(skipped.count) skipped")
+                for s in skipped { print("  skipped \(s)") }
+            }
         }
     }
 
@@ -80,8 +119,10 @@ struct TerritoriesCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            for t in try await database.service().store.territories(level: level, query: q, limit: 1000) {
-                print("\(t.reference)\t\(t.name)\t\(String(format: "%.3f", t.areaM2 / 1e6)) km²")
+            try await database.withService { service in
+                for t in try await service.store.territories(level: level, query: q, limit: 1000) {
+                    print("\(t.reference)\t\(t.name)\t\(String(format: "%.3f", t.areaM2 / 1e6)) km²")
+                }
             }
         }
     }
@@ -101,11 +142,13 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try await database.service()
-            for p in try await service.projects(.init(statut: statut)) {
-                let s = p.statut(on: service.currentDay)
-                print(
-                    "\(p.id)\t\(p.fields.nom)\t\(s?.rawValue ?? "-")\t\(String(format: "%.3f", p.areaM2 / 1e6)) km²")
+            try await database.withService { service in
+                for p in try await service.projects(.init(statut: statut)) {
+                    let s = p.statut(on: service.currentDay)
+                    print(
+                        "\(p.id)\t\(p.fields.nom)\t\(s?.rawValue ?? "-")\t\(String(format: "%.3f", p.areaM2 / 1e6)) km²"
+                    )
+                }
             }
         }
     }
@@ -117,8 +160,9 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try await database.service()
-            printJSON(try service.document(try await service.project(id)))
+            try await database.withService { service in
+                printJSON(try service.document(try await service.project(id)))
+            }
         }
     }
 
@@ -136,8 +180,10 @@ struct ProjectsCommand: AsyncParsableCommand {
             do { fields = try JSONDecoder().decode(ProjectFields.self, from: data) } catch {
                 throw ValidationError(StatusRules.describe(error))
             }
-            let (p, key) = try await database.service().create(fields, by: shell)
-            print("created project \(p.id) '\(p.fields.nom)'; editor key (shown once): \(key)")
+            try await database.withService { service in
+                let (p, key) = try await service.create(fields, by: shell)
+                print("created project \(p.id) '\(p.fields.nom)'; editor key (shown once): \(key)")
+            }
         }
     }
 
@@ -150,13 +196,14 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            let service = try await database.service()
-            let day = date ?? service.currentDay
-            guard StatusRules.isDate(day) else { throw ValidationError("--date must be YYYY-MM-DD") }
-            let p = try await service.addStep(id, Etape(statut: statut, dateDebut: day), by: shell)
-            print(
-                "project \(p.id): \(p.statut(on: service.currentDay)?.rawValue ?? "-") (step \(statut.rawValue) from \(day))"
-            )
+            try await database.withService { service in
+                let day = date ?? service.currentDay
+                guard StatusRules.isDate(day) else { throw ValidationError("--date must be YYYY-MM-DD") }
+                let p = try await service.addStep(id, Etape(statut: statut, dateDebut: day), by: shell)
+                print(
+                    "project \(p.id): \(p.statut(on: service.currentDay)?.rawValue ?? "-") (step \(statut.rawValue) from \(day))"
+                )
+            }
         }
     }
 
@@ -166,8 +213,10 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            for h in try await database.service().history(id) {
-                print("\(h.at)\t\(h.actor)\t\(h.action)\t\(h.changes.text)")
+            try await database.withService { service in
+                for h in try await service.history(id) {
+                    print("\(h.at)\t\(h.actor)\t\(h.action)\t\(h.changes.text)")
+                }
             }
         }
     }
@@ -178,7 +227,7 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            try await database.service().delete(id, by: shell)
+            try await database.withService { try await $0.delete(id, by: shell) }
             print("project \(id) deleted")
         }
     }
@@ -190,7 +239,7 @@ struct ProjectsCommand: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
-            print(try await database.service().renewEditorKey(id, by: shell))
+            print(try await database.withService { try await $0.renewEditorKey(id, by: shell) })
         }
     }
 }

@@ -39,66 +39,71 @@ struct ExtractCommand: AsyncParsableCommand {
         var settings = ExtractSettings(directory: NSTemporaryDirectory())
         settings.limits.directPixels = .max
         settings.renderGrid = grid
-        let coverage = try await database.service(grid: grid)
-        let catalog = PyramidCatalog(store: FolderStore(try database.storeFolder()), logger: logger)
-        guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
-        let service = ExtractService(
-            catalog: catalog, coverage: coverage, jobs: jobs, gate: nil, settings: settings, logger: logger)
-        var geo: JSONValue?
-        if let geometry {
-            let text = try String(contentsOfFile: geometry, encoding: .utf8)
-            var v = try JSONValue.parse(text)
-            // A FeatureCollection's first feature; a crs member of the collection applies to it.
-            let crs = v["crs"]
-            if v["type"] == .string("FeatureCollection"), case .array(let f) = v["features"] ?? .null,
-                let first = f.first
-            {
-                v = first
+        // A store in a bucket is read as the server reads it (the catalog's sources, ranged GETs).
+        try await database.withService(grid: grid) { coverage, store in
+            let catalog = PyramidCatalog(store: store, logger: logger)
+            guard let jobs = coverage.store as? any ExtractJobStore else { throw ValidationError("no job store") }
+            let service = ExtractService(
+                catalog: catalog, coverage: coverage, jobs: jobs, gate: nil, settings: settings, logger: logger)
+            var geo: JSONValue?
+            if let geometry {
+                let text = try String(contentsOfFile: geometry, encoding: .utf8)
+                var v = try JSONValue.parse(text)
+                // A FeatureCollection's first feature; a crs member of the collection applies to it.
+                let crs = v["crs"]
+                if v["type"] == .string("FeatureCollection"), case .array(let f) = v["features"] ?? .null,
+                    let first = f.first
+                {
+                    v = first
+                }
+                if v["type"] == .string("Feature"), let g = v["geometry"] { v = g }
+                if let crs, v["crs"] == nil, case .object(var o) = v {
+                    o["crs"] = crs
+                    v = .object(o)
+                }
+                geo = v
             }
-            if v["type"] == .string("Feature"), let g = v["geometry"] { v = g }
-            if let crs, v["crs"] == nil, case .object(var o) = v {
-                o["crs"] = crs
-                v = .object(o)
+            let request = ExtractRequest(
+                tileset: tileset, geometry: geo, territory: territory, bufferM: buffer, crs: crs,
+                resolution: resolution,
+                format: format, vintage: vintage)
+            let plan: ExtractPlan
+            let source: any PyramidSource
+            do {
+                // The command line reads the store directly: it sees what an administrator sees.
+                (plan, source) = try await service.plan(request, admin: true)
+            } catch let e as ServingError {
+                throw ValidationError(e.message)
+            } catch let e as ExtractError {
+                throw ValidationError(e.message)
             }
-            geo = v
-        }
-        let request = ExtractRequest(
-            tileset: tileset, geometry: geo, territory: territory, bufferM: buffer, crs: crs, resolution: resolution,
-            format: format, vintage: vintage)
-        let plan: ExtractPlan
-        let source: any PyramidSource
-        do {
-            // The command line reads the store directly: it sees what an administrator sees.
-            (plan, source) = try await service.plan(request, admin: true)
-        } catch let e as ServingError {
-            throw ValidationError(e.message)
-        } catch let e as ExtractError {
-            throw ValidationError(e.message)
-        }
-        let terminal = isatty(STDERR_FILENO) != 0
-        let started = Date()
-        var lastShown = -1
-        FileHandle.standardError.write(
-            Data(
-                "extract \(plan.window.width)×\(plan.window.height) px at \(plan.resolution) m in \(plan.crs) → \(out)\n"
-                    .utf8))
-        if plan.repaired {
-            FileHandle.standardError.write(Data("note: the polygon was invalid and has been repaired\n".utf8))
-        }
-        try Extractor.write(plan, pyramid: source, to: out) { fraction in
-            let percent = Int(fraction * 100)
-            if terminal {
-                let bar = String(repeating: "█", count: percent / 4) + String(repeating: "·", count: 25 - percent / 4)
-                FileHandle.standardError.write(Data("\r[\(bar)] \(percent)%".utf8))
-            } else if percent / 10 != lastShown / 10 {
-                FileHandle.standardError.write(Data("extract: \(percent)%\n".utf8))
+            let terminal = isatty(STDERR_FILENO) != 0
+            let started = Date()
+            var lastShown = -1
+            FileHandle.standardError.write(
+                Data(
+                    "extract \(plan.window.width)×\(plan.window.height) px at \(plan.resolution) m in \(plan.crs) → \(out)\n"
+                        .utf8))
+            if plan.repaired {
+                FileHandle.standardError.write(Data("note: the polygon was invalid and has been repaired\n".utf8))
             }
-            lastShown = percent
-            return true
+            try Extractor.write(plan, pyramid: source, to: out) { fraction in
+                let percent = Int(fraction * 100)
+                if terminal {
+                    let bar =
+                        String(repeating: "█", count: percent / 4) + String(repeating: "·", count: 25 - percent / 4)
+                    FileHandle.standardError.write(Data("\r[\(bar)] \(percent)%".utf8))
+                } else if percent / 10 != lastShown / 10 {
+                    FileHandle.standardError.write(Data("extract: \(percent)%\n".utf8))
+                }
+                lastShown = percent
+                return true
+            }
+            if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+            let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
+            print(
+                String(
+                    format: "wrote %@ (%.1f MB) in %.1f s", out, Double(size) / 1e6, Date().timeIntervalSince(started)))
         }
-        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
-        let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
-        print(
-            String(format: "wrote %@ (%.1f MB) in %.1f s", out, Double(size) / 1e6, Date().timeIntervalSince(started)))
     }
 }

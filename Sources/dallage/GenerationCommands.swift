@@ -13,20 +13,34 @@ struct CollectCommand: ParsableCommand {
             serve it until their next rescan; so does any unlisted file younger than --grace (the shards of
             an interrupted build, which `dallage tile --resume` reuses).
               dallage gc store/demo/2154_5cm --keep 2 --grace 1h --dry-run
+              dallage gc s3://ortho/store/demo/2154_5cm --keep 2      # objects deleted from the bucket
             """)
 
-    @Argument(help: "Pyramid folder, e.g. store/demo/2154_5cm.") var pyramid: String
+    @Argument(
+        help: "Pyramid: a folder (store/demo/2154_5cm) or its prefix in a bucket (s3://bucket/store/demo/2154_5cm).")
+    var pyramid: String
     @Option(help: "Generations to keep, the current one included.") var keep = 2
     @Option(help: "How long a replaced generation may still be served: 0, 90s, 15m, 2h, 7d.") var grace = "1h"
     @Flag(name: .customLong("dry-run"), help: "Print what would be deleted and stop.") var dryRun = false
+    @Option(help: "With an s3:// pyramid, the folder of the build lock, as `dallage tile --staging` (default: TMPDIR).")
+    var staging: String?
 
     func run() throws {
-        let pyramid = try localFolder(self.pyramid, command: "gc")
+        let target = try PyramidArgument(self.pyramid)
         guard let seconds = Self.duration(grace) else {
             throw ValidationError("--grace '\(grace)' is not a duration (0, 90s, 15m, 2h, 7d)")
         }
         // A refusal is printed as it is (no usage text: the arguments were fine, the store was not).
-        let report = try PyramidFolder(pyramid).collect(keep: keep, grace: seconds, dryRun: dryRun)
+        let report: CollectionReport
+        switch target {
+        case .folder(let pyramid):
+            report = try PyramidFolder(pyramid).collect(keep: keep, grace: seconds, dryRun: dryRun)
+        case .bucket(let name, let prefix):
+            report = try withBucket(name: name, prefix: prefix) { bucket in
+                try BucketGenerations(pyramid: BucketPyramid(bucket: bucket, prefix: prefix), stagingRoot: staging)
+                    .collect(keep: keep, grace: seconds, dryRun: dryRun)
+            }
+        }
         let verb = dryRun ? "would delete" : "deleted"
         func list(_ g: [Int]) -> String { g.isEmpty ? "none" : g.map(String.init).joined(separator: ", ") }
         print("kept generations: \(list(report.kept))")
@@ -62,16 +76,36 @@ struct RollbackCommand: ParsableCommand {
         abstract: "Serve a kept generation of a pyramid again.",
         discussion: """
             The switch is a new generation listing the old one's shards (numbers only grow, so servers
-            and later builds see it like any other); `dallage inspect` lists the kept generations.
+            and later builds see it like any other); `dallage inspect` lists the kept generations. In a
+            bucket, pyramid.json is replaced with the tiler's compare-and-swap (only over the manifest
+            just read), and the footprint is traced again from the shards' coarse levels (fetched
+            into --staging).
               dallage rollback store/demo/2154_5cm 3
+              dallage rollback s3://ortho/store/demo/2154_5cm 3
             """)
 
-    @Argument(help: "Pyramid folder, e.g. store/demo/2154_5cm.") var pyramid: String
+    @Argument(
+        help: "Pyramid: a folder (store/demo/2154_5cm) or its prefix in a bucket (s3://bucket/store/demo/2154_5cm).")
+    var pyramid: String
     @Argument(help: "The generation to serve again.") var generation: Int
+    @Option(help: "With an s3:// pyramid, the folder of the build lock and the footprint's trace (default: TMPDIR).")
+    var staging: String?
 
     func run() throws {
-        let pyramid = try localFolder(self.pyramid, command: "rollback")
-        let m = try PyramidFolder(pyramid).rollback(to: generation)
+        let target = try PyramidArgument(self.pyramid)
+        let m: PyramidManifest
+        let pyramid: String
+        switch target {
+        case .folder(let path):
+            pyramid = path
+            m = try PyramidFolder(path).rollback(to: generation)
+        case .bucket(let name, let prefix):
+            pyramid = self.pyramid
+            m = try withBucket(name: name, prefix: prefix) { bucket in
+                try BucketGenerations(pyramid: BucketPyramid(bucket: bucket, prefix: prefix), stagingRoot: staging)
+                    .rollback(to: generation, threads: ProcessInfo.processInfo.activeProcessorCount)
+            }
+        }
         print(
             "\(pyramid): generation \(m.generation ?? 0) is current, serving the \(m.shards.count) shard(s) of generation \(generation)"
         )

@@ -44,10 +44,11 @@ struct ServeCommand: AsyncParsableCommand {
             do { location = try configuration.databaseLocation() } catch { throw ValidationError(error.message) }
             let database = try await location.open(logger: logger)
             logger.info(
-                "listening on http://\(configuration.host):\(configuration.port), store \(opened.store.location), database \(location)"
+                "listening on http://\(configuration.host):\(configuration.port), store \(opened.store.location), database \(location), extracts \(opened.extractResults)"
             )
             let app = try buildApplication(
-                configuration: configuration, store: opened.store, database: database, logger: logger)
+                configuration: configuration, store: opened.store, database: database,
+                extractResults: opened.extractResults, objects: opened.client, logger: logger)
             try await app.runService()
         } catch {
             await opened.close()

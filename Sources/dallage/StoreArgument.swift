@@ -68,3 +68,20 @@ func withBucketPyramid<R: Sendable>(
         }
     }
 }
+
+/// Runs synchronous `body` with a bucket reached through a client from the AWS environment (shut
+/// down after): for commands whose work waits for S3 itself (`waitFor`), from the main thread.
+func withBucket<R>(name: String, prefix: String, _ body: (S3Bucket) throws -> R) throws -> R {
+    let configuration: S3Configuration
+    do {
+        configuration = try S3Configuration(environment: ProcessInfo.processInfo.environment)
+    } catch {
+        throw ValidationError("s3://\(name)/\(prefix): \(error)")
+    }
+    let client: S3Client
+    do { client = try S3Client(configuration: configuration) } catch {
+        throw ValidationError("s3://\(name)/\(prefix): \(error)")
+    }
+    defer { _ = try? waitFor { try await client.shutdown() } }
+    return try body(client.bucket(name))
+}

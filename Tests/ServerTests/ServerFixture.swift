@@ -5,6 +5,7 @@ import HummingbirdTesting
 import Logging
 import Pyramid
 import Raster
+import S3
 import Server
 import TestSupport
 import Tiler
@@ -50,8 +51,8 @@ enum ServerFixture {
     /// A server on the folder `store`, or on `reading` (an `s3://` store) when given; quiet unless
     /// given a `logger`.
     static func app(
-        store: String, reading: (any PyramidStore)? = nil, logger given: Logger? = nil,
-        configure: (inout ServerConfiguration) -> Void = { _ in }
+        store: String, reading: (any PyramidStore)? = nil, extractResults: (any ExtractResultStore)? = nil,
+        objects: S3Client? = nil, logger given: Logger? = nil, configure: (inout ServerConfiguration) -> Void = { _ in }
     ) throws
         -> some ApplicationProtocol
     {
@@ -65,7 +66,8 @@ enum ServerFixture {
         configure(&c)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try buildApplication(configuration: c, store: reading, logger: given ?? logger)
+        return try buildApplication(
+            configuration: c, store: reading, extractResults: extractResults, objects: objects, logger: given ?? logger)
     }
 
     /// Tiles this server's fast lane has answered so far (from /healthz: the Prometheus counter

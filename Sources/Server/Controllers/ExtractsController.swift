@@ -6,6 +6,7 @@ import NIOCore
 import Pyramid
 import Raster
 import Render
+import S3
 import Serving
 
 /// Extracts under `/api/extracts`: direct downloads, queued jobs, and the source dalles.
@@ -14,6 +15,8 @@ struct ExtractsController: Sendable {
     let service: TileService
     /// The store, where each tileset's source index is (`<tileset>/sources.json`).
     let store: any PyramidStore
+    /// Reads source dalles in a bucket (`/vsis3/bucket/key`, `s3://bucket/key`); nil: none can be.
+    let objects: S3Client?
     /// Proxies whose `X-Forwarded-For` names the client.
     let trustedProxies: AddressRanges
 
@@ -42,6 +45,9 @@ struct ExtractsController: Sendable {
                 let j = try await job(context, request: request)
                 guard j.state == .done else {
                     throw ServingError(.conflict, "extract \(j.id) is \(j.state.rawValue), not done")
+                }
+                if let bucket = extracts.results as? BucketExtractResults {
+                    return try await stream(bucket, extracts.resultName(j), name: j.id)
                 }
                 return try await stream(try extracts.resultPath(j), name: j.id, context: context)
             }
@@ -166,16 +172,13 @@ struct ExtractsController: Sendable {
                         "the dalles weigh \(total >> 20) MB; the limit is \(extracts.settings.bytesPerClient >> 20) MB"
                     )
                 }
-                for f in found where access(f.path, R_OK) != 0 {
-                    extracts.logger.error("dalle \(f.path) cannot be read")
-                    throw ServingError(.unavailable, "the dalle \(f.name) cannot be read on the server now")
-                }
+                // Each dalle is checked before the first byte goes: a missing one is a status, not a cut archive.
+                let files = try await zipEntries(found.map { ($0.name, $0.path) })
                 // Made while it is sent, nothing kept: a zip of stored (already compressed) files.
                 var h = HTTPFields()
                 h[.contentType] = "application/zip"
                 h[.contentDisposition] = "attachment; filename=\"\(tileset)-dalles.zip\""
                 h[.cacheControl] = "no-store"
-                let files = found.map { ZipArchive.Entry(name: $0.name, path: $0.path) }
                 let logger = extracts.logger
                 return Response(
                     status: .ok, headers: h,
@@ -197,6 +200,83 @@ struct ExtractsController: Sendable {
                         found.map { .object(["nom": .string($0.name), "octets": .number(Double($0.size))]) }),
                 ]), request)
         }
+    }
+
+    /// The zip entries of dalles on disk or in a bucket, each checked readable (a HEAD for an
+    /// object, a few at a time): one that is not answers 503 naming the dalle, the path logged.
+    func zipEntries(_ dalles: [(name: String, path: String)]) async throws -> [ZipArchive.Entry] {
+        let unreadable = { (name: String, path: String, why: String) -> ServingError in
+            extracts.logger.error("dalle \(path) cannot be read: \(why)")
+            return ServingError(.unavailable, "the dalle \(name) cannot be read on the server now")
+        }
+        var entries = [ZipArchive.Entry?](repeating: nil, count: dalles.count)
+        var remote: [(index: Int, bucket: String, key: String)] = []
+        for (i, d) in dalles.enumerated() {
+            if let (bucket, key) = Self.objectName(d.path) {
+                remote.append((i, bucket, key))
+            } else {
+                guard access(d.path, R_OK) == 0 else { throw unreadable(d.name, d.path, "not readable") }
+                entries[i] = ZipArchive.Entry(name: d.name, path: d.path)
+            }
+        }
+        if !remote.isEmpty {
+            guard let objects else {
+                throw unreadable(dalles[remote[0].index].name, dalles[remote[0].index].path, "no S3 credentials")
+            }
+            let readers = try await withThrowingTaskGroup(of: (Int, Result<S3ObjectReader, any Error>).self) { group in
+                var out: [(Int, Result<S3ObjectReader, any Error>)] = []
+                var next = 0
+                func add() {
+                    let (i, bucket, key) = remote[next]
+                    next += 1
+                    group.addTask {
+                        do {
+                            return (i, .success(try await S3ObjectReader(bucket: objects.bucket(bucket), key: key)))
+                        } catch {
+                            return (i, .failure(error))
+                        }
+                    }
+                }
+                while next < min(remote.count, Self.concurrentHeads) { add() }
+                while let r = try await group.next() {
+                    out.append(r)
+                    if next < remote.count { add() }
+                }
+                return out
+            }
+            for (i, result) in readers {
+                switch result {
+                case .failure(let error): throw unreadable(dalles[i].name, dalles[i].path, "\(error)")
+                case .success(let reader):
+                    entries[i] = ZipArchive.Entry(
+                        name: dalles[i].name, size: UInt64(reader.size),
+                        modified: reader.modified ?? Date(timeIntervalSince1970: 0)
+                    ) { offset, count in
+                        Array(try await reader.read(at: Int(offset), count: count).readableBytesView)
+                    }
+                }
+            }
+        }
+        return entries.compactMap { $0 }
+    }
+
+    /// HEADs of dalles in a bucket under way at once.
+    static let concurrentHeads = 8
+
+    /// The bucket and key of a dalle in object storage, as the tiler records it
+    /// (`/vsis3/bucket/key`) or as a user names it (`s3://bucket/key`); nil for a local path.
+    static func objectName(_ path: String) -> (bucket: String, key: String)? {
+        let rest: Substring
+        if path.hasPrefix("/vsis3/") {
+            rest = path.dropFirst(7)
+        } else if path.hasPrefix("s3://") {
+            rest = path.dropFirst(5)
+        } else {
+            return nil
+        }
+        guard let slash = rest.firstIndex(of: "/"), slash != rest.startIndex, rest.index(after: slash) < rest.endIndex
+        else { return nil }
+        return (String(rest[..<slash]), String(rest[rest.index(after: slash)...]))
     }
 
     // MARK: - Helpers
@@ -228,6 +308,39 @@ struct ExtractsController: Sendable {
         h[.contentLength] = "\(size)"
         return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))
     }
+
+    /// A finished job's result in a bucket, streamed a range at a time (memory holds one range
+    /// whatever the result's size; `HEAD` costs the one HEAD of the object). Any replica serves it.
+    func stream(_ results: BucketExtractResults, _ object: String, name: String) async throws -> Response {
+        guard let reader = try await results.reader(object) else {
+            extracts.logger.error("the result \(results.key(object)) of a finished extract is missing")
+            throw ServingError(.notFound, "the result of extract \(name) is gone")
+        }
+        var h = Self.attachment(object, name: name)
+        h[.contentLength] = "\(reader.size)"
+        let logger = extracts.logger
+        return Response(
+            status: .ok, headers: h,
+            body: ResponseBody(contentLength: reader.size) { writer in
+                var offset = 0
+                do {
+                    while offset < reader.size {
+                        let piece = try await reader.read(at: offset, count: Self.downloadChunk)
+                        guard piece.readableBytes > 0 else { break }
+                        offset += piece.readableBytes
+                        try await writer.write(piece)
+                    }
+                } catch {
+                    // Too late for a status: the client sees a short body (Content-Length says so).
+                    logger.error("download of \(results.key(object)) stopped at byte \(offset): \(error)")
+                    throw error
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    /// Bytes of a result in a bucket fetched per GET while it is sent.
+    static let downloadChunk = 4 << 20
 
     /// A direct extract: read into memory (it is at most `direct_pixels`), then deleted.
     func sendAndDelete(_ path: String, name: String) throws -> Response {
