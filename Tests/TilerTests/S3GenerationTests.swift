@@ -10,7 +10,7 @@ import Tiler
 
 /// `dallage rollback`, `gc`, `projects` and `extract` on a store in a bucket (issue 15), as a user
 /// runs them, checked with boto3 and by reading the tiles back.
-@Suite(.seaweedFS, .serialized)
+@Suite(.seaweedFS, .serialized, .blocking)
 struct S3GenerationTests {
     let tiling = S3TilingTests()
 
@@ -173,7 +173,7 @@ struct S3GenerationTests {
         #expect(fraction > 0.9, "\(shown)")
 
         // An extract of the bucket's pyramid equals one of the same pyramid tiled to a folder.
-        _ = try await Fixture.onDispatchThread { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
+        _ = try await Blocking.run { try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"]) }
         let geometry = dir + "/area.geojson"
         try area.write(toFile: geometry, atomically: true, encoding: .utf8)
         for (store, out) in [(url, "bucket.tif"), (dir + "/store", "folder.tif")] {
