@@ -250,6 +250,9 @@ final class TileFastLane: ChannelDuplexHandler {
         let now = NIODeadline.now()
         let busy = withRouter > 0 || parserInRequest || parserAnswersPending > 0
         if let started = headStarted, now >= started + limits.headerTimeout {
+            logger.notice(
+                "closing a connection: a request head took longer than the header timeout",
+                metadata: ["busy": "\(busy)", "remote": "\(context.remoteAddress?.description ?? "?")"])
             if !busy {
                 let response = ConnectionLimits.response(
                     "408 Request Timeout", detail: "the request head did not arrive in time")
@@ -262,6 +265,8 @@ final class TileFastLane: ChannelDuplexHandler {
             return
         }
         if !busy, headStarted == nil, now >= lastActivity + limits.idleTimeout {
+            logger.debug(
+                "closing an idle connection", metadata: ["remote": "\(context.remoteAddress?.description ?? "?")"])
             context.close(promise: nil)
             return
         }
