@@ -63,6 +63,10 @@ enum ServerFixture {
         c.extractsDirectory = NSTemporaryDirectory() + "dallage-extracts-\(UUID().uuidString)"
         c.tmsDirectory = root + "/config/tms"
         c.rescanSeconds = 0.2
+        // A live test's own client may sit unused for minutes on a loaded machine while the test
+        // works through other connections; the server's 60 s idle timeout closed it under it ("I/O
+        // on closed channel" when used again). Tests of the timeout set their own.
+        c.idleTimeoutSeconds = 3600
         configure(&c)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
