@@ -103,7 +103,7 @@ public func buildApplication(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, settings: configuration.extracts,
         results: extractResults, logger: logger)
     let serverName = "dallage"
-    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, tilesServed: service.tilesServed)
+    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, service: service)
     // A tile an object store answered later reached the client through the router: kept hot, the
     // next request for it is the fast lane's.
     service.onLaterRead { t, response in loops.remember(t, response) }

@@ -132,8 +132,18 @@ public final class TileService: Sendable {
     let cacheMisses = Counter(label: "dallage_tile_cache_misses_total")
     public let tilesServed = Counter(label: "dallage_tiles_served_total")
     /// Tiles this service answered through the fast lane (also in /healthz; the Prometheus
-    /// counter is process-wide).
-    public let fastLaneAnswers = Atomic<Int>(0)
+    /// counter is process-wide): one count per event loop, each added to by its loop alone, summed
+    /// when read. One count both loops added to was a cache line they passed to each other on
+    /// every tile.
+    public var fastLaneAnswers: Int { laneCounts.withLock { $0.reduce(0) { $0 + $1.value.load(ordering: .relaxed) } } }
+    private let laneCounts = Mutex<[LaneCount]>([])
+
+    /// A new count of fast-lane answers, for one event loop to add to.
+    public func makeLaneCount() -> LaneCount {
+        let count = LaneCount()
+        laneCounts.withLock { $0.append(count) }
+        return count
+    }
     private let laterReads = Mutex<(@Sendable (ResolvedTile, TileResponse) -> Void)?>(nil)
 
     public init(catalog: PyramidCatalog, settings: ServingSettings, gate: PublicationGate? = nil, logger: Logger) {
@@ -633,4 +643,11 @@ public enum Transcoder {
     public static func encode(rgba: [UInt8], size: Int, as encoding: TileEncoding, quality: Int) throws -> [UInt8] {
         try encode(rgba: rgba, width: size, height: size, as: encoding, quality: quality)
     }
+}
+
+/// A count one event loop adds to, on a cache line of its own (padding either side).
+public final class LaneCount: Sendable {
+    private let before: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0)
+    public let value = Atomic<Int>(0)
+    private let after: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0)
 }

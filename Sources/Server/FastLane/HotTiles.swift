@@ -21,6 +21,14 @@ final class HotTiles: Sendable {
         /// `ServedPyramid.contentKey(of:)` of the tile.
         var shard: UInt64
         var tile: TileCoordinate
+
+        /// One word for the hasher, not four: hashing is per request (keys still compare whole).
+        func hash(into hasher: inout Hasher) {
+            let t = tile
+            hasher.combine(
+                shard ^ (UInt64(truncatingIfNeeded: t.col) &<< 35) ^ (UInt64(truncatingIfNeeded: t.row) &<< 6)
+                    ^ UInt64(truncatingIfNeeded: t.z))
+        }
     }
 
     /// A tile's bytes and validator with its response heads up to the date, made once: never
@@ -102,14 +110,16 @@ final class HotTiles: Sendable {
 }
 
 /// What the fast lane keeps per event loop: its metrics tally, used only on that loop (no lock),
-/// and the server's hot tiles.
+/// its count of answers, and the server's hot tiles.
 final class FastLaneLoop {
     let hot: HotTiles
     let tally: FastLaneTally
+    let answers: LaneCount
 
-    init(hot: HotTiles, tilesServed: Counter) {
+    init(hot: HotTiles, service: TileService) {
         self.hot = hot
-        tally = FastLaneTally(tilesServed: tilesServed)
+        tally = FastLaneTally(tilesServed: service.tilesServed)
+        answers = service.makeLaneCount()
     }
 }
 
@@ -117,13 +127,13 @@ final class FastLaneLoop {
 /// hands its tally to the shared metrics every second.
 final class FastLaneLoops: Sendable {
     private let hot: HotTiles
-    private let tilesServed: Counter
+    private let service: TileService
     private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
 
     /// `hotTileBytes` in all, for the hot tiles every loop shares.
-    init(hotTileBytes: Int, tilesServed: Counter) {
+    init(hotTileBytes: Int, service: TileService) {
         hot = HotTiles(capacity: hotTileBytes)
-        self.tilesServed = tilesServed
+        self.service = service
     }
 
     /// Keeps a stored tile the router read (from a store that answers later) as a ready response,
@@ -139,7 +149,7 @@ final class FastLaneLoops: Sendable {
     func state(on loop: any EventLoop) -> FastLaneLoop {
         loops.withLock { loops in
             if let bound = loops[ObjectIdentifier(loop)] { return bound.value }
-            let state = FastLaneLoop(hot: hot, tilesServed: tilesServed)
+            let state = FastLaneLoop(hot: hot, service: service)
             let bound = NIOLoopBound(state, eventLoop: loop)
             loops[ObjectIdentifier(loop)] = bound
             loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in bound.value.tally.flush() }

@@ -63,6 +63,7 @@ final class TileFastLane: ChannelDuplexHandler {
     private var ends: HeadEnds
     /// Ready responses of the tiles answered lately, shared by the event loops.
     private let hot: HotTiles
+    private let answers: LaneCount
     /// This event loop's count of what the fast lane did, for the shared metrics.
     private let tally: FastLaneTally
     /// Publication decisions for gated pyramids, kept on the connection.
@@ -90,6 +91,7 @@ final class TileFastLane: ChannelDuplexHandler {
         self.limits = limits
         hot = loop.hot
         tally = loop.tally
+        answers = loop.answers
         ends = HeadEnds(serverName: serverName)
         self.logger = logger
         logRequests = logger.logLevel <= .info
@@ -370,7 +372,7 @@ final class TileFastLane: ChannelDuplexHandler {
                     "hb.request.method": .string(method.rawValue),
                 ])
         }
-        service.fastLaneAnswers.add(1, ordering: .relaxed)
+        answers.value.add(1, ordering: .relaxed)
         tally.add(
             route, method: method, status: current ? .notModified : .ok, bytes: body?.readableBytes ?? 0,
             nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
