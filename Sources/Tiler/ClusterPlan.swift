@@ -97,8 +97,12 @@ public struct ClusterPlan: Sendable, Codable, Equatable {
     public var id: String
     public var tool: String
     public var created: String
-    /// The store the pyramids go to, as the workers must reach it (a local folder made absolute).
+    /// The store the pyramids go to, as the workers must reach it (a local folder made absolute,
+    /// or `s3://bucket/prefix`).
     public var store: String
+    /// For an `s3://` store, the endpoint it was reached at when planning: a worker whose
+    /// `AWS_ENDPOINT_URL` (or `AWS_REGION`) leads elsewhere would fill another store's bucket.
+    public var endpoint: String? = nil
     public var tileset: TilesetDefinition
     public var sources: Sources
     public var grids: [Grid]
