@@ -160,10 +160,9 @@ public struct ClusterPlan: Sendable, Codable, Equatable {
             e.blockHeight = d.blockHeight
             e.bounds = d.bounds
             entries.append(e)
-            var st = stat()
-            let exists = stat(d.path, &st) == 0
-            let size = exists ? Int(st.st_size) : -1
-            let mtime = exists ? Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 : 0
+            // A dalle in object storage (`/vsis3/…`) is asked of GDAL, a file of the file system.
+            let (size, mtime) = SourceIndex.fileState(d.path)
+            let exists = size >= 0
             if size != d.bytes || mtime != d.modified {
                 let what =
                     !exists ? "missing" : size != d.bytes ? "\(d.bytes) → \(size) bytes" : "modified since"

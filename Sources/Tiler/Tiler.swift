@@ -269,11 +269,26 @@ public final class Tiler {
         // One build (or rollback, or gc) of a pyramid at a time; the kernel drops the lock of a
         // killed process. A cluster's workers build side by side in a shared folder store, each in
         // its own files: they neither take the lock nor remove the others' half-written ones. Into
-        // a bucket each worker has a staging folder of its own, which it locks (a second copy of
-        // the same worker on this host stops at once) and cleans like a single build.
+        // a bucket each worker has a staging folder of its own, which it locks and cleans like a
+        // single build; a second copy of the same worker on this host (a requeue while the first
+        // still runs) waits for the first, then finds its share recorded.
         let worker = options.cluster?.share
         let sharedFolder = worker != nil && target == nil
-        let lock = sharedFolder ? nil : try FileLock.build(folder, doing: worker.map { "worker \($0)" } ?? "this build")
+        let lock: FileLock?
+        if sharedFolder {
+            lock = nil
+        } else if let worker {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let path = folder.path(".build.lock")
+            if let free = try? FileLock(path, wait: false) {
+                lock = free
+            } else {
+                logger.info("worker \(worker) is already running on this host (\(directory)): waiting for it to end")
+                lock = try FileLock(path, wait: true)
+            }
+        } else {
+            lock = try FileLock.build(folder, doing: "this build")
+        }
         defer { withExtendedLifetime(lock) {} }
         if !sharedFolder { Self.removeTemporaryFiles(in: directory) }
         // A worker builds its share of the deepest band and leaves the rest to the finisher.

@@ -197,6 +197,74 @@ extension ClusterTests {
             #expect(try await objects(under: prefix) == done)
         }
 
+        @Test func twoCopiesOfOneWorkerOnOneHostChangeNothing() async throws {
+            // A scheduler may start a task twice (a requeue while the first still runs): on one host
+            // (one staging folder) the second waits for the first, then finds its share recorded.
+            let dir = Fixture.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let sources = try GenerationTests.fourShards(in: dir)
+            let environment = try server.environment
+            let (oneURL, one) = Self.store()
+            let (url, prefix) = Self.store()
+            let staging = ["--staging", dir + "/staging"]
+            for (store, extra) in [(oneURL, [String]()), (url, ["--plan-out", dir + "/plan.json"])] {
+                _ = try await TestSupport.run(
+                    Fixture.executable,
+                    [
+                        "tile", "--id", "t", "--tms", "2154_5cm", "--tms", "PM", "--store", store, "--tms-dir",
+                        Fixture.tmsDirectory,
+                    ] + extra + staging + sources, environment: environment)
+            }
+            let worker = ["tile", "--plan", dir + "/plan.json", "--worker", "0/2"] + staging
+            async let first = TestSupport.run(Fixture.executable, worker, environment: environment)
+            async let second = TestSupport.run(Fixture.executable, worker, environment: environment)
+            let outputs = try await [first, second]
+            #expect(outputs.allSatisfy { $0.contains("worker 0/2 of plan") })
+            // One of them built the share, the other found it done.
+            #expect(outputs.contains { $0.contains(" 0 built, ") }, "\(outputs)")
+            for role in [["--worker", "1/2"], ["--finish"]] {
+                _ = try await TestSupport.run(
+                    Fixture.executable, ["tile", "--plan", dir + "/plan.json"] + role + staging,
+                    environment: environment)
+            }
+            try await expectTheOneProcessPyramid(prefix, one)
+        }
+
+        @Test func dallesInTheBucketTileOnAClusterAsInOneProcess() async throws {
+            let dir = Fixture.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let local = try GenerationTests.fourShards(in: dir)
+            let folder = "cluster-dalles-\(UUID().uuidString.prefix(8).lowercased())"
+            try await S3Client.withClient(configuration: try server.configuration) { client in
+                for (i, path) in local.enumerated() {
+                    try await client.bucket(SeaweedFS.bucketName).upload(
+                        file: path, to: "\(folder)/\(i)/\((path as NSString).lastPathComponent)")
+                }
+            }
+            let sources = ["s3://\(SeaweedFS.bucketName)/\(folder)/"]
+            let environment = try server.environment
+            let (oneURL, one) = Self.store()
+            _ = try await Fixture.onDispatchThread {
+                try Fixture.tile(sources, store: oneURL, grids: ClusterTests.grids) { options in
+                    options.environment = environment
+                    options.staging = dir + "/staging-one"
+                }
+            }
+            let (url, prefix) = Self.store()
+            let staging = dir + "/staging"
+            let plan = try await Fixture.onDispatchThread {
+                try Self.plan(sources, store: url, file: dir + "/plan.json", staging: staging, environment: environment)
+            }
+            #expect(plan.sources.dalles.count == 4 && plan.sources.dalles.allSatisfy { $0.path.hasPrefix("/vsis3/") })
+            for i in 0..<2 {
+                let summary = try await Self.run(
+                    plan, .worker(try WorkerShare(index: i, count: 2)), staging: staging, environment: environment)
+                #expect(summary.skipped.isEmpty && summary.grids.flatMap(\.failed).isEmpty)
+            }
+            _ = try await Self.run(plan, .finish, staging: staging, environment: environment)
+            try await expectTheOneProcessPyramid(prefix, one)
+        }
+
         @Test func aWorkerKilledMidwayLeavesWholeObjectsAndItsRerunBuildsOnlyTheRest() async throws {
             let dir = Fixture.temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
