@@ -265,6 +265,42 @@ extension ClusterTests {
             try await expectTheOneProcessPyramid(prefix, one)
         }
 
+        @Test func aTrancheOnABucketRebuildsWhatOneProcessRebuilds() async throws {
+            // Generation 1 in two stores alike, then a dalle added: one process and the cluster
+            // make the same generation 2 (workers and finisher fetch the previous versions of the
+            // shards they rebuild, the finisher the coarse levels of the reused ones).
+            let dir = Fixture.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let first = try GenerationTests.fourShards(in: dir)
+            let added = try GenerationTests.neighbour(in: dir)
+            let environment = try server.environment
+            let (oneURL, one) = Self.store()
+            let (url, prefix) = Self.store()
+            let staging = dir + "/staging"
+            for (sources, store) in [(first, oneURL), (first, url), (first + added, oneURL)] {
+                _ = try await Fixture.onDispatchThread {
+                    try Fixture.tile(sources, store: store, grids: ClusterTests.grids) { options in
+                        options.environment = environment
+                        options.staging = staging
+                    }
+                }
+            }
+            let plan = try await Fixture.onDispatchThread {
+                try Self.plan(
+                    first + added, store: url, file: dir + "/plan.json", staging: staging, environment: environment)
+            }
+            #expect(plan.grids.map(\.base) == [1, 1] && plan.grids.map(\.generation) == [2, 2])
+            #expect(plan.grids.map(\.jobs.count) == [1, 1] && plan.grids.map(\.reused) == [3, 3])
+            for i in 0..<2 {
+                _ = try await Self.run(
+                    plan, .worker(try WorkerShare(index: i, count: 2)), staging: staging, environment: environment)
+            }
+            let finished = try await Self.run(plan, .finish, staging: staging, environment: environment)
+            #expect(finished.grids.map(\.generation) == [2, 2])
+            #expect(finished.grids.allSatisfy { $0.tilesCopied > 0 })
+            try await expectTheOneProcessPyramid(prefix, one)
+        }
+
         @Test func aWorkerKilledMidwayLeavesWholeObjectsAndItsRerunBuildsOnlyTheRest() async throws {
             let dir = Fixture.temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
