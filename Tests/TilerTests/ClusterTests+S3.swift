@@ -405,6 +405,11 @@ extension ClusterTests {
             let cases: [([String], [String: String], String)] = [
                 (["--worker", "0/2", "--quality", "50"], environment, "differ from plan"),
                 (["--worker", "0/2", "--tms", "2154_5cm"], environment, "differ from plan"),
+                (
+                    ["--worker", "0/2", "--id", "t", "--tms", "2154_5cm", "--tms", "PM"] + sources.dropLast(),
+                    environment, "differ from plan \(plan.id)'s in sources"
+                ),
+                (["--finish", "--store", dir + "/folder"], environment, "is not the plan's store"),
                 (["--worker", "0/2", "--store", url + "-other"], environment, "is not the plan's store"),
                 (["--worker", "2/2"], environment, "worker index 2 is out of range for 2 worker(s)"),
                 (
