@@ -299,8 +299,11 @@ public final class Tiler {
         }
         if let remote {
             try? FileManager.default.removeItem(atPath: folder.path("shards"))
-            // A worker needs only its share's records; the finisher every one.
-            try remote.pull(records: options.resume || options.cluster != nil, only: mine)
+            // A worker needs only its share's records; the finisher every one, which it fetched for
+            // its check a moment ago (a region's build leaves tens of thousands: not twice).
+            let finisher = options.cluster?.role == .finish
+            try remote.pull(
+                records: (options.resume || options.cluster != nil) && !finisher, keepingRecords: finisher, only: mine)
         }
         /// A shard's size in the store (the bucket's listing, or the file), nil when it is not there.
         func storedSize(_ relative: String) -> Int? {

@@ -148,11 +148,12 @@ final class BucketPublisher: Sendable {
     /// Brings the pyramid's state into the staging folder, replacing what an earlier run left
     /// there: `pyramid.json`, the current generation's `generations/<g>.json` and
     /// `<g>.sources.json`, and with `records` the shard records of `done/` (with `only`, those of
-    /// these shards). Lists the shards.
-    func pull(records: Bool, only: Set<TileCoordinate>? = nil) throws {
+    /// these shards; `keepingRecords` leaves those pulled before). Lists the shards.
+    func pull(records: Bool, keepingRecords: Bool = false, only: Set<TileCoordinate>? = nil) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: staging.directory, withIntermediateDirectories: true)
-        for stale in [PyramidManifest.fileName, "generations", "done", TiledFootprint.fileName] {
+        for stale in [PyramidManifest.fileName, "generations", "done", TiledFootprint.fileName]
+        where !(keepingRecords && stale == "done") {
             try? fm.removeItem(atPath: staging.path(stale))
         }
         let pyramid = self.pyramid
