@@ -80,15 +80,17 @@ public struct BucketPyramid: Sendable {
     }
 
     /// Every shard record under `done/`, whatever its plan; a record that cannot be read is left
-    /// out (its shard is built again), as in a folder. Fetched a few at a time.
-    public func records() async throws -> [TileCoordinate: ShardRecord] {
+    /// out (its shard is built again), as in a folder. Fetched a few at a time; with `only`, just
+    /// the records of those shards (a cluster worker needs its share's, not every worker's).
+    public func records(only: Set<TileCoordinate>? = nil) async throws -> [TileCoordinate: ShardRecord] {
         let start = key("done/").count
         let found: [(TileCoordinate, String)] = try await bucket.list(prefix: key("done/")).compactMap { o in
             let parts = o.key.dropFirst(start).split(separator: "/")
             guard parts.count == 3, parts[2].hasSuffix(".json"), let z = Int(parts[0]), let c = Int(parts[1]),
                 let r = Int(parts[2].dropLast(5))
             else { return nil }
-            return (TileCoordinate(z: z, col: c, row: r), o.key)
+            let shard = TileCoordinate(z: z, col: c, row: r)
+            return only?.contains(shard) == false ? nil : (shard, o.key)
         }
         var out: [TileCoordinate: ShardRecord] = [:]
         try await withThrowingTaskGroup(of: (TileCoordinate, ShardRecord?).self) { group in

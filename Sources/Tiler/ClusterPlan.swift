@@ -97,8 +97,12 @@ public struct ClusterPlan: Sendable, Codable, Equatable {
     public var id: String
     public var tool: String
     public var created: String
-    /// The store the pyramids go to, as the workers must reach it (a local folder made absolute).
+    /// The store the pyramids go to, as the workers must reach it (a local folder made absolute,
+    /// or `s3://bucket/prefix`).
     public var store: String
+    /// For an `s3://` store, the endpoint it was reached at when planning: a worker whose
+    /// `AWS_ENDPOINT_URL` (or `AWS_REGION`) leads elsewhere would fill another store's bucket.
+    public var endpoint: String? = nil
     public var tileset: TilesetDefinition
     public var sources: Sources
     public var grids: [Grid]
@@ -156,10 +160,9 @@ public struct ClusterPlan: Sendable, Codable, Equatable {
             e.blockHeight = d.blockHeight
             e.bounds = d.bounds
             entries.append(e)
-            var st = stat()
-            let exists = stat(d.path, &st) == 0
-            let size = exists ? Int(st.st_size) : -1
-            let mtime = exists ? Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 : 0
+            // A dalle in object storage (`/vsis3/…`) is asked of GDAL, a file of the file system.
+            let (size, mtime) = SourceIndex.fileState(d.path)
+            let exists = size >= 0
             if size != d.bytes || mtime != d.modified {
                 let what =
                     !exists ? "missing" : size != d.bytes ? "\(d.bytes) → \(size) bytes" : "modified since"

@@ -6,9 +6,12 @@ import Raster
 extension Tiler {
     /// Plans a cluster build (`dallage tile … --plan-out FILE`): indexes the sources and plans
     /// every grid as a build would, and returns the plan (the deepest bands' shards with their
-    /// estimated work) with the summary a dry run gives. Nothing is built; the store gets only
-    /// its source index cache.
+    /// estimated work) with the summary a dry run gives. Nothing is built; a folder store gets only
+    /// its source index cache, an `s3://` store nothing (the cache stays in the staging folder; the
+    /// plan records the endpoint reached, which workers and finisher must reach too).
     public func makePlan() throws -> (plan: ClusterPlan, summary: TilingSummary) {
+        try openTarget()
+        defer { target?.shutdown() }
         let prepared = try prepare()
         var grids: [ClusterPlan.Grid] = []
         for ((plan, update), asked) in zip(zip(prepared.plans, prepared.updates), prepared.grids) {
@@ -28,7 +31,8 @@ extension Tiler {
             kind: ClusterPlan.kind, version: ClusterPlan.currentVersion,
             id: String(format: "%08x", Array(text.utf8).withUnsafeBytes { Deflate.crc32($0) }),
             tool: "dallage \(DallageVersion.current)", created: ISO8601DateFormatter().string(from: Date()),
-            store: options.store, tileset: definition, sources: ClusterPlan.sources(prepared.index), grids: grids)
+            store: options.store, endpoint: target?.endpoint, tileset: definition,
+            sources: ClusterPlan.sources(prepared.index), grids: grids)
         return (plan, prepared.summary)
     }
 
@@ -51,6 +55,7 @@ extension Tiler {
         for (i, (gridPlan, update)) in zip(prepared.plans, prepared.updates).enumerated() {
             let g = plan.grids[i]
             let folder = PyramidFolder(directory(of: gridPlan))
+            let remote = prepared.remotes[i]
             if update.base != g.base {
                 if update.base == g.generation, let current = try folder.current(),
                     current.sourcesDigest == plan.sources.digest,
@@ -62,7 +67,7 @@ extension Tiler {
                     continue
                 }
                 throw ClusterError(
-                    "\(folder.directory) is at generation \(update.base), but plan \(plan.id) builds generation \(g.generation) over \(g.base): another build switched it since the plan was made; make a new plan"
+                    "\(remote?.pyramid.url ?? folder.directory) is at generation \(update.base), but plan \(plan.id) builds generation \(g.generation) over \(g.base): another build switched it since the plan was made; make a new plan"
                 )
             }
             let id = Self.planID(settings: settings(gridPlan), digest: prepared.index.digest, base: update.base)
@@ -78,7 +83,11 @@ extension Tiler {
             let absent = g.jobs.filter { job in
                 guard let r = records[job.coordinate], r.plan == g.plan else { return true }
                 guard let path = r.path else { return false }
-                let size = (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
+                // In a bucket, the listing of its shards; in a folder, the file.
+                let size: Int? =
+                    if let remote { remote.size(path) } else {
+                        (try? FileManager.default.attributesOfItem(atPath: folder.path(path)))?[.size] as? Int
+                    }
                 return size != r.bytes
             }
             if let first = absent.first {

@@ -88,7 +88,7 @@ public final class Tiler {
     }
 
     /// With an `s3://` store, the bucket and the staging folder the build runs in.
-    private var target: BucketTarget?
+    var target: BucketTarget?
 
     var tilesetDirectory: String {
         ((target?.staging ?? options.store) as NSString).appendingPathComponent(definition.id)
@@ -114,22 +114,33 @@ public final class Tiler {
             logger.error("skipped dalle \((path as NSString).lastPathComponent) while tiling: \(reason)")
             summary.skipped.append((path, reason))
         }
+        // A worker's own staging folder holds nothing once its shards are uploaded.
+        if let own = target?.privateStaging, summary.grids.allSatisfy(\.failed.isEmpty) {
+            try? FileManager.default.removeItem(atPath: own)
+        }
         summary.seconds = Date().timeIntervalSince(started)
         return summary
     }
 
     /// With an `s3://` store, connects to the bucket (checked before any work) and sets up the
-    /// staging folder the build runs in; the caller shuts it down.
-    private func openTarget() throws {
+    /// staging folder the build runs in; the caller shuts it down. A cluster worker builds in a
+    /// staging folder of its own (its plan and share in the name): workers sharing a host would
+    /// otherwise empty each other's; the finisher builds in the one a single build uses (and takes
+    /// its lock), and checks it reaches the endpoint the plan was made on.
+    func openTarget() throws {
         guard case .s3(let bucket, let prefix) = try StoreLocation(parsing: options.store) else { return }
-        if options.cluster != nil {
+        let cluster = options.cluster
+        let target = try BucketTarget(
+            bucket: bucket, prefix: prefix, staging: options.staging ?? NSTemporaryDirectory(),
+            privateFolder: cluster?.share.map { "worker-\(cluster?.plan.id ?? "")-\($0.index)-of-\($0.count)" },
+            environment: options.environment)
+        if let plan = cluster?.plan, let planned = plan.endpoint, planned != target.endpoint {
+            target.shutdown()
             throw ClusterError(
-                "the cluster protocol (--plan, --worker, --finish) works on a shared folder store; s3:// stores are not supported by it yet"
+                "plan \(plan.id) was made on \(plan.store) at \(planned), and this run reaches \(target.endpoint): give every worker and the finisher the planning host's AWS_ENDPOINT_URL and AWS_REGION"
             )
         }
-        target = try BucketTarget(
-            bucket: bucket, prefix: prefix, staging: options.staging ?? NSTemporaryDirectory(),
-            environment: options.environment)
+        self.target = target
     }
 
     /// The sources, the grids and their plans, and what each plan changes in the store.
@@ -140,6 +151,8 @@ public final class Tiler {
         var usable: [SourceEntry]
         var plans: [GridPlan]
         var updates: [GridUpdate]
+        /// Per plan, with an `s3://` store, what moves its pyramid between bucket and staging.
+        var remotes: [BucketPublisher?]
         var summary: TilingSummary
     }
 
@@ -179,16 +192,19 @@ public final class Tiler {
         // 2. Plans, and what each changes in the store.
         var plans: [GridPlan] = []
         var updates: [GridUpdate] = []
+        var remotes: [BucketPublisher?] = []
         for grid in grids {
             let plan = try Planner.plan(
                 grid: grid.g.tms, sources: usable, minZoom: definition.minZoom ?? grid.g.minZoom,
                 maxZoom: definition.maxZoom ?? grid.g.maxZoom)
             plans.append(plan)
             let folder = PyramidFolder(directory(of: plan))
-            if let target {
-                try BucketPublisher(pyramid: target.pyramid(tileset: definition.id, grid: plan.tms.id), staging: folder)
-                    .pull(records: false)
+            let remote = target.map {
+                BucketPublisher(pyramid: $0.pyramid(tileset: definition.id, grid: plan.tms.id), staging: folder)
             }
+            // The finisher checks the workers' records before anything is written.
+            try remote?.pull(records: options.cluster?.role == .finish)
+            remotes.append(remote)
             let previous = try folder.current()
             updates.append(
                 GridUpdate.make(
@@ -201,7 +217,7 @@ public final class Tiler {
             seconds: 0)
         return Prepared(
             grids: grids.map { ($0.id, $0.g.minZoom, $0.g.maxZoom) }, index: index, usable: usable, plans: plans,
-            updates: updates, summary: summary)
+            updates: updates, remotes: remotes, summary: summary)
     }
 
     /// Indexes the tileset's sources, reusing and updating the cache beside the store.
@@ -251,19 +267,43 @@ public final class Tiler {
         let directory = directory(of: plan)
         let folder = PyramidFolder(directory)
         // One build (or rollback, or gc) of a pyramid at a time; the kernel drops the lock of a
-        // killed process. A cluster's workers build side by side, each in its own files: they
-        // neither take the lock nor remove the others' half-written ones.
+        // killed process. A cluster's workers build side by side in a shared folder store, each in
+        // its own files: they neither take the lock nor remove the others' half-written ones. Into
+        // a bucket each worker has a staging folder of its own, which it locks and cleans like a
+        // single build; a second copy of the same worker on this host (a requeue while the first
+        // still runs) waits for the first, then finds its share recorded.
         let worker = options.cluster?.share
-        let lock = worker == nil ? try FileLock.build(folder, doing: "this build") : nil
+        let sharedFolder = worker != nil && target == nil
+        let lock: FileLock?
+        if sharedFolder {
+            lock = nil
+        } else if let worker {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let path = folder.path(".build.lock")
+            if let free = try? FileLock(path, wait: false) {
+                lock = free
+            } else {
+                logger.info("worker \(worker) is already running on this host (\(directory)): waiting for it to end")
+                lock = try FileLock(path, wait: true)
+            }
+        } else {
+            lock = try FileLock.build(folder, doing: "this build")
+        }
         defer { withExtendedLifetime(lock) {} }
-        if worker == nil { Self.removeTemporaryFiles(in: directory) }
+        if !sharedFolder { Self.removeTemporaryFiles(in: directory) }
+        // A worker builds its share of the deepest band and leaves the rest to the finisher.
+        let mine: Set<TileCoordinate>? = worker == nil ? nil : options.cluster?.assigned?[plan.tms.id] ?? []
         // Into a bucket: the staging folder takes the bucket's state (a fresh copy, under the lock).
         let remote = target.map {
             BucketPublisher(pyramid: $0.pyramid(tileset: definition.id, grid: tms.id), staging: folder)
         }
         if let remote {
             try? FileManager.default.removeItem(atPath: folder.path("shards"))
-            try remote.pull(records: options.resume)
+            // A worker needs only its share's records; the finisher every one, which it fetched for
+            // its check a moment ago (a region's build leaves tens of thousands: not twice).
+            let finisher = options.cluster?.role == .finish
+            try remote.pull(
+                records: (options.resume || options.cluster != nil) && !finisher, keepingRecords: finisher, only: mine)
         }
         /// A shard's size in the store (the bucket's listing, or the file), nil when it is not there.
         func storedSize(_ relative: String) -> Int? {
@@ -353,8 +393,6 @@ public final class Tiler {
         let decoded = DecodedBlocks(budget: DecodedBlocks.budgetPerWorker * max(2, options.threads))
         var failed: [String] = []
         var pixelsRead = 0
-        // A worker builds its share of the deepest band and leaves the rest to the finisher.
-        let mine: Set<TileCoordinate>? = worker == nil ? nil : options.cluster?.assigned?[plan.tms.id] ?? []
         for (b, band) in plan.scheme.bands.enumerated() where worker == nil || b == 0 {
             // Reused as they are, unless the file is not what the base generation recorded.
             var rebuild = update.rebuild[b]
@@ -478,7 +516,8 @@ public final class Tiler {
                             copied: job.copied.load(ordering: .relaxed), encoded: job.encoded.load(ordering: .relaxed))
                         // On disk (and in the bucket), then recorded (resume trusts a record), while
                         // the build goes on.
-                        let keep = kept(band)
+                        // A worker's shards are read again by the finisher, from the bucket.
+                        let keep = worker == nil ? kept(band) : nil
                         durable.then(sync: summary == nil ? nil : folder.path(relative)) {
                             if let remote {
                                 if summary != nil { try remote.publish(relative, keep: keep) }
@@ -556,6 +595,9 @@ public final class Tiler {
                 try remote.publishFootprint()
                 remote.cleanUp()
             }
+        } else if worker != nil {
+            // Its shards and records are in the bucket; what is staged is of no further use.
+            remote?.cleanUp()
         }
         return TilingSummary.GridResult(
             grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: generation,

@@ -23,12 +23,21 @@ final class BucketTarget: Sendable {
     let url: String
     /// The local folder mirroring the store's layout while building.
     let staging: String
+    /// The folder of this run's own staging (`dallage-staging/.<private>`), nil when it shares
+    /// `dallage-staging/<bucket>/…` with the other builds of this host.
+    let privateStaging: String?
+    /// The endpoint the store is reached at (`https://s3.eu-west-3.amazonaws.com`).
+    let endpoint: String
 
     /// Connects to the store named by `location` with the AWS environment, and checks at once that
     /// the endpoint answers, the credentials are accepted and the bucket exists (one listing of at
     /// most one key), so a wrong setting is one line before any work, not a failure at the first
-    /// upload.
-    init(bucket name: String, prefix: String, staging root: String, environment: [String: String]) throws {
+    /// upload. A cluster worker names a `privateFolder` of the staging root to build in: workers
+    /// sharing a host (and its TMPDIR) must not empty each other's shards.
+    init(
+        bucket name: String, prefix: String, staging root: String, privateFolder: String? = nil,
+        environment: [String: String]
+    ) throws {
         url = prefix.isEmpty ? "s3://\(name)" : "s3://\(name)/\(prefix)"
         let configuration: S3Configuration
         do {
@@ -41,9 +50,13 @@ final class BucketTarget: Sendable {
         } catch {
             throw StoreTargetError("store \(url): \(error)")
         }
+        endpoint = configuration.endpoint.description
         bucket = client.bucket(name)
         self.prefix = prefix
-        staging = (root as NSString).appendingPathComponent("dallage-staging/\(name)/\(prefix)")
+        // Bucket names never start with a dot: a private folder cannot be a bucket's.
+        privateStaging = privateFolder.map { (root as NSString).appendingPathComponent("dallage-staging/.\($0)") }
+        staging = ((privateStaging ?? (root as NSString).appendingPathComponent("dallage-staging")) as NSString)
+            .appendingPathComponent("\(name)/\(prefix)")
         let bucket = self.bucket
         do {
             _ = try waitFor { try await bucket.listPage(prefix: prefix.isEmpty ? "" : prefix + "/", maxKeys: 1) }
@@ -134,18 +147,20 @@ final class BucketPublisher: Sendable {
 
     /// Brings the pyramid's state into the staging folder, replacing what an earlier run left
     /// there: `pyramid.json`, the current generation's `generations/<g>.json` and
-    /// `<g>.sources.json`, and with `records` the shard records of `done/`. Lists the shards.
-    func pull(records: Bool) throws {
+    /// `<g>.sources.json`, and with `records` the shard records of `done/` (with `only`, those of
+    /// these shards; `keepingRecords` leaves those pulled before). Lists the shards.
+    func pull(records: Bool, keepingRecords: Bool = false, only: Set<TileCoordinate>? = nil) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: staging.directory, withIntermediateDirectories: true)
-        for stale in [PyramidManifest.fileName, "generations", "done", TiledFootprint.fileName] {
+        for stale in [PyramidManifest.fileName, "generations", "done", TiledFootprint.fileName]
+        where !(keepingRecords && stale == "done") {
             try? fm.removeItem(atPath: staging.path(stale))
         }
         let pyramid = self.pyramid
         let listed = try waitFor { try await pyramid.shardSizes() }
         sizes.withLock { $0 = listed }
         if records {
-            for (shard, record) in try waitFor({ try await pyramid.records() }) {
+            for (shard, record) in try waitFor({ try await pyramid.records(only: only) }) {
                 try staging.record(record, for: shard)
             }
         }

@@ -15,9 +15,7 @@ extension TileCommand {
         }
         var options = options
         // Workers run elsewhere and from other folders: they must find the same store.
-        options.store =
-            URL(fileURLWithPath: try localFolder(options.store, command: "tile --plan-out"))
-            .standardizedFileURL.path
+        options.store = try Self.planStore(options.store)
         let made: (plan: ClusterPlan, summary: TilingSummary)
         do {
             made = try Tiler(definition: definition, options: options, logger: logger).makePlan()
@@ -68,6 +66,7 @@ extension TileCommand {
 
         var options = TileOptions(store: plan.store, tmsDirectory: tmsDirectory ?? defaultTMSDirectory())
         if let threads { options.threads = max(1, threads) }
+        options.staging = staging
         options.keepGoing = keepGoing
         options.cacheMB = cacheMB
         let run = ClusterRun(plan: plan, role: role)
@@ -102,7 +101,7 @@ extension TileCommand {
     private func checkAgainst(_ plan: ClusterPlan) throws {
         guard !resume else { throw ValidationError("--plan resumes by itself: drop --resume") }
         if let store {
-            let given = URL(fileURLWithPath: try localFolder(store, command: "tile")).standardizedFileURL.path
+            let given = try Self.planStore(store)
             guard given == plan.store else {
                 throw ValidationError(
                     "--store \(store) is not the plan's store \(plan.store): drop --store or make a new plan")
@@ -128,6 +127,14 @@ extension TileCommand {
                 )
             }
         }
+    }
+
+    /// A store as a plan records it and a worker compares it: a folder made absolute (workers start
+    /// in other folders), an `s3://` URL in its normal form.
+    static func planStore(_ text: String) throws -> String {
+        let name = try storeName(text)
+        guard case .folder(let path) = try? StoreLocation(parsing: name) else { return name }
+        return URL(fileURLWithPath: path).standardizedFileURL.path
     }
 
     /// The top-level JSON fields in which two tileset definitions differ.

@@ -177,6 +177,16 @@ public final class SlurmTestCluster: Sendable {
     /// Waits until every task of each job has ended (polling, `timeout` at most), and throws,
     /// with the daemons' logs, unless all completed.
     public func waitForCompletion(of ids: [String], timeout: Duration = .seconds(900)) async throws {
+        let last = try await waitUntilEnded(ids, timeout: timeout)
+        let failed = last.filter { !$0.value.allSatisfy { $0 == "COMPLETED" } }
+        if !failed.isEmpty {
+            throw HarnessError("Slurm jobs did not complete: \(failed)\n\(logTail())")
+        }
+    }
+
+    /// Waits until every task of each job has ended, however (polling, `timeout` at most), and
+    /// returns their states by job id.
+    public func waitUntilEnded(_ ids: [String], timeout: Duration = .seconds(900)) async throws -> [String: [String]] {
         let ended: Set = [
             "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE",
@@ -188,10 +198,14 @@ public final class SlurmTestCluster: Sendable {
             for id in ids { last[id] = try await states(of: id) }
             return last.values.allSatisfy { !$0.isEmpty && $0.allSatisfy(ended.contains) }
         }
-        let failed = last.filter { !$0.value.allSatisfy { $0 == "COMPLETED" } }
-        if !failed.isEmpty {
-            throw HarnessError("Slurm jobs did not complete: \(failed)\n\(logTail())")
-        }
+        return last
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`…) to the running task `task` of a job (`<job>_<index>` for an
+    /// array task) with `scancel --signal --full`: the batch script and the program it runs.
+    public func signal(_ signal: String, task: String) async throws {
+        _ = try await run(
+            try Self.program("scancel"), ["--signal=\(signal)", "--full", task], environment: environment)
     }
 
     /// Runs `body` with the cluster, then stops it on a thread of its own (also when `body`

@@ -4,10 +4,13 @@
 #
 #   deploy/slurm/submit.sh WORKERS PLAN TILE-ARGUMENTS...
 #   deploy/slurm/submit.sh 16 /shared/plans/pcrs.json --tileset tilesets/pcrs.yaml --store /shared/store
+#   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… AWS_ENDPOINT_URL=http://seaweed.internal:8333 TMPDIR=/scratch \
+#     deploy/slurm/submit.sh 16 /shared/plans/pcrs.json --tileset tilesets/pcrs.yaml --store s3://ortho-pyramids/store
 #
 # Environment: DALLAGE (the executable, default `dallage` on PATH), SBATCH_OPTIONS (extra sbatch
 # options for every job: partition, account, --cpus-per-task, --time…), LOG_DIR (where the jobs'
-# output goes, default the current folder). Prints the two job ids, the finisher's last.
+# output goes, default the current folder); for an s3:// store the AWS_* variables, and TMPDIR for
+# the staging folder, which the jobs inherit. Prints the two job ids, the finisher's last.
 set -eu
 if [ $# -lt 3 ]; then
     echo "usage: $0 WORKERS PLAN TILE-ARGUMENTS... (e.g. --tileset T.yaml --store /shared/store)" >&2
