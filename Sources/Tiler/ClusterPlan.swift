@@ -11,6 +11,17 @@ public struct ClusterError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
+/// A finish attempted by a worker (`--finish-if-last`) while other workers' shards are not built
+/// yet: not an error, the last of them (or the finisher job) finishes.
+public struct ClusterNotReady: Error, CustomStringConvertible, Sendable {
+    /// Deepest-band shards of the plan not recorded yet.
+    public var missing: Int
+
+    public var description: String {
+        "\(missing) shard(s) of other workers not built yet: the last worker or the finisher job will finish"
+    }
+}
+
 /// The plan of one cluster build (`dallage tile … --plan-out plan.json`): everything a worker
 /// needs to build its share without indexing the sources again, and the finisher to check that
 /// every share is done. Workers on other machines must all see the same plan, so it fixes what
@@ -366,6 +377,12 @@ public struct ClusterRun: Sendable {
 
     public let plan: ClusterPlan
     public let role: Role
+    /// For the finisher: run by the worker that ended last (`--worker … --finish-if-last`), not by
+    /// a finisher job. Shards still missing are then no error (`ClusterNotReady`: another worker is
+    /// still at work, and it or the finisher job finishes); another finisher holding the pyramid's
+    /// build lock is waited for, and its switch to this plan's generation is this run's success.
+    /// Into a bucket it stages in a folder of its own: two last workers on one host do not share one.
+    public var finishIfLast = false
     /// For a worker, per tile matrix set id, the deepest band's shards of its share.
     let assigned: [String: Set<TileCoordinate>]?
     /// For a worker, the estimated work of its share.

@@ -90,12 +90,24 @@ extension Tiler {
                     }
                 return size != r.bytes
             }
+            if !absent.isEmpty, let now = try folder.current(), now.generation == g.generation,
+                now.sourcesDigest == plan.sources.digest
+            {
+                // Another finisher switched since this one read the manifest, and is clearing the
+                // records: the plan's generation is current (a folder's manifest is read again here;
+                // a bucket's was read after its records).
+                logger.info(
+                    "\(g.id): generation \(g.generation) of plan \(plan.id) is already current: nothing to do")
+                finished.insert(i)
+                continue
+            }
             if let first = absent.first {
                 missingCount += absent.count
                 missing.append("\(g.id): \(absent.count) of \(g.jobs.count), e.g. \(first.coordinate)")
             }
         }
         if !missing.isEmpty {
+            if cluster.finishIfLast { throw ClusterNotReady(missing: missingCount) }
             throw ClusterError(
                 "cannot finish plan \(plan.id): \(missingCount) shard(s) of the deepest band are not built yet (\(missing.joined(separator: "; "))); run the workers that failed or have not run (a worker skips what is done), then --finish again"
             )

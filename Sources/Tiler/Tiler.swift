@@ -98,6 +98,13 @@ public final class Tiler {
         let started = Date()
         try openTarget()
         defer { target?.shutdown() }
+        // A last worker's finish stages in a folder of its own (its pid in the name), of no use
+        // to anyone once it ends, finished or not.
+        defer {
+            if options.cluster?.finishIfLast == true, let own = target?.privateStaging {
+                try? FileManager.default.removeItem(atPath: own)
+            }
+        }
         let prepared = try prepare()
         var summary = prepared.summary
         if options.dryRun { return summary }
@@ -132,7 +139,8 @@ public final class Tiler {
         let cluster = options.cluster
         let target = try BucketTarget(
             bucket: bucket, prefix: prefix, staging: options.staging ?? NSTemporaryDirectory(),
-            privateFolder: cluster?.share.map { "worker-\(cluster?.plan.id ?? "")-\($0.index)-of-\($0.count)" },
+            privateFolder: cluster?.share.map { "worker-\(cluster?.plan.id ?? "")-\($0.index)-of-\($0.count)" }
+                ?? (cluster?.finishIfLast == true ? "finish-\(cluster?.plan.id ?? "")-\(getpid())" : nil),
             environment: options.environment)
         if let plan = cluster?.plan, let planned = plan.endpoint, planned != target.endpoint {
             target.shutdown()
@@ -286,6 +294,17 @@ public final class Tiler {
                 logger.info("worker \(worker) is already running on this host (\(directory)): waiting for it to end")
                 lock = try FileLock(path, wait: true)
             }
+        } else if options.cluster?.finishIfLast == true {
+            // Two workers that ended together both found every shard built: the second waits for
+            // the first to finish (or to fail: then it finishes), and finds the generation current.
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let path = folder.path(".build.lock")
+            if let free = try? FileLock(path, wait: false) {
+                lock = free
+            } else {
+                logger.info("another dallage process is finishing or building \(directory): waiting for it to end")
+                lock = try FileLock(path, wait: true)
+            }
         } else {
             lock = try FileLock.build(folder, doing: "this build")
         }
@@ -325,7 +344,16 @@ public final class Tiler {
         {
             // Nothing to build and nothing to say: the current generation stays (a new one
             // listing the same shards would only make servers reload).
-            logger.info("\(tms.id): nothing changed since generation \(update.base)")
+            if let run = options.cluster, run.role == .finish,
+                run.plan.grids.first(where: { $0.tileMatrixSet.id == tms.id })?.generation == update.base
+            {
+                // Another finisher (a worker that ended at the same time) switched while this one
+                // waited for the lock.
+                logger.info(
+                    "\(tms.id): generation \(update.base) of plan \(run.plan.id) is already current: nothing to do")
+            } else {
+                logger.info("\(tms.id): nothing changed since generation \(update.base)")
+            }
             return TilingSummary.GridResult(
                 grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom, generation: update.base,
                 shards: previous.shards.count, shardsBuilt: 0, shardsReused: previous.shards.count, shardsResumed: 0,
@@ -578,7 +606,28 @@ public final class Tiler {
             manifest.layer = definition.layer
             manifest.vintage = definition.vintage
             if let remote {
-                try remote.commit(manifest, sources: sources)
+                do {
+                    try remote.commit(manifest, sources: sources)
+                } catch let error as GenerationError where options.cluster?.role == .finish {
+                    // Two finishers of one plan (two last workers, on two hosts) raced: the other
+                    // switched to this very generation, which is this run's result too. Any other
+                    // generation there is the conflict it says.
+                    guard let current = try remote.current(), current.generation == generation,
+                        current.sourcesDigest == digest, current.shards == manifest.shards
+                    else { throw error }
+                    // The records of the bands above it wrote after the other cleared them.
+                    try remote.clearRecords()
+                    logger.info(
+                        "\(tms.id): generation \(generation) of plan \(options.cluster?.plan.id ?? "") was made current by another finisher at the same time: nothing more to do"
+                    )
+                    return TilingSummary.GridResult(
+                        grid: tms.id, minZoom: plan.scheme.minZoom, maxZoom: plan.scheme.maxZoom,
+                        generation: generation, shards: shards.count, shardsBuilt: built, shardsReused: reused,
+                        shardsResumed: resumed.count, tilesCopied: copied, tilesEncoded: encoded,
+                        tiles: shards.reduce(0) { $0 + $1.tiles }, bytes: shards.reduce(0) { $0 + $1.bytes },
+                        pixelsRead: pixelsRead, failed: failed, seconds: Date().timeIntervalSince(started),
+                        shardsEmpty: empty)
+                }
                 try remote.clearRecords()
                 // The footprint's level of every shard, in the staging folder.
                 if let band = plan.scheme.band(containing: traceLevel) {

@@ -343,6 +343,12 @@ final class BucketPublisher: Sendable {
         try manifest.save(directory: staging.directory)
     }
 
+    /// The bucket's current manifest, read now; nil when there is none.
+    func current() throws -> PyramidManifest? {
+        let pyramid = self.pyramid
+        return try waitFor { try await pyramid.current()?.manifest }
+    }
+
     /// Uploads the footprint traced in the staging folder.
     func publishFootprint() throws {
         let data = try Data(contentsOf: URL(fileURLWithPath: staging.path(TiledFootprint.fileName)))

@@ -40,6 +40,9 @@ extension TileCommand {
         }
         guard planOut == nil else { throw ValidationError("--plan runs a plan and --plan-out writes one: give one") }
         guard !dryRun else { throw ValidationError("--plan takes no --dry-run (see the plan with --plan-out)") }
+        if finishIfLast && worker == nil {
+            throw ValidationError("--finish-if-last goes with --worker (a worker that may end last)")
+        }
         if workers != nil && worker != "auto" {
             throw ValidationError("--workers goes with --worker auto (--worker I/N already says N)")
         }
@@ -91,6 +94,37 @@ extension TileCommand {
         } else {
             print(Self.report(summary, definition: plan.tileset, dryRun: false, store: plan.store))
         }
+        let failed = summary.grids.reduce(0) { $0 + $1.failed.count }
+        if failed > 0 || !summary.skipped.isEmpty {
+            if !keepGoing { throw ExitCode(1) }
+            return
+        }
+        if finishIfLast { try finishIfLast(plan: plan, options: options, logger: logger) }
+    }
+
+    /// `--worker … --finish-if-last`, once the share is built and recorded: if every job of the plan
+    /// is recorded now, this worker ended last and finishes as `--finish` would, at once (not when
+    /// a scheduler releases the finisher job's dependency). Else one line, and exit 0: a worker
+    /// still at work finishes, or the finisher job. Two workers ending together both find every
+    /// shard built: one switches the manifest, the other waits for it (folder store: the build
+    /// lock) or loses the bucket's compare-and-swap to this plan's very generation, and says so.
+    private func finishIfLast(plan: ClusterPlan, options: TileOptions, logger: Logger) throws {
+        var options = options
+        var run = ClusterRun(plan: plan, role: .finish)
+        run.finishIfLast = true
+        options.cluster = run
+        let summary: TilingSummary
+        do {
+            summary = try Tiler(definition: plan.tileset, options: options, logger: logger).run()
+        } catch let notReady as ClusterNotReady {
+            logger.info("\(notReady)")
+            print("plan \(plan.id): \(notReady)")
+            return
+        } catch {
+            logger.error("finishing plan \(plan.id) after this worker's share: \(error)")
+            throw ExitCode(2)
+        }
+        print(Self.report(summary, definition: plan.tileset, dryRun: false, store: plan.store))
         let failed = summary.grids.reduce(0) { $0 + $1.failed.count }
         if (failed > 0 || !summary.skipped.isEmpty) && !keepGoing { throw ExitCode(1) }
     }

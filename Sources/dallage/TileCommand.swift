@@ -12,7 +12,8 @@ struct TileCommand: ParsableCommand {
             With a tileset file:   dallage tile --tileset tilesets/demo.yaml --store store
             Without one:           dallage tile SOURCE... --id ID --tms 2154_5cm --tms PM --store store
             On a cluster:          dallage tile --tileset T.yaml --store /shared/store --plan-out plan.json
-                                   dallage tile --plan plan.json --worker I/N     (each of N workers, I from 0)
+                                   dallage tile --plan plan.json --worker I/N [--finish-if-last]
+                                                                   (each of N workers, I from 0; the last to end finishes)
                                    dallage tile --plan plan.json --finish         (once all workers are done)
             """)
 
@@ -65,10 +66,16 @@ struct TileCommand: ParsableCommand {
     ) var workers: Int?
     @Flag(help: "With --plan: check every worker's shards are built, build the bands above and write the manifest.")
     var finish = false
+    @Flag(
+        name: .customLong("finish-if-last"),
+        help:
+            "With --worker: once the share is done, finish the plan here if every worker's shards are now built (else exit 0, leaving it to the last worker or --finish)."
+    )
+    var finishIfLast = false
 
     func run() throws {
         let logger = makeLogger("dallage.tile")
-        if plan != nil || worker != nil || finish || workers != nil {
+        if plan != nil || worker != nil || finish || workers != nil || finishIfLast {
             try runPlan(logger: logger)
             return
         }

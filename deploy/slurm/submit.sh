@@ -1,6 +1,7 @@
 #!/bin/sh
 # A cluster build of `dallage tile` on Slurm: makes the plan here, submits WORKERS array tasks
-# and a finisher that starts once they all succeeded (--dependency=afterok).
+# (the last to end finishes the plan: --finish-if-last) and a finisher that starts once they all
+# succeeded (--dependency=afterok), which has nothing left to do unless that last worker died.
 #
 #   deploy/slurm/submit.sh WORKERS PLAN TILE-ARGUMENTS...
 #   deploy/slurm/submit.sh 16 /shared/plans/pcrs.json --tileset tilesets/pcrs.yaml --store /shared/store
