@@ -24,6 +24,20 @@ extension ClusterTests {
             return ("s3://\(SeaweedFS.bucketName)/\(prefix)", prefix)
         }
 
+        /// `sources` tiled by one process into a new store in the bucket: its key prefix.
+        static func oneProcess(_ sources: [String], in dir: String, environment: [String: String]) async throws
+            -> String
+        {
+            let (url, prefix) = store()
+            _ = try await Blocking.run {
+                try Fixture.tile(sources, store: url, grids: ClusterTests.grids) { options in
+                    options.environment = environment
+                    options.staging = dir + "/staging-one"
+                }
+            }
+            return prefix
+        }
+
         /// An object as boto3 lists and reads it: a rewrite with the same bytes still changes its
         /// modification time (see `afterTheNextSecond`).
         struct ObjectState: Codable, Equatable, CustomStringConvertible {
@@ -135,13 +149,7 @@ extension ClusterTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sources = try GenerationTests.fourShards(in: dir)
             let environment = try server.environment
-            let (oneURL, one) = Self.store()
-            _ = try await Blocking.run {
-                try Fixture.tile(sources, store: oneURL, grids: ClusterTests.grids) { options in
-                    options.environment = environment
-                    options.staging = dir + "/staging-one"
-                }
-            }
+            let one = try await Self.oneProcess(sources, in: dir, environment: environment)
             let (url, prefix) = Self.store()
             let staging = dir + "/staging"
             let plan = try Self.plan(
@@ -243,13 +251,7 @@ extension ClusterTests {
             }
             let sources = ["s3://\(SeaweedFS.bucketName)/\(folder)/"]
             let environment = try server.environment
-            let (oneURL, one) = Self.store()
-            _ = try await Blocking.run {
-                try Fixture.tile(sources, store: oneURL, grids: ClusterTests.grids) { options in
-                    options.environment = environment
-                    options.staging = dir + "/staging-one"
-                }
-            }
+            let one = try await Self.oneProcess(sources, in: dir, environment: environment)
             let (url, prefix) = Self.store()
             let staging = dir + "/staging"
             let plan = try await Blocking.run {
