@@ -222,9 +222,9 @@ struct ReplicaTests {
         // runs, with one more slow job of the same client queued behind it (slow too, so that
         // replica 1 cannot have finished it when the third one is asked for).
         r.processes[1].signal(SIGSTOP)
-        let slow = try await Self.queue(r.replica[0], 0.02)
+        let slow = try await Self.queue(r.replica[0], 0.01)
         try await eventually("replica 0 to run the slow job") { try await Self.state(r.replica[0], slow) == "running" }
-        let second = try await Self.queue(r.replica[0], 0.02)
+        let second = try await Self.queue(r.replica[0], 0.01)
         r.processes[0].kill()
         r.processes[1].signal(SIGCONT)
         // Two jobs at once per client (this address) on the whole platform: replica 1 counts the
@@ -244,7 +244,7 @@ struct ReplicaTests {
         try (try await Replicas.curl(r.replica[1] + "/api/extracts/\(slow)/download")).body.write(
             to: URL(fileURLWithPath: file))
         let ds = try Dataset.open(file)
-        #expect(ds.width == 2200 && ds.height == 2200, "\(ds.width)×\(ds.height)")
+        #expect(ds.width == 4400 && ds.height == 4400, "\(ds.width)×\(ds.height)")
     }
 }
 
