@@ -218,17 +218,18 @@ struct ReplicaTests {
             #expect(downloads.map { $0.status } == [200, 200])
             #expect(downloads[0].body == downloads[1].body && downloads[0].body.count > 1000)
         }
-        // Replica 1 paused: replica 0 claims the next job, a slow one, and is killed while it
-        // runs, with one more slow job of the same client queued behind it (slow too, so that
-        // replica 1 cannot have finished it when the third one is asked for).
+        // Replica 1 paused: replica 0 claims the next job, a slow one, and is killed as soon as it
+        // is seen running (nothing asked of it in between: on a loaded machine a request to it
+        // took longer than the job). Then one more slow job of the same client through replica 1
+        // (slow too, so that it cannot have finished when the third one is asked for).
         r.processes[1].signal(SIGSTOP)
         let slow = try await Self.queue(r.replica[0], 0.01)
         try await eventually("replica 0 to run the slow job") { try await Self.state(r.replica[0], slow) == "running" }
-        let second = try await Self.queue(r.replica[0], 0.01)
         r.processes[0].kill()
         r.processes[1].signal(SIGCONT)
+        let second = try await Self.queue(r.replica[1], 0.01)
         // Two jobs at once per client (this address) on the whole platform: replica 1 counts the
-        // two queued through replica 0.
+        // one replica 0 was running when killed beside its own.
         let third = try await Replicas.curl(r.replica[1] + "/api/extracts", method: "POST", body: Self.extract(0.2))
         #expect(third.status == 429, "\(String(decoding: third.body, as: UTF8.self))")
         // Replica 1 runs the queued job and takes the slow one over once replica 0's lease (2 s)
