@@ -44,14 +44,14 @@ public final class BlockingTestExecutor: TaskExecutor {
 /// threads: `@Suite(.blocking)` on every suite whose tests hold a thread for long. Not for suites
 /// that start a server in-process: its handlers would run there too.
 ///
-/// Twice as many such tests run at once as there are cores, since many of them wait for long (a
-/// Slurm job, SeaweedFS, a child process) while holding their turn (the whole suite: 340 s, 351 s
-/// with one per core); the others wait their turn suspended, holding no thread. Unbounded, every
-/// tiling test started at once.
+/// As many such tests run at once as there are cores, as when each held one of Swift
+/// concurrency's threads; the others wait their turn suspended, holding no thread. Unbounded,
+/// every tiling test started at once; at twice the cores the suite was 3 % faster (340 s against
+/// 351 s), but a live server's answer once took over 20 s beside them in a clean clone's run.
 public struct BlockingTrait: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 
-    private static let turns = Turns(2 * ProcessInfo.processInfo.activeProcessorCount)
+    private static let turns = Turns(ProcessInfo.processInfo.activeProcessorCount)
 
     public func provideScope(
         for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
