@@ -212,17 +212,8 @@ extension ClusterTests {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sources = try GenerationTests.fourShards(in: dir)
             let environment = try server.environment
-            let (oneURL, one) = Self.store()
-            let (url, prefix) = Self.store()
             let staging = ["--staging", dir + "/staging"]
-            for (store, extra) in [(oneURL, [String]()), (url, ["--plan-out", dir + "/plan.json"])] {
-                _ = try await TestSupport.run(
-                    Fixture.executable,
-                    [
-                        "tile", "--id", "t", "--tms", "2154_5cm", "--tms", "PM", "--store", store, "--tms-dir",
-                        Fixture.tmsDirectory,
-                    ] + extra + staging + sources, environment: environment)
-            }
+            let (one, prefix) = try await planAndOneProcess(sources, dir: dir, staging: staging)
             let worker = ["tile", "--plan", dir + "/plan.json", "--worker", "0/2"] + staging
             async let first = TestSupport.run(Fixture.executable, worker, environment: environment)
             async let second = TestSupport.run(Fixture.executable, worker, environment: environment)
