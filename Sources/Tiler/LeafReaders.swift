@@ -7,8 +7,8 @@ import Synchronization
 /// Fills the pixels of a block of tiles at a band's deepest level. Implementations hold GDAL
 /// handles or shard maps: one per worker, never shared.
 protocol LeafReader: AnyObject {
-    /// Prepares for one shard (its footprint in the grid's CRS).
-    func begin(shard: BoundingBox) throws
+    /// Prepares for one shard of the band.
+    func begin(shard: TileCoordinate) throws
     /// Reads `range` into `canvas` (cleared beforehand); false when nothing was there.
     func read(_ range: TileRange, into canvas: Canvas) throws -> Bool
     /// False when `range` (at any level of the band) certainly holds no data: the walk skips it.
@@ -36,27 +36,75 @@ final class DalleReader: LeafReader {
     /// Blocks of JPEG 2000 dalles decoded once for all workers; nil to read everything through
     /// the mosaic.
     let decoded: DecodedBlocks?
+    /// Which blocks warped reads will ask for, counted ahead shard by shard (nil: not counted).
+    let plan: ReadPlan?
     private var sameCRS: [String: Bool] = [:]
-    /// The dalles of the shard by CRS: a mosaic of each, and where each dalle lies on it in whole
-    /// pixels when its blocks are read through `decoded` (nil: read through the mosaic).
-    private var groups:
-        [(
-            entries: [SourceEntry], vrt: Dataset, origin: (Double, Double), resolution: Double, same: Bool, width: Int,
-            height: Int, placements: [(x: Int, y: Int)]?
-        )] = []
+    /// The dalles around the shard by CRS, each group as one mosaic.
+    private var mosaics: [Mosaic] = []
+    private var shardBox = BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0)
     /// JPEG 2000 dalles this worker has open to decode blocks, the most recently used last.
     private var dalles: [(path: String, dataset: Dataset)] = []
-    private var shardBox = BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0)
     private var reprojectors: [String: Reprojector] = [:]
     private var sourceBuffer: UnsafeMutablePointer<UInt8>?
     private var sourceCapacity = 0
+
+    /// Dalles sharing one CRS as one image, at the finest of their resolutions: a VRT, and where
+    /// each dalle lies on it in whole pixels when its blocks are read through `decoded` (nil:
+    /// read through the VRT).
+    final class Mosaic {
+        let entries: [SourceEntry]
+        let xml: String
+        let origin: (Double, Double)
+        let resolution: Double
+        /// The dalles' CRS is the grid's.
+        let same: Bool
+        let width: Int
+        let height: Int
+        let placements: [(x: Int, y: Int)]?
+        private var opened: Dataset?
+
+        init(entries: [SourceEntry], same: Bool, blocks: Bool) {
+            self.entries = entries
+            self.same = same
+            (xml, origin, resolution, width, height) = DalleReader.vrtXML(entries, wkt: entries[0].crsWKT)
+            placements = blocks ? DalleReader.placements(entries, origin: origin, resolution: resolution) : nil
+        }
+
+        /// The VRT, opened on first use (reads of decoded blocks never need it).
+        func vrt() throws -> Dataset {
+            if let opened { return opened }
+            let ds = try Dataset.open(xml)
+            opened = ds
+            return ds
+        }
+
+        /// Calls `body` for each block of a dalle under the window (x, y, width, height) of the
+        /// mosaic: the dalle, where it lies, the block's column and row in it.
+        func forEachBlock(
+            x: Int, y: Int, width: Int, height: Int,
+            _ body: (SourceEntry, (x: Int, y: Int), Int, Int) throws -> Void
+        ) rethrows {
+            guard let placements else { return }
+            for (e, p) in zip(entries, placements) {
+                let x0 = max(x, p.x)
+                let y0 = max(y, p.y)
+                let x1 = min(x + width, p.x + e.width)
+                let y1 = min(y + height, p.y + e.height)
+                guard x1 > x0, y1 > y0 else { continue }
+                for row in (y0 - p.y) / e.blockHeight...(y1 - 1 - p.y) / e.blockHeight {
+                    for col in (x0 - p.x) / e.blockWidth...(x1 - 1 - p.x) / e.blockWidth { try body(e, p, col, row) }
+                }
+            }
+        }
+    }
 
     deinit { sourceBuffer?.deallocate() }
 
     init(
         tms: TileMatrixSet, footprints: RectIndex<SourceEntry>, resampling: Resampling, bad: BadDalles,
-        decoded: DecodedBlocks? = nil
+        decoded: DecodedBlocks? = nil, plan: ReadPlan? = nil
     ) throws {
+        self.plan = plan
         self.tms = tms
         gridSRS = try SpatialReference(tms.crs)
         gridWKT = gridSRS.wkt
@@ -66,19 +114,28 @@ final class DalleReader: LeafReader {
         self.decoded = decoded
     }
 
-    func begin(shard: BoundingBox) throws {
-        shardBox = shard
-        try buildGroups()
+    func begin(shard: TileCoordinate) throws {
+        try plan?.prepare(around: shard) { neighbour in
+            let area = tms.bounds(of: neighbour)
+            let mosaics = try mosaics(around: area)
+            return try plan?.reads(of: neighbour).flatMap { try blocks(reading: $0, from: mosaics) } ?? []
+        }
+        try begin(area: tms.bounds(of: shard))
     }
 
-    private func buildGroups() throws {
-        groups = []
+    /// Prepares for reads inside `area` (in the grid's CRS).
+    func begin(area: BoundingBox) throws {
+        shardBox = area
+        mosaics = try mosaics(around: area)
+    }
+
+    /// The usable dalles around `area` grouped by CRS, as mosaics.
+    private func mosaics(around area: BoundingBox) throws -> [Mosaic] {
         // A margin of a few source pixels so bilinear kernels at the shard edge see their neighbours.
-        let candidates = footprints.query(shardBox.expanded(by: shardBox.width / 1000))
+        let candidates = footprints.query(area.expanded(by: area.width / 1000))
             .map { footprints.items[$0].value }
             .filter { !bad.contains($0.path) }
-        let byCRS = Dictionary(grouping: candidates, by: \.crsWKT)
-        for (wkt, entries) in byCRS.sorted(by: { $0.key < $1.key }) {
+        return try Dictionary(grouping: candidates, by: \.crsWKT).sorted { $0.key < $1.key }.map { wkt, entries in
             let same: Bool
             if let s = sameCRS[wkt] {
                 same = s
@@ -86,11 +143,26 @@ final class DalleReader: LeafReader {
                 same = (try? SpatialReference(wkt))?.isSame(as: gridSRS) ?? false
                 sameCRS[wkt] = same
             }
-            let sorted = entries.sorted { $0.path < $1.path }
-            let (xml, origin, res, w, h) = Self.vrtXML(sorted, wkt: wkt)
-            let placements = decoded == nil ? nil : Self.placements(sorted, origin: origin, resolution: res)
-            groups.append((sorted, try Dataset.open(xml), origin, res, same, w, h, placements))
+            let mosaic = Mosaic(entries: entries.sorted { $0.path < $1.path }, same: same, blocks: decoded != nil)
+            if mosaic.placements == nil { _ = try mosaic.vrt() }
+            return mosaic
         }
+    }
+
+    /// The decoded blocks a warped read of `range` takes from `mosaics`, once per read; none when
+    /// the read is a copy (a copy counts its reads itself) or finds no dalle.
+    private func blocks(reading range: TileRange, from mosaics: [Mosaic]) throws -> [DecodedBlocks.Key] {
+        let box = tms.bounds(of: range)
+        guard let m = tms.matrix(range.z), footprints.intersectsAny(box), copyOrigin(mosaics, box: box, m) == nil
+        else { return [] }
+        var keys: [DecodedBlocks.Key] = []
+        for g in mosaics where g.placements != nil {
+            guard let w = try window(g, box: box, m, side: range.colCount * m.tileWidth) else { continue }
+            g.forEachBlock(x: w.x0, y: w.y0, width: w.x1 - w.x0, height: w.y1 - w.y0) { e, _, col, row in
+                keys.append(DecodedBlocks.Key(path: e.path, col: col, row: row))
+            }
+        }
+        return keys
     }
 
     func mayHaveData(_ range: TileRange) -> Bool {
@@ -105,7 +177,7 @@ final class DalleReader: LeafReader {
         } catch {
             // Find the dalle(s) that cannot be decoded, set them aside, and try again without them.
             var found = false
-            for g in groups {
+            for g in mosaics {
                 for e in g.entries where e.bounds.intersects(box) || !g.same {
                     if let reason = Self.probe(e) {
                         bad.add(e.path, reason)
@@ -114,53 +186,68 @@ final class DalleReader: LeafReader {
                 }
             }
             guard found else { throw error }
-            try buildGroups()
+            mosaics = try mosaics(around: shardBox)
             canvas.clear()
             return try readOnce(range, box: box, into: canvas)
         }
     }
 
+    /// Where a read of `box` at level `m` starts on the only mosaic, in whole pixels, when the
+    /// level is that mosaic's own pixel grid (the read is a copy); nil when it is warped.
+    private func copyOrigin(_ mosaics: [Mosaic], box: BoundingBox, _ m: TileMatrix) -> (Mosaic, Int, Int)? {
+        guard mosaics.count == 1, let g = mosaics.first, g.same, abs(g.resolution - m.cellSize) < 1e-9 * m.cellSize
+        else { return nil }
+        let fx = (box.minX - g.origin.0) / g.resolution
+        let fy = (g.origin.1 - box.maxY) / g.resolution
+        guard abs(fx - fx.rounded()) < 1e-6, abs(fy - fy.rounded()) < 1e-6 else { return nil }
+        return (g, Int(fx.rounded()), Int(fy.rounded()))
+    }
+
+    /// The window of mosaic `g` a warped read of `box` (`side` pixels at level `m`) takes, with a
+    /// margin for the resampling kernel, and where its output pixels fall on `g`; nil when the
+    /// read misses `g`.
+    private func window(_ g: Mosaic, box: BoundingBox, _ m: TileMatrix, side: Int) throws -> (
+        grid: (xs: [Double], ys: [Double], columns: Int, rows: Int), x0: Int, y0: Int, x1: Int, y1: Int
+    )? {
+        let reprojector = try reprojector(for: g.entries[0].crsWKT, same: g.same)
+        let output = GeoTransform(originX: box.minX, originY: box.maxY, resolution: m.cellSize)
+        let vrtTransform = GeoTransform(originX: g.origin.0, originY: g.origin.1, resolution: g.resolution)
+        guard let grid = reprojector.sourceGrid(output: output, width: side, height: side, source: vrtTransform)
+        else { return nil }
+        let x0 = max(0, Int((grid.xs.min() ?? 0).rounded(.down)) - 2)
+        let y0 = max(0, Int((grid.ys.min() ?? 0).rounded(.down)) - 2)
+        let x1 = min(g.width, Int((grid.xs.max() ?? 0).rounded(.up)) + 2)
+        let y1 = min(g.height, Int((grid.ys.max() ?? 0).rounded(.up)) + 2)
+        guard x1 > x0, y1 > y0 else { return nil }
+        return (grid, x0, y0, x1, y1)
+    }
+
     private func readOnce(_ range: TileRange, box: BoundingBox, into canvas: Canvas) throws -> Bool {
-        guard let m = tms.matrix(range.z), !groups.isEmpty else { return false }
+        guard let m = tms.matrix(range.z), !mosaics.isEmpty else { return false }
         let side = range.colCount * m.tileWidth
-        if groups.count == 1, let g = groups.first, g.same, abs(g.resolution - m.cellSize) < 1e-9 * m.cellSize {
-            let fx = (box.minX - g.origin.0) / g.resolution
-            let fy = (g.origin.1 - box.maxY) / g.resolution
-            if abs(fx - fx.rounded()) < 1e-6, abs(fy - fy.rounded()) < 1e-6 {
-                // The level is the dalles' own pixel grid: copy, no resampling.
-                let x0 = Int(fx.rounded())
-                let y0 = Int(fy.rounded())
-                let rx0 = max(0, x0)
-                let ry0 = max(0, y0)
-                let rx1 = min(g.width, x0 + side)
-                let ry1 = min(g.height, y0 + side)
-                guard rx1 > rx0, ry1 > ry0 else { return false }
-                if let placements = g.placements {
-                    try compose(
-                        g.entries, placements, x: x0, y: y0, width: side, height: side, into: canvas.pixels,
-                        stride: canvas.stride, readSide: side)
-                    return true
-                }
-                let dst = canvas.pixels + (ry0 - y0) * canvas.stride + (rx0 - x0) * 4
-                try g.vrt.read(
-                    x: rx0, y: ry0, width: rx1 - rx0, height: ry1 - ry0, bands: [1, 2, 3, 4], into: dst,
-                    bufferWidth: rx1 - rx0, bufferHeight: ry1 - ry0, pixelSpace: 4, lineSpace: canvas.stride)
+        if let (g, x0, y0) = copyOrigin(mosaics, box: box, m) {
+            // The level is the dalles' own pixel grid: copy, no resampling.
+            let rx0 = max(0, x0)
+            let ry0 = max(0, y0)
+            let rx1 = min(g.width, x0 + side)
+            let ry1 = min(g.height, y0 + side)
+            guard rx1 > rx0, ry1 > ry0 else { return false }
+            if g.placements != nil {
+                try compose(
+                    g, x: x0, y: y0, width: side, height: side, into: canvas.pixels, stride: canvas.stride,
+                    readSide: side)
                 return true
             }
+            let dst = canvas.pixels + (ry0 - y0) * canvas.stride + (rx0 - x0) * 4
+            try g.vrt().read(
+                x: rx0, y: ry0, width: rx1 - rx0, height: ry1 - ry0, bands: [1, 2, 3, 4], into: dst,
+                bufferWidth: rx1 - rx0, bufferHeight: ry1 - ry0, pixelSpace: 4, lineSpace: canvas.stride)
+            return true
         }
         // Another CRS or resolution: reproject each CRS group with a coarse transform grid.
-        let output = GeoTransform(originX: box.minX, originY: box.maxY, resolution: m.cellSize)
         var any = false
-        for g in groups {
-            let reprojector = try reprojector(for: g.entries[0].crsWKT, same: g.same)
-            let vrtTransform = GeoTransform(originX: g.origin.0, originY: g.origin.1, resolution: g.resolution)
-            guard let grid = reprojector.sourceGrid(output: output, width: side, height: side, source: vrtTransform)
-            else { continue }
-            let x0 = max(0, Int((grid.xs.min() ?? 0).rounded(.down)) - 2)
-            let y0 = max(0, Int((grid.ys.min() ?? 0).rounded(.down)) - 2)
-            let x1 = min(g.width, Int((grid.xs.max() ?? 0).rounded(.up)) + 2)
-            let y1 = min(g.height, Int((grid.ys.max() ?? 0).rounded(.up)) + 2)
-            guard x1 > x0, y1 > y0 else { continue }
+        for g in mosaics {
+            guard let (grid, x0, y0, x1, y1) = try window(g, box: box, m, side: side) else { continue }
             let w = x1 - x0
             let h = y1 - y0
             if sourceCapacity < w * h * 4 {
@@ -169,15 +256,14 @@ final class DalleReader: LeafReader {
                 sourceBuffer = .allocate(capacity: sourceCapacity)
             }
             guard let src = sourceBuffer else { continue }
-            if let placements = g.placements {
+            if g.placements != nil {
                 src.initialize(repeating: 0, count: w * h * 4)
-                try compose(
-                    g.entries, placements, x: x0, y: y0, width: w, height: h, into: src, stride: w * 4, readSide: nil)
+                try compose(g, x: x0, y: y0, width: w, height: h, into: src, stride: w * 4, readSide: nil)
             } else {
-                try g.vrt.read(
+                try g.vrt().read(
                     x: x0, y: y0, width: w, height: h, bands: [1, 2, 3, 4], into: src, bufferWidth: w, bufferHeight: h)
             }
-            reprojector.resample(
+            try reprojector(for: g.entries[0].crsWKT, same: g.same).resample(
                 grid: grid, offsetX: x0, offsetY: y0, source: src, sourceWidth: w, sourceHeight: h,
                 output: canvas.pixels, width: side, height: side, outputStride: canvas.stride)
             any = true
@@ -193,14 +279,15 @@ final class DalleReader: LeafReader {
         return r
     }
 
-    /// Copies the window (x, y, width, height) of a mosaic's pixel grid into `dst` (RGBA, `stride`
-    /// bytes a line, cleared beforehand) from the decoded blocks of its dalles: the pixels the
-    /// mosaic (VRT) gives, a later dalle over an earlier one, each block decoded once in the
-    /// build. `readSide`: the side of the build's reads, which tile the grid from this one, so
-    /// that each block's reads are counted (nil when reads do not tile the mosaic: reprojection).
+    /// Copies the window (x, y, width, height) of mosaic `g` into `dst` (RGBA, `stride` bytes a
+    /// line, cleared beforehand) from the decoded blocks of its dalles: the pixels the mosaic
+    /// (VRT) gives, a later dalle over an earlier one, each block decoded once in the build.
+    /// `readSide`: the side of the build's reads, which tile the grid from this one, so that each
+    /// block's reads are counted here; nil when reads do not tile the mosaic (they are warped) and
+    /// the count is the plan's, if any.
     private func compose(
-        _ entries: [SourceEntry], _ placements: [(x: Int, y: Int)], x: Int, y: Int, width: Int, height: Int,
-        into dst: UnsafeMutablePointer<UInt8>, stride: Int, readSide: Int?
+        _ g: Mosaic, x: Int, y: Int, width: Int, height: Int, into dst: UnsafeMutablePointer<UInt8>, stride: Int,
+        readSide: Int?
     ) throws {
         guard let decoded else { return }
         /// Reads of `readSide` along one axis that meet pixels start..<start+length.
@@ -209,35 +296,28 @@ final class DalleReader: LeafReader {
             func floorDiv(_ a: Int, _ b: Int) -> Int { a >= 0 ? a / b : -((-a + b - 1) / b) }
             return floorDiv(start + length - 1 - origin, side) - floorDiv(start - origin, side) + 1
         }
-        for (e, p) in zip(entries, placements) {
-            let x0 = max(x, p.x)
-            let y0 = max(y, p.y)
-            let x1 = min(x + width, p.x + e.width)
-            let y1 = min(y + height, p.y + e.height)
-            guard x1 > x0, y1 > y0 else { continue }
+        let x1 = x + width
+        let y1 = y + height
+        try g.forEachBlock(x: x, y: y, width: width, height: height) { e, p, col, row in
+            // The block on the mosaic: where it starts and its size (smaller at the dalle's edges).
             let bw = e.blockWidth
             let bh = e.blockHeight
-            for row in (y0 - p.y) / bh...(y1 - 1 - p.y) / bh {
-                for col in (x0 - p.x) / bw...(x1 - 1 - p.x) / bw {
-                    // The block on the mosaic: where it starts and its size (smaller at the dalle's edges).
-                    let bx = p.x + col * bw
-                    let by = p.y + row * bh
-                    let w = min(bw, e.width - col * bw)
-                    let h = min(bh, e.height - row * bh)
-                    let key = DecodedBlocks.Key(path: e.path, col: col, row: row)
-                    let uses = reads(bx, w, origin: x).flatMap { a in reads(by, h, origin: y).map { a * $0 } }
-                    let block = try decoded.block(key, uses: uses) {
-                        try decode(e, x: col * bw, y: row * bh, width: w, height: h)
-                    }
-                    let cx0 = max(x0, bx)
-                    let cx1 = min(x1, bx + w)
-                    for r in max(y0, by)..<min(y1, by + h) {
-                        (dst + (r - y) * stride + (cx0 - x) * 4).update(
-                            from: block.pixels + ((r - by) * w + (cx0 - bx)) * 4, count: (cx1 - cx0) * 4)
-                    }
-                    decoded.done(key)
-                }
+            let bx = p.x + col * bw
+            let by = p.y + row * bh
+            let w = min(bw, e.width - col * bw)
+            let h = min(bh, e.height - row * bh)
+            let key = DecodedBlocks.Key(path: e.path, col: col, row: row)
+            let uses = reads(bx, w, origin: x).flatMap { a in reads(by, h, origin: y).map { a * $0 } }
+            let block = try decoded.block(key, uses: uses) {
+                try decode(e, x: col * bw, y: row * bh, width: w, height: h)
             }
+            let cx0 = max(x, bx)
+            let cx1 = min(x1, bx + w)
+            for r in max(y, by)..<min(y1, by + h) {
+                (dst + (r - y) * stride + (cx0 - x) * 4).update(
+                    from: block.pixels + ((r - by) * w + (cx0 - bx)) * 4, count: (cx1 - cx0) * 4)
+            }
+            decoded.done(key)
         }
     }
 
@@ -434,7 +514,7 @@ final class PyramidLevelReader: LeafReader {
         stored = try StoredTileDecoder(format: format)
     }
 
-    func begin(shard: BoundingBox) throws {}
+    func begin(shard: TileCoordinate) throws {}
 
     func mayHaveData(_ range: TileRange) -> Bool {
         let up = below.top - range.z

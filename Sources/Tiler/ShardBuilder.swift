@@ -58,6 +58,37 @@ final class ShardBuilder {
     /// even when a tranche touches a small part of it; 1 (built whole) when the band is too short.
     static func partsPerSide(_ band: ShardScheme.Band) -> Int { band.deepest - band.top >= 4 ? 4 : 1 }
 
+    /// The ranges a build of `shard` from sources reads at the band's deepest level (in parts
+    /// when the band is cut in parts, as the tiler builds it), as ``node`` walks them down when
+    /// nothing is kept from a previous version.
+    static func deepestReads(
+        of shard: TileCoordinate, band: ShardScheme.Band, blockTiles: Int = defaultBlockTiles
+    ) -> [TileRange] {
+        var reads: [TileRange] = []
+        func walk(z: Int, col: Int, row: Int, tiles: Int) {
+            if z == band.deepest {
+                reads.append(
+                    TileRange(z: z, minCol: col, minRow: row, maxCol: col + tiles - 1, maxRow: row + tiles - 1))
+            } else if tiles * 2 <= blockTiles {
+                walk(z: z + 1, col: col * 2, row: row * 2, tiles: tiles * 2)
+            } else {
+                for q in 0..<4 {
+                    walk(z: z + 1, col: col * 2 + (q & 1) * tiles, row: row * 2 + (q >> 1) * tiles, tiles: tiles)
+                }
+            }
+        }
+        let k = partsPerSide(band)
+        if k == 1 {
+            walk(z: band.top, col: shard.col, row: shard.row, tiles: 1)
+        } else {
+            let n = 16 / k
+            for p in 0..<k * k {
+                walk(z: band.top + 4, col: shard.col * 16 + (p % k) * n, row: shard.row * 16 + (p / k) * n, tiles: n)
+            }
+        }
+        return reads
+    }
+
     /// The ground a part of a shard covers (all of it when the shard is built whole).
     static func bounds(
         of part: Int?, shard: TileCoordinate, band: ShardScheme.Band, tms: TileMatrixSet
@@ -87,7 +118,7 @@ final class ShardBuilder {
         self.job = job
         pixelsRead = 0
         if currentShard != job.shard {
-            try reader.begin(shard: tms.bounds(of: job.shard))
+            try reader.begin(shard: job.shard)
             currentShard = job.shard
         }
     }

@@ -471,6 +471,7 @@ public final class Tiler {
             let progress = self.progress
             let area = update.area
             let slot = Dictionary(uniqueKeysWithValues: todo.enumerated().map { ($1, $0) })
+            let readPlan = below == nil ? ReadPlan(shards: Set(todo), band: band, decoded: decoded) : nil
             DispatchQueue.concurrentPerform(iterations: max(1, min(options.threads, items.count))) { _ in
                 var builder: ShardBuilder?
                 var setupError: Error?
@@ -483,7 +484,7 @@ public final class Tiler {
                         } else {
                             try DalleReader(
                                 tms: tms, footprints: footprints, resampling: definition.reprojectionResampling,
-                                bad: bad, decoded: decoded)
+                                bad: bad, decoded: decoded, plan: readPlan)
                         }
                     builder = try ShardBuilder(
                         tms: tms, band: band, format: definition.format, quality: definition.quality, reader: reader,

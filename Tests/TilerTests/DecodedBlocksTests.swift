@@ -49,7 +49,7 @@ import Testing
             do {
                 let reader = try DalleReader(
                     tms: tms, footprints: footprints, resampling: .bilinear, bad: BadDalles(), decoded: decoded)
-                try reader.begin(shard: area.expanded(by: 100))
+                try reader.begin(area: area.expanded(by: 100))
                 let canvas = Canvas(side: tiles * 256)
                 for i in stride(from: worker, to: ranges.count, by: workers) {
                     canvas.clear()
@@ -88,6 +88,71 @@ import Testing
         #expect(warped == warpedMosaic)
         #expect(warped.filter { !$0.isEmpty }.count >= 16)
         #expect(warpedBlocks.decodes == blocks)
+    }
+
+    /// Passes reads on to a dalle reader and records the ranges asked for.
+    final class RecordingReader: LeafReader {
+        let reader: DalleReader
+        var ranges: [TileRange] = []
+        init(_ reader: DalleReader) { self.reader = reader }
+        func begin(shard: TileCoordinate) throws { try reader.begin(shard: shard) }
+        func mayHaveData(_ range: TileRange) -> Bool { reader.mayHaveData(range) }
+        func read(_ range: TileRange, into canvas: Canvas) throws -> Bool {
+            ranges.append(range)
+            return try reader.read(range, into: canvas)
+        }
+    }
+
+    /// Web Mercator warps every read, so no read knows how many others take a block: the reads
+    /// are counted ahead, shard by shard with the shards around, and each block is decoded once and
+    /// dropped after its last read, even where shards of two workers meet on it (2 levels a band:
+    /// shards of 512 px built whole, nine of them over the dalles; 5 levels: shards in parts).
+    @Test(arguments: [2, 5]) func warpedReadsCountedAheadDecodeEachBlockOnceAndKeepNoneAfter(levelsPerBand: Int) throws
+    {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let entries = try Self.dalles(in: dir)
+        let tms = try Fixture.grid("PM")
+        let plan = try Planner.plan(
+            grid: tms, sources: entries, minZoom: nil, maxZoom: nil, levelsPerBand: levelsPerBand)
+        let band = plan.scheme.bands[0]
+        let shards = plan.shards[0]
+        #expect(levelsPerBand == 5 || shards.count >= 4)
+        let footprints = RectIndex(Array(zip(plan.footprints, entries)))
+        let decoded = DecodedBlocks(budget: 1 << 30)
+        let readPlan = ReadPlan(shards: Set(shards), band: band, decoded: decoded)
+        let parts = ShardBuilder.partsPerSide(band)
+        let failure = Mutex<(any Error)?>(nil)
+        let unplanned = Mutex<[TileRange]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { worker in
+            do {
+                let reader = RecordingReader(
+                    try DalleReader(
+                        tms: tms, footprints: footprints, resampling: .bilinear, bad: BadDalles(), decoded: decoded,
+                        plan: readPlan))
+                let builder = try ShardBuilder(tms: tms, band: band, format: .jpeg, quality: 85, reader: reader)
+                for (i, shard) in shards.enumerated() where i % 2 == worker {
+                    let job = ShardJob(
+                        shard: shard, writer: try builder.makeWriter(shard: shard, path: dir + "/\(i).tif"),
+                        partsPerSide: parts, previous: nil, area: nil)
+                    reader.ranges = []
+                    if parts == 1 {
+                        _ = try builder.buildWhole(job)
+                    } else {
+                        for p in 0..<parts * parts { _ = try builder.buildPart(job, part: p) }
+                    }
+                    // The reads counted ahead are the builder's.
+                    let planned = Set(ShardBuilder.deepestReads(of: shard, band: band))
+                    unplanned.withLock { $0 += reader.ranges.filter { !planned.contains($0) } }
+                }
+            } catch {
+                failure.withLock { $0 = error }
+            }
+        }
+        if let error = failure.withLock({ $0 }) { throw error }
+        #expect(unplanned.withLock { $0 }.isEmpty)
+        #expect(decoded.decodes == entries.count * 16)
+        #expect(decoded.bytesHeld == 0 && decoded.droppedEarly == 0 && decoded.expectedBlocks == 0)
     }
 
     @Test func aTruncatedDalleIsStillFoundAtIndexingWhereBlocksAreCheckedAtTheCoarsestLevel() throws {
