@@ -34,6 +34,7 @@ final class HotTiles: Sendable {
     /// A tile's bytes and validator with its response heads up to the date, made once: never
     /// changed after, so every loop may write them at once.
     final class Entry: Sendable {
+        /// The tile, its bytes right after `head` in one buffer.
         let response: TileResponse
         /// `HTTP/1.1 200 OK`, the tile's own fields and its `Content-Length`, CRLF-terminated.
         let head: ByteBuffer
@@ -42,17 +43,26 @@ final class HotTiles: Sendable {
         let cost: Int
 
         init(_ response: TileResponse, allocator: ByteBufferAllocator) {
-            self.response = response
-            var head = allocator.buffer(capacity: 192)
-            head.writeStaticString("HTTP/1.1 200 OK\r\n")
-            response.headerFields(current: false) { head.writeField($0.canonicalName, $1) }
-            head.writeField("Content-Length", String(response.bytes.readableBytes))
-            self.head = head
+            // The head and the bytes share one buffer: an answer takes a reference on one
+            // object, not two, and that object is written by both event loops.
+            var whole = allocator.buffer(capacity: 256 + response.bytes.readableBytes)
+            whole.writeStaticString("HTTP/1.1 200 OK\r\n")
+            response.headerFields(current: false) { whole.writeField($0.canonicalName, $1) }
+            whole.writeField("Content-Length", String(response.bytes.readableBytes))
+            let headLength = whole.readableBytes
+            whole.writeImmutableBuffer(response.bytes)
+            head = whole.getSlice(at: whole.readerIndex, length: headLength) ?? whole
+            var tile = response
+            tile.bytes =
+                whole.getSlice(at: whole.readerIndex + headLength, length: response.bytes.readableBytes) ?? tile.bytes
+            self.response = tile
             var notModified = allocator.buffer(capacity: 128)
             notModified.writeStaticString("HTTP/1.1 304 Not Modified\r\n")
             response.headerFields(current: true) { notModified.writeField($0.canonicalName, $1) }
             notModifiedHead = notModified
-            cost = response.bytes.readableBytes + head.capacity + notModified.capacity + 160
+            // Counted as before the head and bytes shared a buffer (NIO rounds a buffer's
+            // capacity up to a power of two, as it did the tile's own).
+            cost = whole.readableBytes + notModified.capacity + 160
         }
     }
 
@@ -88,10 +98,12 @@ final class HotTiles: Sendable {
         return stripes + ((t.col &* 31 &+ t.row &* 17 &+ t.z) & (Self.stripeCount - 1))
     }
 
-    /// The ready response for a tile, nil when it is not kept.
-    func get(_ key: Key) -> Entry? {
+    /// What `body` takes from a tile's ready response, nil when it is not kept. The entry is
+    /// looked at in place, under its stripe's lock: no reference on it is taken (both loops
+    /// write an entry's reference count, and taking one cost as much as the rest of the lookup).
+    func read<R: Sendable>(_ key: Key, _ body: (Entry) -> R) -> R? {
         guard stripeCapacity > 0 else { return nil }
-        return stripe(key).pointee.withLock { $0.entries[key] }
+        return stripe(key).pointee.withLock { t in t.entries[key].map(body) }
     }
 
     /// Keeps a tile's ready response.
@@ -170,8 +182,8 @@ extension ByteBuffer {
 
 /// What ends every head the fast lane writes, after a tile's own fields: CORS when the request had
 /// an `Origin`, then `Date` and `Server` as Hummingbird writes them, and the blank line. Made anew
-/// once a second, never changed after (a response still waiting for the socket keeps its own), and
-/// written as is: an answer copies no head bytes.
+/// once a second, never changed after (a response still waiting for the socket keeps its own): an
+/// answer copies it after the tile's head (a few hundred bytes in all) and formats nothing.
 struct HeadEnds {
     let serverName: String
     /// The second the date stands for, in seconds since 1970.
