@@ -152,10 +152,18 @@ public struct BucketPyramid: Sendable {
     /// `If-Match` with the ETag of the manifest just read otherwise — so of two builds that raced,
     /// the second to switch is refused (`GenerationError`) and nothing it made is current.
     public func commit(_ manifest: PyramidManifest, sources: GenerationSources?) async throws {
+        try await commit(manifest, sources: sources, over: try await current())
+    }
+
+    /// `commit` over `before`, the current manifest as this build read it (a test passes one read
+    /// earlier, as a build racing another would have).
+    package func commit(
+        _ manifest: PyramidManifest, sources: GenerationSources?,
+        over before: (manifest: PyramidManifest, etag: String)?
+    ) async throws {
         guard let g = manifest.generation, g >= 1 else {
             throw GenerationError("a manifest to commit needs a generation")
         }
-        let before = try await current()
         let now = before?.manifest.generation ?? 0
         guard now == g - 1 else { throw Self.raced(url, now: now, g: g) }
         if let sources {
@@ -168,7 +176,15 @@ public struct BucketPyramid: Sendable {
         try await bucket.put(key("generations/\(g).json"), data, contentType: "application/json")
         let switched = try await putManifest(data, over: before?.etag)
         if !switched {
-            let later = try await current()?.manifest.generation ?? now
+            let object = try await self.data(PyramidManifest.fileName)
+            let later = try object.map { try Self.decode(PyramidManifest.self, $0, url: url) }?.generation ?? now
+            if let object, later == g {
+                // Another build made this generation first (a second finisher of the same plan):
+                // this one's record, written before it lost the switch, may have landed after the
+                // winner's; the record goes back to the manifest that was made current. Written
+                // after this build's failed switch, so after every record write of the race.
+                try await bucket.put(key("generations/\(g).json"), object.bytes, contentType: "application/json")
+            }
             throw Self.raced(url, now: later, g: g)
         }
     }

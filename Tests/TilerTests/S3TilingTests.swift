@@ -150,6 +150,19 @@ struct S3TilingTests {
             #expect(try await pyramid.current()?.manifest.generation == 2)
             // Another build also made 2 from 1: refused, 2 stays.
             await #expect(throws: GenerationError.self) { try await pyramid.commit(two, sources: nil) }
+            // Two finishers of generation 3 that both read generation 2: the one that lost the
+            // switch wrote its record after the winner's, and puts the winner's back.
+            let read = try await pyramid.current()
+            var winner = two
+            winner.generation = 3
+            winner.created = "2026-12-07T10:00:00Z"
+            var loser = winner
+            loser.created = "2026-12-07T10:00:01Z"
+            try await pyramid.commit(winner, sources: nil, over: read)
+            await #expect(throws: GenerationError.self) { try await pyramid.commit(loser, sources: nil, over: read) }
+            #expect(try await pyramid.current()?.manifest.created == winner.created)
+            #expect(try await pyramid.manifest(generation: 3).created == winner.created)
+
             // The conditional PUT itself: a manifest replaced after it was read is not overwritten.
             let before = try #require(try await pyramid.current())
             try await bucket.put(pyramid.key("pyramid.json"), ByteBuffer(bytes: Array(before.manifest.created.utf8)))
