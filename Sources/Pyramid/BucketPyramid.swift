@@ -177,7 +177,9 @@ public struct BucketPyramid: Sendable {
         let switched = try await putManifest(data, over: before?.etag)
         if !switched {
             let object = try await self.data(PyramidManifest.fileName)
-            let later = try object.map { try Self.decode(PyramidManifest.self, $0, url: url) }?.generation ?? now
+            let later =
+                try object.map { try Self.decode(PyramidManifest.self, $0, url: "\(url)/\(PyramidManifest.fileName)") }?
+                .generation ?? now
             if let object, later == g {
                 // Another build made this generation first (a second finisher of the same plan):
                 // this one's record, written before it lost the switch, may have landed after the

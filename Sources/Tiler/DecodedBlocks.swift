@@ -177,7 +177,8 @@ final class DecodedBlocks: @unchecked Sendable {
 /// shard that reads it is next to every other one) while only the shards near the work are
 /// counted, whatever the size of the region.
 final class ReadPlan: @unchecked Sendable {
-    /// The shards the build reads sources for, at the band's top level.
+    /// The shards the build reads sources for, at the band's top level, and their band (a
+    /// shard's reads are ``ShardBuilder/deepestReads(of:band:blockTiles:)``).
     let shards: Set<TileCoordinate>
     let band: ShardScheme.Band
     let decoded: DecodedBlocks
@@ -204,11 +205,5 @@ final class ReadPlan: @unchecked Sendable {
                 }
             }
         }
-    }
-
-    /// The reads at the band's deepest level of a shard built from sources: the ranges
-    /// ``ShardBuilder`` reads, whole or in parts as the tiler builds it.
-    func reads(of shard: TileCoordinate) -> [TileRange] {
-        ShardBuilder.deepestReads(of: shard, band: band)
     }
 }

@@ -115,10 +115,13 @@ final class DalleReader: LeafReader {
     }
 
     func begin(shard: TileCoordinate) throws {
-        try plan?.prepare(around: shard) { neighbour in
-            let area = tms.bounds(of: neighbour)
-            let mosaics = try mosaics(around: area)
-            return try plan?.reads(of: neighbour).flatMap { try blocks(reading: $0, from: mosaics) } ?? []
+        if let plan {
+            try plan.prepare(around: shard) { neighbour in
+                let mosaics = try mosaics(around: tms.bounds(of: neighbour))
+                return try ShardBuilder.deepestReads(of: neighbour, band: plan.band).flatMap {
+                    try blocks(reading: $0, from: mosaics)
+                }
+            }
         }
         try begin(area: tms.bounds(of: shard))
     }

@@ -282,29 +282,23 @@ public final class Tiler {
         // still runs) waits for the first, then finds its share recorded.
         let worker = options.cluster?.share
         let sharedFolder = worker != nil && target == nil
+        /// The folder's build lock, waited for (saying why) when another process holds it.
+        func waitedLock(_ holder: String) throws -> FileLock {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let path = folder.path(".build.lock")
+            if let free = try? FileLock(path, wait: false) { return free }
+            logger.info("\(holder) (\(directory)): waiting for it to end")
+            return try FileLock(path, wait: true)
+        }
         let lock: FileLock?
         if sharedFolder {
             lock = nil
         } else if let worker {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let path = folder.path(".build.lock")
-            if let free = try? FileLock(path, wait: false) {
-                lock = free
-            } else {
-                logger.info("worker \(worker) is already running on this host (\(directory)): waiting for it to end")
-                lock = try FileLock(path, wait: true)
-            }
+            lock = try waitedLock("worker \(worker) is already running on this host")
         } else if options.cluster?.finishIfLast == true {
             // Two workers that ended together both found every shard built: the second waits for
             // the first to finish (or to fail: then it finishes), and finds the generation current.
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            let path = folder.path(".build.lock")
-            if let free = try? FileLock(path, wait: false) {
-                lock = free
-            } else {
-                logger.info("another dallage process is finishing or building \(directory): waiting for it to end")
-                lock = try FileLock(path, wait: true)
-            }
+            lock = try waitedLock("another dallage process is finishing or building this pyramid")
         } else {
             lock = try FileLock.build(folder, doing: "this build")
         }
