@@ -14,10 +14,7 @@ extension ClusterTests {
     @Test func theLastWorkerToEndFinishesThePlan() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
-        try await Self.tileInOneProcess(sources, in: dir)
-        let planFile = dir + "/plan.json"
-        _ = try Self.plan(sources, store: dir + "/cluster", file: planFile)
+        let (planFile, _) = try await Self.planBesideOneProcess(in: dir)
         let manifest = dir + "/cluster/t/2154_5cm/pyramid.json"
 
         // The first worker to end: its share built, others missing; no manifest, exit 0.
@@ -46,10 +43,7 @@ extension ClusterTests {
     @Test func twoLastWorkersEndingTogetherSwitchOnceAndBothSucceed() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
-        try await Self.tileInOneProcess(sources, in: dir)
-        let planFile = dir + "/plan.json"
-        _ = try Self.plan(sources, store: dir + "/cluster", file: planFile)
+        let (planFile, _) = try await Self.planBesideOneProcess(in: dir)
         for i in 0..<2 {
             _ = try await run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "\(i)/2"])
         }
@@ -74,11 +68,12 @@ extension ClusterTests {
 }
 
 extension ClusterTests.OnABucket {
-    /// Plans into a fresh store of the bucket and tiles the same sources into another in one
-    /// process, both through the command line: the plan file and both stores' key prefixes.
-    func planAndOneProcess(_ sources: [String], dir: String, staging: [String]) async throws -> (
-        one: String, prefix: String
-    ) {
+    /// Four shards' dalles in `dir`, planned into a fresh store of the bucket (the plan file
+    /// `<dir>/plan.json`) and tiled into another in one process, both through the command line
+    /// staging in `<dir>/staging`: both stores' key prefixes and the staging arguments.
+    func planAndOneProcess(in dir: String) async throws -> (one: String, prefix: String, staging: [String]) {
+        let sources = try GenerationTests.fourShards(in: dir)
+        let staging = ["--staging", dir + "/staging"]
         let environment = try server.environment
         let (oneURL, one) = Self.store()
         let (url, prefix) = Self.store()
@@ -90,16 +85,14 @@ extension ClusterTests.OnABucket {
                     Fixture.tmsDirectory,
                 ] + extra + staging + sources, environment: environment)
         }
-        return (one, prefix)
+        return (one, prefix, staging)
     }
 
     @Test func theLastWorkerToEndFinishesThePlanInABucket() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
         let environment = try server.environment
-        let staging = ["--staging", dir + "/staging"]
-        let (one, prefix) = try await planAndOneProcess(sources, dir: dir, staging: staging)
+        let (one, prefix, staging) = try await planAndOneProcess(in: dir)
         let plan = ["tile", "--plan", dir + "/plan.json"]
 
         let first = try await TestSupport.run(
@@ -127,10 +120,8 @@ extension ClusterTests.OnABucket {
         // the plan's generation there and exits 0.
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
         let environment = try server.environment
-        let staging = ["--staging", dir + "/staging"]
-        let (one, prefix) = try await planAndOneProcess(sources, dir: dir, staging: staging)
+        let (one, prefix, staging) = try await planAndOneProcess(in: dir)
         let plan = ["tile", "--plan", dir + "/plan.json"]
         for i in 0..<2 {
             _ = try await TestSupport.run(

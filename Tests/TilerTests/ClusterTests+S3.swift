@@ -210,10 +210,8 @@ extension ClusterTests {
             // (one staging folder) the second waits for the first, then finds its share recorded.
             let dir = Fixture.temporaryDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let sources = try GenerationTests.fourShards(in: dir)
             let environment = try server.environment
-            let staging = ["--staging", dir + "/staging"]
-            let (one, prefix) = try await planAndOneProcess(sources, dir: dir, staging: staging)
+            let (one, prefix, staging) = try await planAndOneProcess(in: dir)
             let worker = ["tile", "--plan", dir + "/plan.json", "--worker", "0/2"] + staging
             async let first = TestSupport.run(Fixture.executable, worker, environment: environment)
             async let second = TestSupport.run(Fixture.executable, worker, environment: environment)

@@ -73,9 +73,7 @@ import Testing
     @Test func threeWorkersAndAFinisherMakeTheOneProcessPyramid() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
-        try await Self.tileInOneProcess(sources, in: dir)
-        let plan = try Self.plan(sources, store: dir + "/cluster", file: dir + "/plan.json")
+        let (_, plan) = try await Self.planBesideOneProcess(in: dir)
         #expect(plan.grids.map(\.id) == Self.grids)
         #expect(plan.grids.map(\.jobs.count) == [4, 4])
         #expect(plan.grids.allSatisfy { $0.base == 0 && $0.generation == 1 })
@@ -133,6 +131,15 @@ import Testing
         }
     }
 
+    /// Four shards' dalles in `dir`, tiled by one process into `<dir>/one` and planned into
+    /// `<dir>/cluster`: the plan file and the plan.
+    static func planBesideOneProcess(in dir: String) async throws -> (file: String, plan: ClusterPlan) {
+        let sources = try GenerationTests.fourShards(in: dir)
+        try await tileInOneProcess(sources, in: dir)
+        let file = dir + "/plan.json"
+        return (file, try plan(sources, store: dir + "/cluster", file: file))
+    }
+
     /// Each grid of `<dir>/cluster` is the pyramid of `<dir>/one`.
     static func expectTheOneProcessPyramid(in dir: String) throws {
         for grid in Self.grids {
@@ -166,10 +173,7 @@ import Testing
         // the same share into the same paths, with the same bytes; the result is one pyramid.
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
-        try await Self.tileInOneProcess(sources, in: dir)
-        let planFile = dir + "/plan.json"
-        _ = try Self.plan(sources, store: dir + "/cluster", file: planFile)
+        let (planFile, _) = try await Self.planBesideOneProcess(in: dir)
         async let first = run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "0/2"])
         async let second = run(Fixture.executable, ["tile", "--plan", planFile, "--worker", "0/2"])
         let outputs = try await [first, second]
@@ -208,10 +212,7 @@ import Testing
     @Test func aWorkerKilledMidwayAndRunAgainKeepsWhatItHadDone() async throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sources = try GenerationTests.fourShards(in: dir)
-        try await Self.tileInOneProcess(sources, in: dir)
-        let planFile = dir + "/plan.json"
-        let plan = try Self.plan(sources, store: dir + "/cluster", file: planFile)
+        let (planFile, plan) = try await Self.planBesideOneProcess(in: dir)
         let total = plan.jobCount
         let folders = Self.grids.map { PyramidFolder(dir + "/cluster/t/\($0)") }
         let recorded: @Sendable () -> Int = { folders.reduce(0) { $0 + $1.records().count } }
