@@ -31,35 +31,41 @@ final class HotTiles: Sendable {
         }
     }
 
-    /// A tile's bytes and validator with its response heads up to the date, made once: never
-    /// changed after, so every loop may write them at once.
+    /// A tile's bytes and validator with the rest of its response heads after the status line,
+    /// the date and the server (``HeadStarts``), made once: never changed after, so every loop may
+    /// write them at once.
     final class Entry: Sendable {
-        /// The tile, its bytes right after `head` in one buffer.
+        /// The tile, its bytes right after `fields` in one buffer.
         let response: TileResponse
-        /// `HTTP/1.1 200 OK`, the tile's own fields and its `Content-Length`, CRLF-terminated.
-        let head: ByteBuffer
-        /// `HTTP/1.1 304 Not Modified` and the tile's own fields for a 304, CRLF-terminated.
-        let notModifiedHead: ByteBuffer
+        /// The tile's own fields, its `Content-Length` and the blank line, then the tile's bytes:
+        /// a 200 to a GET, written whole after its start, with no copy.
+        let answer: ByteBuffer
+        /// The same without the bytes: a 200 to a HEAD.
+        let fields: ByteBuffer
+        /// The tile's own fields for a 304 and the blank line.
+        let notModifiedFields: ByteBuffer
         let cost: Int
 
         init(_ response: TileResponse, allocator: ByteBufferAllocator) {
-            // The head and the bytes share one buffer: an answer takes a reference on one
-            // object, not two, and that object is written by both event loops.
+            // The fields and the bytes share one buffer: an answer is one write of one object
+            // (its start apart), and takes a reference on that object only.
             var whole = allocator.buffer(capacity: 256 + response.bytes.readableBytes)
-            whole.writeStaticString("HTTP/1.1 200 OK\r\n")
             response.headerFields(current: false) { whole.writeField($0.canonicalName, $1) }
             whole.writeField("Content-Length", String(response.bytes.readableBytes))
-            let headLength = whole.readableBytes
+            whole.writeStaticString("\r\n")
+            let fieldsLength = whole.readableBytes
             whole.writeImmutableBuffer(response.bytes)
-            head = whole.getSlice(at: whole.readerIndex, length: headLength) ?? whole
+            answer = whole
+            fields = whole.getSlice(at: whole.readerIndex, length: fieldsLength) ?? whole
             var tile = response
             tile.bytes =
-                whole.getSlice(at: whole.readerIndex + headLength, length: response.bytes.readableBytes) ?? tile.bytes
+                whole.getSlice(at: whole.readerIndex + fieldsLength, length: response.bytes.readableBytes)
+                ?? tile.bytes
             self.response = tile
             var notModified = allocator.buffer(capacity: 128)
-            notModified.writeStaticString("HTTP/1.1 304 Not Modified\r\n")
             response.headerFields(current: true) { notModified.writeField($0.canonicalName, $1) }
-            notModifiedHead = notModified
+            notModified.writeStaticString("\r\n")
+            notModifiedFields = notModified
             // Counted as before the head and bytes shared a buffer (NIO rounds a buffer's
             // capacity up to a power of two, as it did the tile's own).
             cost = whole.readableBytes + notModified.capacity + 160
@@ -180,22 +186,35 @@ extension ByteBuffer {
     }
 }
 
-/// What ends every head the fast lane writes, after a tile's own fields: CORS when the request had
-/// an `Origin`, then `Date` and `Server` as Hummingbird writes them, and the blank line. Made anew
-/// once a second, never changed after (a response still waiting for the socket keeps its own): an
-/// answer copies it after the tile's head (a few hundred bytes in all) and formats nothing.
-struct HeadEnds {
+/// What starts every head the fast lane writes, before a tile's own fields: the status line, then
+/// `Date` and `Server` as Hummingbird writes them, and CORS when the request had an `Origin`. Made
+/// anew once a second on each event loop, never changed after (a response still waiting for the
+/// socket keeps its own): an answer writes one of them, then the tile's ready fields and bytes,
+/// and copies nothing. (The router writes the same fields after the tile's; the order of fields
+/// of different names carries no meaning in HTTP.)
+struct HeadStarts {
     let serverName: String
     /// The second the date stands for, in seconds since 1970.
     private(set) var second = -1
-    /// `Date`, `Server`, blank line.
-    private(set) var plain = ByteBuffer()
-    /// `Access-Control-Allow-Origin: *` first.
-    private(set) var withCORS = ByteBuffer()
+    /// `HTTP/1.1 200 OK`, `Date`, `Server`; with CORS; the same for a 304, and with CORS.
+    private(set) var ok = ByteBuffer()
+    private(set) var okWithCORS = ByteBuffer()
+    private(set) var notModified = ByteBuffer()
+    private(set) var notModifiedWithCORS = ByteBuffer()
 
     init(serverName: String) { self.serverName = serverName }
 
-    /// Brings both up to the second `now`.
+    /// The start of a 200 or a 304, with CORS or without.
+    func start(notModified current: Bool, cors: Bool) -> ByteBuffer {
+        switch (current, cors) {
+        case (false, false): ok
+        case (false, true): okWithCORS
+        case (true, false): notModified
+        case (true, true): notModifiedWithCORS
+        }
+    }
+
+    /// Brings all four up to the second `now`.
     mutating func update(_ now: Int = time(nil), allocator: ByteBufferAllocator) {
         guard now != second else { return }
         var t = now
@@ -203,15 +222,19 @@ struct HeadEnds {
         gmtime_r(&t, &parts)
         var text = [CChar](repeating: 0, count: 40)
         let n = strftime(&text, text.count, "%a, %d %b %Y %H:%M:%S GMT", &parts)
-        var end = allocator.buffer(capacity: 64)
-        end.writeStaticString("Date: ")
-        end.writeBytes(text[..<n].map { UInt8(bitPattern: $0) })
-        end.writeStaticString("\r\n")
-        end.writeField("Server", serverName)
-        end.writeStaticString("\r\n")
-        var cors = allocator.buffer(capacity: end.readableBytes + 32)
-        cors.writeField("Access-Control-Allow-Origin", "*")
-        cors.writeImmutableBuffer(end)
-        (plain, withCORS, second) = (end, cors, now)
+        let date = String(decoding: text[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        func start(_ status: StaticString, cors: Bool) -> ByteBuffer {
+            var b = allocator.buffer(capacity: 128)
+            b.writeStaticString(status)
+            b.writeField("Date", date)
+            b.writeField("Server", serverName)
+            if cors { b.writeField("Access-Control-Allow-Origin", "*") }
+            return b
+        }
+        ok = start("HTTP/1.1 200 OK\r\n", cors: false)
+        okWithCORS = start("HTTP/1.1 200 OK\r\n", cors: true)
+        notModified = start("HTTP/1.1 304 Not Modified\r\n", cors: false)
+        notModifiedWithCORS = start("HTTP/1.1 304 Not Modified\r\n", cors: true)
+        second = now
     }
 }

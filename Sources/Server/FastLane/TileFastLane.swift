@@ -59,8 +59,8 @@ final class TileFastLane: ChannelDuplexHandler {
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
     private var catalog = CatalogSnapshot.empty
-    /// The end of this connection's response heads (date and server), made once a second.
-    private var ends: HeadEnds
+    /// The start of this connection's response heads (status, date, server), made once a second.
+    private var starts: HeadStarts
     /// Ready responses of the tiles answered lately, shared by the event loops.
     private let hot: HotTiles
     private let answers: LaneCount
@@ -96,7 +96,7 @@ final class TileFastLane: ChannelDuplexHandler {
         hot = loop.hot
         tally = loop.tally
         answers = loop.answers
-        ends = HeadEnds(serverName: serverName)
+        starts = HeadStarts(serverName: serverName)
         self.logger = logger
         logRequests = logger.logLevel <= .info
     }
@@ -226,16 +226,11 @@ final class TileFastLane: ChannelDuplexHandler {
                     paused = true
                     break
                 }
-                if withRouter == 0, let (start, end, body) = answer(head, in: buffer, context: context) {
+                if withRouter == 0, let (start, rest) = answer(head, in: buffer, context: context) {
                     buffer.moveReaderIndex(forwardBy: head.length)
-                    // The head's two parts copied into one buffer (a few hundred bytes: cheaper
-                    // than a third write through the channel), the body shared: NIO hands both to
-                    // the socket in one writev.
-                    var whole = allocator.buffer(capacity: start.readableBytes + end.readableBytes)
-                    whole.writeImmutableBuffer(start)
-                    whole.writeImmutableBuffer(end)
-                    context.write(wrapOutboundOut(whole), promise: nil)
-                    if let body { context.write(wrapOutboundOut(body), promise: nil) }
+                    // Two ready buffers, nothing copied: NIO hands both to the socket in one writev.
+                    context.write(wrapOutboundOut(start), promise: nil)
+                    context.write(wrapOutboundOut(rest), promise: nil)
                     answered = true
                     continue
                 }
@@ -337,11 +332,11 @@ final class TileFastLane: ChannelDuplexHandler {
         context.fireChannelRead(wrapInboundOut(bytes))
     }
 
-    /// The response when the request is a plain stored tile, else nil: its head in two parts (the
-    /// tile's, then the date's), and its body.
+    /// The response when the request is a plain stored tile, else nil: the start of its head
+    /// (``HeadStarts``), then the rest of the head and the body.
     private func answer(
         _ head: RequestHead, in buffer: ByteBuffer, context: ChannelHandlerContext
-    ) -> (ByteBuffer, ByteBuffer, ByteBuffer?)? {
+    ) -> (start: ByteBuffer, rest: ByteBuffer)? {
         let started = DispatchTime.now().uptimeNanoseconds
         guard head.method != nil, head.keepAlive, head.contentLength == 0, !head.authorization, !head.expect,
             let (route, tile) = buffer.withUnsafeReadableBytes({
@@ -358,22 +353,23 @@ final class TileFastLane: ChannelDuplexHandler {
         else { return nil }
         guard let shard = t.pyramid.contentKey(of: t.tile) else { return nil }
         let key = HotTiles.Key(shard: shard, tile: t.tile)
-        /// The head up to the date and the body to write for `ready`, and whether the client's
-        /// copy is current (a 304).
-        func parts(_ ready: HotTiles.Entry) -> (start: ByteBuffer, body: ByteBuffer?, current: Bool) {
+        /// What follows the start for `ready`, the bytes it holds, and whether the client's copy
+        /// is current (a 304).
+        func parts(_ ready: HotTiles.Entry) -> (rest: ByteBuffer, bytes: Int, current: Bool) {
             let current =
                 head.ifNoneMatch.map {
                     ready.response.isCurrent(
                         ifNoneMatch: buffer.getString(at: buffer.readerIndex + $0.lowerBound, length: $0.count) ?? "")
                 } ?? false
-            if current { return (ready.notModifiedHead, nil, true) }
-            return (ready.head, head.method == .get ? ready.response.bytes : nil, false)
+            if current { return (ready.notModifiedFields, 0, true) }
+            if head.method == .get { return (ready.answer, ready.response.bytes.readableBytes, false) }
+            return (ready.fields, 0, false)
         }
-        let start: ByteBuffer
-        let body: ByteBuffer?
+        let rest: ByteBuffer
+        let bytes: Int
         let current: Bool
         if let hit = hot.read(key, parts) {
-            (start, body, current) = hit
+            (rest, bytes, current) = hit
             tally.hotHits += 1
         } else {
             tally.hotMisses += 1
@@ -382,12 +378,12 @@ final class TileFastLane: ChannelDuplexHandler {
             guard case .ready(.success(let stored?)) = service.readNow(t, allocator: allocator) else { return nil }
             let ready = HotTiles.Entry(service.response(t, stored), allocator: allocator)
             hot.put(key, ready)
-            (start, body, current) = parts(ready)
+            (rest, bytes, current) = parts(ready)
         }
-        // The head as NIO writes the router's: the tile's own headers, the length (Hummingbird
-        // adds it from the body), CORS, then Hummingbird's date and server.
-        ends.update(allocator: allocator)
-        let end = head.origin ? ends.withCORS : ends.plain
+        // The head holds the fields NIO writes for the router's: the tile's own, the length
+        // (Hummingbird adds it from the body), CORS, Hummingbird's date and server.
+        starts.update(allocator: allocator)
+        let start = starts.start(notModified: current, cors: head.origin)
         let method: HTTPMethod = head.method == .get ? .GET : .HEAD
         if logRequests {
             logger.info(
@@ -402,9 +398,9 @@ final class TileFastLane: ChannelDuplexHandler {
         }
         answers.value.add(1, ordering: .relaxed)
         tally.add(
-            route, method: method, status: current ? .notModified : .ok, bytes: body?.readableBytes ?? 0,
+            route, method: method, status: current ? .notModified : .ok, bytes: bytes,
             nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
-        return (start, end, body)
+        return (start, rest)
     }
 }
 
