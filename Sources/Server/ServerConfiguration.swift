@@ -21,8 +21,8 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public var publicURL: String?
     /// In-memory cache of transcoded tiles (PNG, WebP, clipped), in bytes.
     public var tileCacheBytes: Int = ServerConfiguration.defaultTileCacheBytes
-    /// Stored tiles the fast lane keeps ready in memory, in bytes in all (0: none), shared by the
-    /// event loops.
+    /// The memory, in bytes in all, for the stored tiles the fast lane keeps ready (0: none), shared
+    /// by the event loops: the buffers as allocated are counted, not only the tiles' bytes.
     public var hotTileCacheBytes: Int = ServerConfiguration.defaultHotTileCacheBytes
     /// Shards kept mapped at once (each holds a file descriptor and a mapping).
     public var openShards: Int = 4096
@@ -112,7 +112,7 @@ public struct ServerConfiguration: Codable, Sendable, Equatable {
     public static let defaultHost = "127.0.0.1"
     public static let defaultPort = 8080
     public static let defaultTileCacheBytes = ServingSettings.defaultTileCacheBytes
-    public static let defaultHotTileCacheBytes = 128 << 20
+    public static let defaultHotTileCacheBytes = 256 << 20
     public static let defaultCacheControl = ServingSettings.defaultCacheControl
     public static let defaultWMSMaxLayers = 16
     public static let defaultRenderGrid = Pyramid.defaultRenderGrid

@@ -216,6 +216,30 @@ struct FastLaneChannelTests {
         #expect(other.loop.tally.hotHits == 1 && other.loop.tally.hotMisses == 0)
     }
 
+    /// `hot_tile_cache_bytes` is memory: the kept tiles' buffers as allocated (NIO rounds each up
+    /// to a power of two, a 20 KB tile takes 32 KB) stay within it, and the cache is used.
+    @Test func hotTilesHoldNoMoreMemoryThanTheirBudget() {
+        let budget = 1 << 20
+        let hot = HotTiles(capacity: budget)
+        let allocator = ByteBufferAllocator()
+        let keys = (0..<400).map { HotTiles.Key(shard: 1, tile: TileCoordinate(z: 18, col: $0, row: 0)) }
+        for (i, key) in keys.enumerated() {
+            let tile = TileResponse(
+                bytes: ByteBuffer(repeating: 7, count: 20_000 + i), mimeType: "image/jpeg", etag: "\"\(i)\"",
+                cacheControl: "public, max-age=3600")
+            hot.put(key, HotTiles.Entry(tile, allocator: allocator))
+        }
+        let held = keys.compactMap { key in
+            hot.read(key) { $0.answer.capacity + $0.notModifiedFields.capacity + HotTiles.Entry.objectBytes }
+        }
+        #expect(held.reduce(0, +) == hot.bytes)
+        #expect(hot.bytes <= budget)
+        #expect(held.allSatisfy { $0 > 32_768 })
+        // Every stripe keeps what fits in its part, the latest tiles.
+        #expect(held.count >= 16)
+        #expect(hot.read(keys.last!) { _ in true } == true)
+    }
+
     @Test func pipelinedRequestsAreAnsweredInOrder() throws {
         let l = try Lane()
         let (a, b) = (try Self.stored(l.service), try Self.stored(l.service, col: Self.inner.col + 1))

@@ -44,7 +44,10 @@ final class HotTiles: Sendable {
         let fields: ByteBuffer
         /// The tile's own fields for a 304 and the blank line.
         let notModifiedFields: ByteBuffer
+        /// Bytes of memory it holds, counted against the cache's budget.
         let cost: Int
+        /// The entry, its two buffers' storage and the stripe's key and order slots, about.
+        static let objectBytes = 160
 
         init(_ response: TileResponse, allocator: ByteBufferAllocator) {
             // The fields and the bytes share one buffer: an answer is one write of one object
@@ -66,9 +69,9 @@ final class HotTiles: Sendable {
             response.headerFields(current: true) { notModified.writeField($0.canonicalName, $1) }
             notModified.writeStaticString("\r\n")
             notModifiedFields = notModified
-            // Counted as before the head and bytes shared a buffer (NIO rounds a buffer's
-            // capacity up to a power of two, as it did the tile's own).
-            cost = whole.readableBytes + notModified.capacity + 160
+            // The memory it holds: its two buffers as allocated (NIO rounds a buffer up to a power
+            // of two: a 20 KB tile takes 32 KB), and its objects.
+            cost = whole.capacity + notModified.capacity + Self.objectBytes
         }
     }
 
@@ -110,6 +113,11 @@ final class HotTiles: Sendable {
     func read<R: Sendable>(_ key: Key, _ body: (Entry) -> R) -> R? {
         guard stripeCapacity > 0 else { return nil }
         return stripe(key).pointee.withLock { t in t.entries[key].map(body) }
+    }
+
+    /// The memory the kept tiles hold, as counted against `capacity`.
+    var bytes: Int {
+        (0..<Self.stripeCount).reduce(0) { sum, i in sum + (stripes + i).pointee.withLock { $0.bytes } }
     }
 
     /// Keeps a tile's ready response.
