@@ -120,13 +120,14 @@ struct ServerTests {
                 (.get, [:]), (.head, [:]), (.get, [.origin: "http://example.org"]), (.get, [.ifNoneMatch: etag]),
                 (.get, [.ifNoneMatch: "\"other\""]),
             ]
-            func fastLaneMetric() async throws -> Double {
+            func metric(_ name: String) async throws -> Double {
                 try await client.execute(uri: "/metrics", method: .get) { r in
                     String(buffer: r.body).split(separator: "\n")
-                        .first { $0.hasPrefix("dallage_fast_lane_requests_total ") }
+                        .first { $0.hasPrefix(name + " ") }
                         .flatMap { Double($0.split(separator: " ")[1]) } ?? 0
                 }
             }
+            func fastLaneMetric() async throws -> Double { try await metric("dallage_fast_lane_requests_total") }
             let before = try await fastLaneCount()
             let metricBefore = try await fastLaneMetric()
             for path in paths {
@@ -154,6 +155,12 @@ struct ServerTests {
             // counter is shared with other servers in this process, hence at least).
             try await eventually("the fast lane's requests in /metrics") {
                 try await fastLaneMetric() - metricBefore >= Double(paths.count * cases.count)
+            }
+            // And the memory its hot tiles hold, within the budget (the gauge is the process's, set
+            // each second by every server of the suite: this one's tile shows at some point).
+            try await eventually("the hot tiles' memory in /metrics") {
+                let bytes = try await metric("dallage_hot_tile_cache_bytes")
+                return bytes > Double(stored.count) && bytes <= Double(ServerConfiguration.defaultHotTileCacheBytes)
             }
             // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
             for uri in [

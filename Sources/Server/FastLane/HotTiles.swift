@@ -170,6 +170,8 @@ final class FastLaneLoops: Sendable {
     }
 
     private static let allocator = ByteBufferAllocator()
+    /// The memory the hot tiles hold, against `hot_tile_cache_bytes` (set each second by each loop).
+    static let hotBytes = Gauge(label: "dallage_hot_tile_cache_bytes")
 
     /// The state of `loop`; call it on that loop.
     func state(on loop: any EventLoop) -> FastLaneLoop {
@@ -178,7 +180,11 @@ final class FastLaneLoops: Sendable {
             let state = FastLaneLoop(hot: hot, service: service)
             let bound = NIOLoopBound(state, eventLoop: loop)
             loops[ObjectIdentifier(loop)] = bound
-            loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in bound.value.tally.flush() }
+            let hot = hot
+            loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                bound.value.tally.flush()
+                Self.hotBytes.record(hot.bytes)
+            }
             return state
         }
     }
