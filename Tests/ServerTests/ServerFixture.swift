@@ -8,6 +8,7 @@ import Raster
 import S3
 import Server
 import TestSupport
+import Testing
 import Tiler
 
 @testable import Serving
@@ -76,11 +77,51 @@ enum ServerFixture {
 
     /// Tiles this server's fast lane has answered so far (from /healthz: the Prometheus counter
     /// is shared by the servers of tests running at the same time).
-    static func fastLaneCount(_ client: some TestClientProtocol) async throws -> Int {
-        try await client.execute(uri: "/healthz", method: .get) { r in
-            (try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as? [String: Any])?["fast_lane_tiles"]
-                as? Int ?? -1
+    /// A second client of the live server `live` tests with, waiting up to 120 s for an answer
+    /// where Hummingbird's own gives up after 20: what a test compares is answers, not their
+    /// speed, and the suite runs beside tilers, browsers and QGIS on two cores.
+    static func patient<Value: Sendable>(
+        _ live: some TestClientProtocol, _ body: @escaping @Sendable (PatientClient) async throws -> Value
+    ) async throws -> Value {
+        let port = try #require(live.port)
+        return try await TestClient.withClient(
+            host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(120))
+        ) { try await body(PatientClient(client: $0, port: port)) }
+    }
+
+    /// A `TestClient` answering as the live test's client does (status, headers, body).
+    struct PatientClient: Sendable {
+        let client: TestClient
+        let port: Int?
+
+        struct Answer {
+            var status: HTTPResponse.Status
+            var headers: HTTPFields
+            var body: ByteBuffer
         }
+
+        func execute<Value>(
+            uri: String, method: HTTPRequest.Method, headers: HTTPFields = [:], _ check: (Answer) throws -> Value
+        ) async throws -> Value {
+            var headers = headers
+            headers[.connection] = "keep-alive"
+            let r = try await client.execute(.init(uri, method: method, authority: "localhost", headers: headers))
+            return try check(Answer(status: r.head.status, headers: r.head.headerFields, body: r.body ?? ByteBuffer()))
+        }
+    }
+
+    static func fastLaneCount(_ client: PatientClient) async throws -> Int {
+        try await client.execute(uri: "/healthz", method: .get) { try fastLaneTiles($0.body) }
+    }
+
+    /// The fast lane's count in a `/healthz` answer, -1 when it has none.
+    static func fastLaneTiles(_ healthz: ByteBuffer) throws -> Int {
+        (try JSONSerialization.jsonObject(with: Data(buffer: healthz)) as? [String: Any])?["fast_lane_tiles"] as? Int
+            ?? -1
+    }
+
+    static func fastLaneCount(_ client: some TestClientProtocol) async throws -> Int {
+        try await client.execute(uri: "/healthz", method: .get) { try fastLaneTiles($0.body) }
     }
 
     /// Squared differences between `rgb` — `size` × `size` pixels of `cell` m in Lambert-93 from

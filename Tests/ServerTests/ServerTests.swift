@@ -109,93 +109,99 @@ struct ServerTests {
     @Test func fastLaneAnswersExactlyLikeTheRouter() async throws {
         let t = ServerFixture.innerTile
         let stored = try #require(try PyramidReader(directory: store + "/pcrs/2154_5cm").tileData(t))
-        try await ServerFixture.app(store: store).test(.live) { client in
-            func fastLaneCount() async throws -> Int { try await ServerFixture.fastLaneCount(client) }
-            let paths = [
-                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
-                "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
-            ]
-            let etag = try await client.execute(uri: paths[0], method: .get) { $0.headers[.eTag] ?? "" }
-            let cases: [(HTTPRequest.Method, HTTPFields)] = [
-                (.get, [:]), (.head, [:]), (.get, [.origin: "http://example.org"]), (.get, [.ifNoneMatch: etag]),
-                (.get, [.ifNoneMatch: "\"other\""]),
-            ]
-            func metric(_ name: String) async throws -> Double {
-                try await client.execute(uri: "/metrics", method: .get) { r in
-                    String(buffer: r.body).split(separator: "\n")
-                        .first { $0.hasPrefix(name + " ") }
-                        .flatMap { Double($0.split(separator: " ")[1]) } ?? 0
-                }
-            }
-            func fastLaneMetric() async throws -> Double { try await metric("dallage_fast_lane_requests_total") }
-            let before = try await fastLaneCount()
-            let metricBefore = try await fastLaneMetric()
-            for path in paths {
-                for (method, headers) in cases {
-                    // A query string sends the same tile through the router.
-                    let fast = try await client.execute(uri: path, method: method, headers: headers) { $0 }
-                    let routed = try await client.execute(uri: path + "?via=router", method: method, headers: headers) {
-                        $0
-                    }
-                    #expect(fast.status == routed.status, "\(method) \(path) \(headers)")
-                    var a = fast.headers
-                    var b = routed.headers
-                    a[.date] = nil
-                    b[.date] = nil
-                    #expect(a == b, "\(method) \(path) \(headers)")
-                    #expect(fast.body == routed.body)
-                    if fast.status == .ok && method == .get {
-                        #expect(fast.body.getBytes(at: 0, length: fast.body.readableBytes) == stored)
-                    }
-                }
-            }
-            // Every case above took the fast lane once (the /healthz request itself does not count).
-            #expect(try await fastLaneCount() - before == paths.count * cases.count)
-            // Prometheus hears of them: each event loop hands its tally over every second (the
-            // counter is shared with other servers in this process, hence at least).
-            try await eventually("the fast lane's requests in /metrics") {
-                try await fastLaneMetric() - metricBefore >= Double(paths.count * cases.count)
-            }
-            // And the memory its hot tiles hold, within the budget (the gauge is the process's, set
-            // each second by every server of the suite: this one's tile shows at some point).
-            try await eventually("the hot tiles' memory in /metrics") {
-                let bytes = try await metric("dallage_hot_tile_cache_bytes")
-                return bytes > Double(stored.count) && bytes <= Double(ServerConfiguration.defaultHotTileCacheBytes)
-            }
-            // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
-            for uri in [
-                "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row - 500).jpg", "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).png",
-                "/tiles/nope/2154_5cm/22/\(t.col)/\(t.row).jpg", "/tiles/pcrs/2154_5cm/22/1e3/\(t.row).jpg",
-                "/wmts/1.0.0/pcrs/normal/2154_5cm/23/\(t.row)/\(t.col).jpg",
-            ] {
-                let status = try await client.execute(uri: uri, method: .get) { $0.status }
-                #expect(status != .ok || uri.hasSuffix(".png"), "\(uri)")
-            }
-            #expect(try await fastLaneCount() - before == paths.count * cases.count)
-
-            // Pipelined on one connection: a routed request, a fast-lane one, then one asking to
-            // close (answered by the router, which closes). Responses come back in request order.
-            let port = try #require(client.port)
-            let script = """
-                import socket, sys
-                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-                s.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
-                          b"GET \(paths[0]) HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
-                          b"GET \(paths[1]) HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
-                s.settimeout(30)
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk: break
-                    data += chunk
-                print(data.count(b"HTTP/1.1 200 OK"), data.index(b"application/json") < data.index(b"image/jpeg"),
-                      data.count(b"\\xff\\xd8\\xff"), len(data))
-                """
-            let (code, out) = try await ServerFixture.run("/usr/bin/python3", ["-c", script, String(port)])
-            #expect(code == 0, "\(out)")
-            let fields = out.split(separator: " ").map(String.init)
-            #expect(fields.count == 4 && fields[0] == "3" && fields[1] == "True" && fields[2] == "2", "\(out)")
+        try await ServerFixture.app(store: store).test(.live) { live in
+            try await ServerFixture.patient(live) { client in try await Self.answersAlike(client, stored: stored) }
         }
+    }
+
+    /// The requests of `fastLaneAnswersExactlyLikeTheRouter`, on a client of its live server.
+    static func answersAlike(_ client: ServerFixture.PatientClient, stored: [UInt8]) async throws {
+        let t = ServerFixture.innerTile
+        func fastLaneCount() async throws -> Int { try await ServerFixture.fastLaneCount(client) }
+        let paths = [
+            "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).jpg",
+            "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg",
+        ]
+        let etag = try await client.execute(uri: paths[0], method: .get) { $0.headers[.eTag] ?? "" }
+        let cases: [(HTTPRequest.Method, HTTPFields)] = [
+            (.get, [:]), (.head, [:]), (.get, [.origin: "http://example.org"]), (.get, [.ifNoneMatch: etag]),
+            (.get, [.ifNoneMatch: "\"other\""]),
+        ]
+        func metric(_ name: String) async throws -> Double {
+            try await client.execute(uri: "/metrics", method: .get) { r in
+                String(buffer: r.body).split(separator: "\n")
+                    .first { $0.hasPrefix(name + " ") }
+                    .flatMap { Double($0.split(separator: " ")[1]) } ?? 0
+            }
+        }
+        func fastLaneMetric() async throws -> Double { try await metric("dallage_fast_lane_requests_total") }
+        let before = try await fastLaneCount()
+        let metricBefore = try await fastLaneMetric()
+        for path in paths {
+            for (method, headers) in cases {
+                // A query string sends the same tile through the router.
+                let fast = try await client.execute(uri: path, method: method, headers: headers) { $0 }
+                let routed = try await client.execute(uri: path + "?via=router", method: method, headers: headers) {
+                    $0
+                }
+                #expect(fast.status == routed.status, "\(method) \(path) \(headers)")
+                var a = fast.headers
+                var b = routed.headers
+                a[.date] = nil
+                b[.date] = nil
+                #expect(a == b, "\(method) \(path) \(headers)")
+                #expect(fast.body == routed.body)
+                if fast.status == .ok && method == .get {
+                    #expect(fast.body.getBytes(at: 0, length: fast.body.readableBytes) == stored)
+                }
+            }
+        }
+        // Every case above took the fast lane once (the /healthz request itself does not count).
+        #expect(try await fastLaneCount() - before == paths.count * cases.count)
+        // Prometheus hears of them: each event loop hands its tally over every second (the
+        // counter is shared with other servers in this process, hence at least).
+        try await eventually("the fast lane's requests in /metrics") {
+            try await fastLaneMetric() - metricBefore >= Double(paths.count * cases.count)
+        }
+        // And the memory its hot tiles hold, within the budget (the gauge is the process's, set
+        // each second by every server of the suite: this one's tile shows at some point).
+        try await eventually("the hot tiles' memory in /metrics") {
+            let bytes = try await metric("dallage_hot_tile_cache_bytes")
+            return bytes > Double(stored.count) && bytes <= Double(ServerConfiguration.defaultHotTileCacheBytes)
+        }
+        // Not for the fast lane: absent tiles, other encodings, unknown layers, bad numbers.
+        for uri in [
+            "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row - 500).jpg", "/tiles/pcrs/2154_5cm/22/\(t.col)/\(t.row).png",
+            "/tiles/nope/2154_5cm/22/\(t.col)/\(t.row).jpg", "/tiles/pcrs/2154_5cm/22/1e3/\(t.row).jpg",
+            "/wmts/1.0.0/pcrs/normal/2154_5cm/23/\(t.row)/\(t.col).jpg",
+        ] {
+            let status = try await client.execute(uri: uri, method: .get) { $0.status }
+            #expect(status != .ok || uri.hasSuffix(".png"), "\(uri)")
+        }
+        #expect(try await fastLaneCount() - before == paths.count * cases.count)
+
+        // Pipelined on one connection: a routed request, a fast-lane one, then one asking to
+        // close (answered by the router, which closes). Responses come back in request order.
+        let port = try #require(client.port)
+        let script = """
+            import socket, sys
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            s.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+                      b"GET \(paths[0]) HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+                      b"GET \(paths[1]) HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+            s.settimeout(30)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk: break
+                data += chunk
+            print(data.count(b"HTTP/1.1 200 OK"), data.index(b"application/json") < data.index(b"image/jpeg"),
+                  data.count(b"\\xff\\xd8\\xff"), len(data))
+            """
+        let (code, out) = try await ServerFixture.run("/usr/bin/python3", ["-c", script, String(port)])
+        #expect(code == 0, "\(out)")
+        let fields = out.split(separator: " ").map(String.init)
+        #expect(fields.count == 4 && fields[0] == "3" && fields[1] == "True" && fields[2] == "2", "\(out)")
     }
 
     /// The fast lane frames requests on raw bytes: requests split across packets, pipelined with

@@ -138,34 +138,8 @@ struct ServingCoreTests {
         c.tmsDirectory = ServerFixture.root + "/config/tms"
         let t = ServerFixture.innerTile
         let path = "/wmts/1.0.0/pcrs/normal/2154_5cm/22/\(t.row)/\(t.col).jpg"
-        try await buildApplication(configuration: c, logger: log.logger).test(.live) { client in
-            let etag = try await client.execute(uri: path, method: .get) { $0.headers[.eTag] ?? "" }
-            // HEAD answered 304: a series no other test makes. Asked until the lane answers (a
-            // request right after a routed one may still go to the router), then via the router.
-            var sent = 0
-            var laneAnswered = false
-            for uri in Array(repeating: path, count: 20) + [path + "?via=router"] {
-                if laneAnswered, !uri.contains("?") { continue }
-                let before = try await ServerFixture.fastLaneCount(client)
-                try await client.execute(uri: uri, method: .head, headers: [.ifNoneMatch: etag]) {
-                    #expect($0.status == .notModified)
-                }
-                sent += 1
-                if !uri.contains("?") { laneAnswered = try await ServerFixture.fastLaneCount(client) > before }
-            }
-            #expect(laneAnswered)
-            // Each event loop hands its tally over within a second.
-            var lines: [Substring] = []
-            try await eventually("both HEAD 304 requests in one /metrics series") {
-                let text = try await client.execute(uri: "/metrics", method: .get) { String(buffer: $0.body) }
-                lines = text.split(separator: "\n").filter {
-                    $0.hasPrefix("hb_requests") && $0.contains("\"HEAD\"") && $0.contains("\"304\"")
-                        && $0.contains("/wmts/1.0.0/")
-                }
-                // Two series (lane and router apart) never merge: stop and report them.
-                return lines.count > 1 || lines.first?.hasSuffix(" \(sent)") == true
-            }
-            #expect(lines.count == 1 && lines.first?.hasSuffix(" \(sent)") == true, "\(lines)")
+        try await buildApplication(configuration: c, logger: log.logger).test(.live) { live in
+            try await ServerFixture.patient(live) { client in try await Self.countsAndLogs(client, path: path) }
         }
         let requests = log.events.filter {
             $0.message == "Request" && $0.metadata["hb.request.path"]?.hasPrefix("/wmts/1.0.0/") == true
@@ -173,6 +147,37 @@ struct ServingCoreTests {
         #expect(requests.count >= 3)
         let keys = Set(requests.map { Set($0.metadata.keys) })
         #expect(keys.count == 1, "\(keys)")
+    }
+
+    /// The requests of `fastLaneCountsAndLogsLikeTheRouter` and what `/metrics` says of them.
+    static func countsAndLogs(_ client: ServerFixture.PatientClient, path: String) async throws {
+        let etag = try await client.execute(uri: path, method: .get) { $0.headers[.eTag] ?? "" }
+        // HEAD answered 304: a series no other test makes. Asked until the lane answers (a
+        // request right after a routed one may still go to the router), then via the router.
+        var sent = 0
+        var laneAnswered = false
+        for uri in Array(repeating: path, count: 20) + [path + "?via=router"] {
+            if laneAnswered, !uri.contains("?") { continue }
+            let before = try await ServerFixture.fastLaneCount(client)
+            try await client.execute(uri: uri, method: .head, headers: [.ifNoneMatch: etag]) {
+                #expect($0.status == .notModified)
+            }
+            sent += 1
+            if !uri.contains("?") { laneAnswered = try await ServerFixture.fastLaneCount(client) > before }
+        }
+        #expect(laneAnswered)
+        // Each event loop hands its tally over within a second.
+        var lines: [Substring] = []
+        try await eventually("both HEAD 304 requests in one /metrics series") {
+            let text = try await client.execute(uri: "/metrics", method: .get) { String(buffer: $0.body) }
+            lines = text.split(separator: "\n").filter {
+                $0.hasPrefix("hb_requests") && $0.contains("\"HEAD\"") && $0.contains("\"304\"")
+                    && $0.contains("/wmts/1.0.0/")
+            }
+            // Two series (lane and router apart) never merge: stop and report them.
+            return lines.count > 1 || lines.first?.hasSuffix(" \(sent)") == true
+        }
+        #expect(lines.count == 1 && lines.first?.hasSuffix(" \(sent)") == true, "\(lines)")
     }
 
     /// A store that answers later, as an object store does: the fast lane hands its tiles to the
