@@ -202,7 +202,7 @@ extension ByteBuffer {
 
 /// What starts every head the fast lane writes, before a tile's own fields: the status line, then
 /// `Date` and `Server` as Hummingbird writes them, and CORS when the request had an `Origin`. Made
-/// anew once a second on each event loop, never changed after (a response still waiting for the
+/// anew once a second by each connection, never changed after (a response still waiting for the
 /// socket keeps its own): an answer writes one of them, then the tile's ready fields and bytes,
 /// and copies nothing. (The router writes the same fields after the tile's; the order of fields
 /// of different names carries no meaning in HTTP.)
