@@ -103,7 +103,8 @@ public func buildApplication(
         catalog: catalog, coverage: coverage, jobs: database, gate: gate, settings: configuration.extracts,
         results: extractResults, logger: logger)
     let serverName = "dallage"
-    let loops = FastLaneLoops(hotTileBytes: configuration.hotTileCacheBytes, service: service)
+    let loops = FastLaneLoops(
+        hotTileBytes: configuration.hotTileCacheBytes, service: service, serverName: serverName)
     // A tile an object store answered later reached the client through the router: kept hot, the
     // next request for it is the fast lane's.
     service.onLaterRead { t, response in loops.remember(t, response) }
@@ -113,7 +114,7 @@ public func buildApplication(
             configuration: configuration, service: service, coverage: coverage, extracts: extracts, objects: objects),
         server: .http1(limits: limits) { loop in
             TileFastLane(
-                service: service, loop: loops.state(on: loop), limits: limits, serverName: serverName, logger: logger)
+                service: service, loop: loops.state(on: loop), limits: limits, logger: logger)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: serverName),
         logger: logger)

@@ -48,7 +48,7 @@ struct FastLaneChannelTests {
             lane = TileFastLane(
                 service: service, loop: self.loop,
                 limits: ConnectionLimits(maxConnections: 8, idleTimeout: .seconds(600), headerTimeout: .seconds(600)),
-                serverName: "dallage", logger: logger)
+                logger: logger)
             channel = EmbeddedChannel(handlers: before + [lane])
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 8080)).wait()
         }

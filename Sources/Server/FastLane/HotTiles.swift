@@ -136,16 +136,19 @@ final class HotTiles: Sendable {
 }
 
 /// What the fast lane keeps per event loop: its metrics tally, used only on that loop (no lock),
-/// its count of answers, and the server's hot tiles.
+/// its count of answers, its heads' start, and the server's hot tiles.
 final class FastLaneLoop {
     let hot: HotTiles
     let tally: FastLaneTally
     let answers: LaneCount
+    /// The start of every head the loop's connections write, made once a second.
+    var starts: HeadStarts
 
-    init(hot: HotTiles, service: TileService) {
+    init(hot: HotTiles, service: TileService, serverName: String = "dallage") {
         self.hot = hot
         tally = FastLaneTally(tilesServed: service.tilesServed)
         answers = service.makeLaneCount()
+        starts = HeadStarts(serverName: serverName)
     }
 }
 
@@ -154,12 +157,14 @@ final class FastLaneLoop {
 final class FastLaneLoops: Sendable {
     private let hot: HotTiles
     private let service: TileService
+    private let serverName: String
     private let loops = Mutex<[ObjectIdentifier: NIOLoopBound<FastLaneLoop>]>([:])
 
-    /// `hotTileBytes` in all, for the hot tiles every loop shares.
-    init(hotTileBytes: Int, service: TileService) {
+    /// `hotTileBytes` in all, for the hot tiles every loop shares; `serverName` in every head.
+    init(hotTileBytes: Int, service: TileService, serverName: String) {
         hot = HotTiles(capacity: hotTileBytes)
         self.service = service
+        self.serverName = serverName
     }
 
     /// Keeps a stored tile the router read (from a store that answers later) as a ready response,
@@ -177,7 +182,7 @@ final class FastLaneLoops: Sendable {
     func state(on loop: any EventLoop) -> FastLaneLoop {
         loops.withLock { loops in
             if let bound = loops[ObjectIdentifier(loop)] { return bound.value }
-            let state = FastLaneLoop(hot: hot, service: service)
+            let state = FastLaneLoop(hot: hot, service: service, serverName: serverName)
             let bound = NIOLoopBound(state, eventLoop: loop)
             loops[ObjectIdentifier(loop)] = bound
             let hot = hot
@@ -202,7 +207,7 @@ extension ByteBuffer {
 
 /// What starts every head the fast lane writes, before a tile's own fields: the status line, then
 /// `Date` and `Server` as Hummingbird writes them, and CORS when the request had an `Origin`. Made
-/// anew once a second by each connection, never changed after (a response still waiting for the
+/// anew once a second on each event loop, never changed after (a response still waiting for the
 /// socket keeps its own): an answer writes one of them, then the tile's ready fields and bytes,
 /// and copies nothing. (The router writes the same fields after the tile's; the order of fields
 /// of different names carries no meaning in HTTP.)

@@ -59,8 +59,8 @@ final class TileFastLane: ChannelDuplexHandler {
     fileprivate var withRouter = 0
     /// This connection's copy of the catalog, refreshed when the catalog's version moves.
     private var catalog = CatalogSnapshot.empty
-    /// The start of this connection's response heads (status, date, server), made once a second.
-    private var starts: HeadStarts
+    /// This event loop's state, with the start of the heads its connections write.
+    private let perLoop: FastLaneLoop
     /// Ready responses of the tiles answered lately, shared by the event loops.
     private let hot: HotTiles
     private let answers: LaneCount
@@ -90,13 +90,13 @@ final class TileFastLane: ChannelDuplexHandler {
     private var allocator = ByteBufferAllocator()
     private var writable = true
 
-    init(service: TileService, loop: FastLaneLoop, limits: ConnectionLimits, serverName: String, logger: Logger) {
+    init(service: TileService, loop: FastLaneLoop, limits: ConnectionLimits, logger: Logger) {
         self.service = service
         self.limits = limits
         hot = loop.hot
         tally = loop.tally
         answers = loop.answers
-        starts = HeadStarts(serverName: serverName)
+        perLoop = loop
         self.logger = logger
         logRequests = logger.logLevel <= .info
     }
@@ -382,8 +382,8 @@ final class TileFastLane: ChannelDuplexHandler {
         }
         // The head holds the fields NIO writes for the router's: the tile's own, the length
         // (Hummingbird adds it from the body), CORS, Hummingbird's date and server.
-        starts.update(allocator: allocator)
-        let start = starts.start(notModified: current, cors: head.origin)
+        perLoop.starts.update(allocator: allocator)
+        let start = perLoop.starts.start(notModified: current, cors: head.origin)
         let method: HTTPMethod = head.method == .get ? .GET : .HEAD
         if logRequests {
             logger.info(
