@@ -94,7 +94,7 @@ enum ServerFixture {
         let client: TestClient
         let port: Int?
 
-        struct Answer {
+        struct Answer: Sendable {
             var status: HTTPResponse.Status
             var headers: HTTPFields
             var body: ByteBuffer

@@ -100,25 +100,23 @@ struct ServingCoreTests {
             try await Self.publish(client)
             let before = try await ServerFixture.fastLaneCount(client)
             let statuses = Mutex<Set<Int>>([])
-            let port = try #require(client.port)
-            // What is compared is the answers, not their speed: a generous read timeout, as the
-            // whole suite runs beside (tilers, browsers, QGIS) on two cores.
-            let patient = TestClient.Configuration(timeout: .seconds(120))
-            try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: patient) { router in
+            try await ServerFixture.patient(client) { router in
                 await propertyCheck(count: 150, input: Self.tileRequests) { request in
                     let (uri, list) = request
                     let headers = HTTPFields(list.map { HTTPField(name: $0.0, value: $0.1) })
                     // First on a connection of its own: the lane takes it whenever it may.
-                    let fast = try await TestClient.withClient(host: "127.0.0.1", port: port, configuration: patient) {
-                        try await $0.execute(.init(uri, method: .get, headers: headers))
+                    let fast = try await ServerFixture.patient(client) {
+                        try await $0.execute(uri: uri, method: .get, headers: headers) { $0 }
                     }
-                    let routed = try await router.execute(.init(uri + "?via=router", method: .get, headers: headers))
-                    #expect(fast.head.status == routed.head.status, "\(uri) \(list)")
-                    var (a, b) = (fast.head.headerFields, routed.head.headerFields)
+                    let routed = try await router.execute(uri: uri + "?via=router", method: .get, headers: headers) {
+                        $0
+                    }
+                    #expect(fast.status == routed.status, "\(uri) \(list)")
+                    var (a, b) = (fast.headers, routed.headers)
                     (a[.date], b[.date]) = (nil, nil)
                     #expect(a == b, "\(uri) \(list)")
-                    #expect(fast.body ?? ByteBuffer() == routed.body ?? ByteBuffer(), "\(uri) \(list)")
-                    statuses.withLock { _ = $0.insert(fast.head.status.code) }
+                    #expect(fast.body == routed.body, "\(uri) \(list)")
+                    statuses.withLock { _ = $0.insert(fast.status.code) }
                 }
             }
             // The run met the lane's answers, the router's tiles and its errors.
