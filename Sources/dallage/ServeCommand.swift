@@ -17,6 +17,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("tms-dir"), help: "Folder of OGC TMS 2.0 JSON grids.") var tmsDirectory: String?
 
     func run() async throws {
+        // Before anything starts NIO's shared event loops.
+        let eventLoops = EventLoopCount.adopt()
         let logger = makeLogger("dallage.serve")
         var file = ServerConfiguration()
         let path =
@@ -44,7 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
             do { location = try configuration.databaseLocation() } catch { throw ValidationError(error.message) }
             let database = try await location.open(logger: logger)
             logger.info(
-                "listening on http://\(configuration.host):\(configuration.port), store \(opened.store.location), database \(location), extracts \(opened.extractResults)"
+                "listening on http://\(configuration.host):\(configuration.port), event loops: \(eventLoops), store \(opened.store.location), database \(location), extracts \(opened.extractResults)"
             )
             let app = try buildApplication(
                 configuration: configuration, store: opened.store, database: database,
