@@ -25,23 +25,26 @@ public enum EventLoopCount {
         return count > 0 ? count : nil
     }
 
-    /// The loop count for this process: `NIO_SINGLETON_GROUP_LOOP_COUNT` when set (NIO's own
-    /// setting), else the fewer of NIO's count and the CPUs allowed.
+    /// The loop count for this process: `NIO_SINGLETON_GROUP_LOOP_COUNT` when it is a count (NIO's
+    /// own setting), else the fewer of NIO's count and the CPUs allowed.
     public static func forThisProcess(
         environment: [String: String] = ProcessInfo.processInfo.environment, allowed: Int? = allowedCPUs()
     ) -> Int {
-        if let set = environment["NIO_SINGLETON_GROUP_LOOP_COUNT"].flatMap(Int.init), set > 0 { return set }
-        return max(1, min(System.coreCount, allowed ?? System.coreCount))
+        nioSetting(environment) ?? max(1, min(System.coreCount, allowed ?? System.coreCount))
     }
 
     /// Sizes NIO's shared event loops (used by the server, the database pool and the HTTP
     /// client) to ``forThisProcess``. Called once, first thing in `dallage serve`, before any of
-    /// them starts; returns the count, for the start-up log line.
+    /// them starts; returns the count, for the start-up log line. A variable that is not a count
+    /// (which NIO would read as its core count, or trap on, for 0) is overridden.
     public static func adopt() -> Int {
-        let count = forThisProcess()
-        if ProcessInfo.processInfo.environment["NIO_SINGLETON_GROUP_LOOP_COUNT"] == nil {
-            NIOSingletons.groupLoopCountSuggestion = count
-        }
+        let environment = ProcessInfo.processInfo.environment
+        let count = forThisProcess(environment: environment)
+        if nioSetting(environment) == nil { NIOSingletons.groupLoopCountSuggestion = count }
         return count
+    }
+
+    private static func nioSetting(_ environment: [String: String]) -> Int? {
+        environment["NIO_SINGLETON_GROUP_LOOP_COUNT"].flatMap(Int.init).flatMap { (1...1024).contains($0) ? $0 : nil }
     }
 }

@@ -27,7 +27,11 @@ struct EventLoopCountTests {
         #expect(EventLoopCount.forThisProcess(environment: [:], allowed: 4096) == System.coreCount)
         #expect(EventLoopCount.forThisProcess(environment: [:], allowed: nil) == System.coreCount)
         #expect(EventLoopCount.forThisProcess(environment: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "3"], allowed: 1) == 3)
-        #expect(EventLoopCount.forThisProcess(environment: ["NIO_SINGLETON_GROUP_LOOP_COUNT": "x"], allowed: 1) == 1)
+        for unusable in ["x", "0", "-2", "5000"] {
+            #expect(
+                EventLoopCount.forThisProcess(environment: ["NIO_SINGLETON_GROUP_LOOP_COUNT": unusable], allowed: 1)
+                    == 1)
+        }
     }
 
     /// The server under `taskset -c 0` (one CPU) runs one event loop thread, and says so; unconfined
