@@ -6,8 +6,9 @@ import NIOCore
 /// NIO sizes its shared event loops by the machine's cores and the cgroup's quota or cpuset, not
 /// by the process's CPU affinity (`taskset`, systemd's `CPUAffinity=`, `numactl`). Confined to
 /// fewer CPUs than the machine has, a server would run more loops than CPUs, and two loops on one
-/// core take turns: a connection waits while the other loop's batch runs (`bench/server`, server
-/// on one core: p99 6.0–6.1 ms with two loops, 4.3–4.5 ms with one, at the same requests/s).
+/// core take turns: a connection waits while the other loop's batch runs (20 KB tiles, the server
+/// on one core and wrk on the other: p99 6.0–6.1 ms with two loops, 4.3–4.5 ms with one, at the
+/// same requests/s).
 public enum EventLoopCount {
     /// The CPUs this process may run on, from `Cpus_allowed` in `/proc/self/status` (a hex mask
     /// in comma-separated words), or nil where that is not readable.
