@@ -44,7 +44,7 @@ struct FastLaneChannelTests {
                     catalog: PyramidCatalog(store: FolderStore(configuration.store), logger: logger),
                     settings: configuration.serving, logger: logger)
             self.service = service
-            self.loop = loop ?? FastLaneLoop(hot: HotTiles(capacity: 1 << 20), service: service)
+            self.loop = loop ?? FastLaneLoop(hot: HotTiles(capacity: 1 << 20), service: service, serverName: "dallage")
             lane = TileFastLane(
                 service: service, loop: self.loop,
                 limits: ConnectionLimits(maxConnections: 8, idleTimeout: .seconds(600), headerTimeout: .seconds(600)),
@@ -210,7 +210,8 @@ struct FastLaneChannelTests {
         let answer = Self.withoutDate(try first.written())
         #expect(first.loop.tally.hotMisses == 1)
         let other = try Lane(
-            service: first.service, loop: FastLaneLoop(hot: first.loop.hot, service: first.service))
+            service: first.service,
+            loop: FastLaneLoop(hot: first.loop.hot, service: first.service, serverName: "dallage"))
         try other.send(Self.get(Self.tilePath))
         #expect(Self.withoutDate(try other.written()) == answer)
         #expect(other.loop.tally.hotHits == 1 && other.loop.tally.hotMisses == 0)

@@ -144,7 +144,7 @@ final class FastLaneLoop {
     /// The start of every head the loop's connections write, made once a second.
     var starts: HeadStarts
 
-    init(hot: HotTiles, service: TileService, serverName: String = "dallage") {
+    init(hot: HotTiles, service: TileService, serverName: String) {
         self.hot = hot
         tally = FastLaneTally(tilesServed: service.tilesServed)
         answers = service.makeLaneCount()
