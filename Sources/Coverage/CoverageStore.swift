@@ -42,6 +42,8 @@ public typealias ProjectChange =
 /// The embedded store: SQLite through GRDB, in WAL mode so readers never wait for a writer.
 public final class SQLiteCoverageStore: CoverageDatabase {
     let db: DatabasePool
+    /// Tells whether the file at the database's path is still the one opened.
+    let fileGuard: DatabaseFileGuard
     /// True when the database could only be opened read-only: every write answers `.unavailable`.
     public let isReadOnly: Bool
 
@@ -71,7 +73,8 @@ public final class SQLiteCoverageStore: CoverageDatabase {
         }
         // Checked at every commit, extract jobs included: a write into a file that is no longer
         // the one at `path` would be acknowledged and lost at the next start.
-        db.add(transactionObserver: try DatabaseFileGuard(path: path), extent: .databaseLifetime)
+        fileGuard = try DatabaseFileGuard(path: path)
+        db.add(transactionObserver: fileGuard, extent: .databaseLifetime)
     }
 
     /// Nothing to release: the pool closes with the store.
@@ -97,6 +100,19 @@ public final class SQLiteCoverageStore: CoverageDatabase {
                 .unavailable,
                 "the coverage database is read-only: changes are refused until it is writable again (SQLite: \(e.message ?? "read-only"))"
             )
+        }
+    }
+
+    /// Runs a read. The pool opens reader connections when it needs them, and SQLite cannot open
+    /// one on a file deleted or replaced under the server: that read says why as `.unavailable`
+    /// (the API's 503) instead of a bare "unable to open database file".
+    func read<T: Sendable>(_ value: @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await db.read(value)
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_CANTOPEN {
+            throw fileGuard.problem(consequence: "it cannot be read; restore it or restart the server")
+                ?? CoverageError(
+                    .unavailable, "the coverage database cannot be opened (SQLite: \(e.message ?? "cannot open"))")
         }
     }
 
@@ -172,7 +188,7 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     public func territories(level: Territory.Level?, query: String?, limit: Int) async throws -> [Territory] {
-        try await db.read { db in
+        try await read { db in
             var sql = "SELECT * FROM territory WHERE 1"
             var args: [(any DatabaseValueConvertible)?] = []
             if let level {
@@ -193,7 +209,7 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     public func territories(references: [String]) async throws -> [String: Territory] {
-        try await db.read { db in try Self.territories(references: references, in: db) }
+        try await read { db in try Self.territories(references: references, in: db) }
     }
 
     static func territories(references: [String], in db: Database) throws -> [String: Territory] {
@@ -280,27 +296,27 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     public func project(id: Int64) async throws -> Project? {
-        try await db.read { db in
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM project WHERE id = ? AND deleted_at IS NULL", arguments: [id])
                 .map(Self.project)
         }
     }
 
     public func projects() async throws -> [Project] {
-        try await db.read { db in
+        try await read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM project WHERE deleted_at IS NULL ORDER BY id").map(Self.project)
         }
     }
 
     public func editorKeyHash(project id: Int64) async throws -> String? {
-        try await db.read { db in
+        try await read { db in
             try String.fetchOne(
                 db, sql: "SELECT editor_key_hash FROM project WHERE id = ? AND deleted_at IS NULL", arguments: [id])
         }
     }
 
     public func project(editorKeyHash: String) async throws -> Int64? {
-        try await db.read { db in
+        try await read { db in
             try Int64.fetchOne(
                 db, sql: "SELECT id FROM project WHERE editor_key_hash = ? AND deleted_at IS NULL",
                 arguments: [editorKeyHash])
@@ -318,7 +334,7 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     public func history(project id: Int64) async throws -> [HistoryEntry] {
-        try await db.read { db in
+        try await read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM history WHERE project_id = ? ORDER BY id", arguments: [id]).map {
                 HistoryEntry(
                     at: $0["at"], actor: $0["actor"], action: $0["action"],
@@ -328,7 +344,7 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     public func revision() async throws -> Int64 {
-        try await db.read { db in try Int64.fetchOne(db, sql: "SELECT value FROM revision WHERE id = 1") ?? 0 }
+        try await read { db in try Int64.fetchOne(db, sql: "SELECT value FROM revision WHERE id = 1") ?? 0 }
     }
 
     private static func record(_ h: HistoryEntry, project: Int64, in db: Database) throws {
@@ -370,18 +386,25 @@ final class DatabaseFileGuard: TransactionObserver, Sendable {
         return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 
-    func databaseWillCommit() throws {
+    /// Why the file at `path` is no longer the database opened, with what that means, or nil.
+    func problem(consequence: String) -> CoverageError? {
         guard let (d, i) = Self.identity(path) else {
-            throw CoverageError(
-                .unavailable,
-                "the coverage database file was deleted while the server runs: changes are refused (they would be lost); restore it or restart the server"
-            )
+            return CoverageError(
+                .unavailable, "the coverage database file was deleted while the server runs: \(consequence)")
         }
         guard d == device, i == inode else {
-            throw CoverageError(
-                .unavailable,
-                "the coverage database file was replaced while the server runs: changes are refused (they would go to the old file); restart the server to use the new one"
-            )
+            return CoverageError(
+                .unavailable, "the coverage database file was replaced while the server runs: \(consequence)")
+        }
+        return nil
+    }
+
+    func databaseWillCommit() throws {
+        if let problem = problem(
+            consequence:
+                "changes are refused (they would be lost, or go to the old file); restore it or restart the server")
+        {
+            throw problem
         }
     }
 

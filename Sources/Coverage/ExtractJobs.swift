@@ -95,7 +95,7 @@ extension SQLiteCoverageStore {
     }
 
     public func insertJob(_ job: ExtractJob) async throws {
-        try await db.write { db in try Self.insert(job, in: db) }
+        try await write { db in try Self.insert(job, in: db) }
     }
 
     static func insert(_ job: ExtractJob, in db: Database) throws {
@@ -123,7 +123,7 @@ extension SQLiteCoverageStore {
     }
 
     public func job(id: String) async throws -> ExtractJob? {
-        try await db.read { db in
+        try await read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM extract_job WHERE id = ?", arguments: [id]).map(Self.job)
         }
     }
@@ -131,7 +131,7 @@ extension SQLiteCoverageStore {
     /// A job leaving `running` releases its lease: queued again (a server stopping), it is
     /// claimable at once, whatever lease its last runner held.
     public func updateJob(_ job: ExtractJob) async throws {
-        try await db.write { db in
+        try await write { db in
             try db.execute(
                 sql: """
                     UPDATE extract_job SET state = ?, progress = ?, message = ?, bytes = ?, updated_at = ?,
@@ -145,7 +145,7 @@ extension SQLiteCoverageStore {
     }
 
     public func jobs(in states: [ExtractJob.State]) async throws -> [ExtractJob] {
-        try await db.read { db in
+        try await read { db in
             let marks = states.map { _ in "?" }.joined(separator: ",")
             return try Row.fetchAll(
                 db, sql: "SELECT * FROM extract_job WHERE state IN (\(marks)) ORDER BY created_at, id",
@@ -155,7 +155,7 @@ extension SQLiteCoverageStore {
     }
 
     public func usage(client: String) async throws -> (active: Int, bytes: Int) {
-        try await db.read { db in try Self.usage(client: client, in: db) }
+        try await read { db in try Self.usage(client: client, in: db) }
     }
 
     static func usage(client: String, in db: Database) throws -> (active: Int, bytes: Int) {
@@ -184,7 +184,7 @@ extension SQLiteCoverageStore {
             """
         // Looked at first with a read: runners poll twice a second, and an idle queue must not
         // cost a write transaction each time (nor fail on a read-only database).
-        guard try await db.read({ db in try Row.fetchOne(db, sql: waiting, arguments: [now]) }) != nil else {
+        guard try await read({ db in try Row.fetchOne(db, sql: waiting, arguments: [now]) != nil }) else {
             return nil
         }
         // One write transaction: SQLite has one writer at a time, so the read and the claim are
