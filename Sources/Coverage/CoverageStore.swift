@@ -104,15 +104,25 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     }
 
     /// Runs a read. The pool opens reader connections when it needs them, and SQLite cannot open
-    /// one on a file deleted or replaced under the server: that read says why as `.unavailable`
-    /// (the API's 503) instead of a bare "unable to open database file".
-    func read<T: Sendable>(_ value: @Sendable (Database) throws -> T) async throws -> T {
+    /// one on a file deleted under the server (nor `-wal` and `-shm` with it): the read then goes
+    /// through the writer's connection, which still holds the file, in a transaction rolled back
+    /// (writes stay refused by the guard). Reads go on, as they do on connections already open.
+    func read<T: Sendable>(_ value: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await db.read(value)
         } catch let e as DatabaseError where e.resultCode == .SQLITE_CANTOPEN {
-            throw fileGuard.problem(consequence: "it cannot be read; restore it or restart the server")
-                ?? CoverageError(
+            guard fileGuard.problem(consequence: "") != nil else {
+                throw CoverageError(
                     .unavailable, "the coverage database cannot be opened (SQLite: \(e.message ?? "cannot open"))")
+            }
+            return try await db.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.deferred) {
+                    result = try db.readOnly { try value(db) }
+                    return .rollback
+                }
+                return result!
+            }
         }
     }
 

@@ -164,30 +164,27 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         #expect(try await service.project(p.id).fields.nom == "P")
     }
 
-    /// Deleted under a store that has not read yet: the read needs a new connection, which SQLite
-    /// cannot open on a missing file. Every read and write says so as `.unavailable`, not as a
-    /// bare SQLite error (the API's 503, not 500).
-    @Test func aReadNeedingANewConnectionToADeletedFileIsUnavailable() async throws {
+    /// Deleted under a store that has not read yet: a read needs a new connection, which SQLite
+    /// cannot open on a missing file. Reads still answer what the file holds (through the
+    /// connection the store writes with); writes are refused as `.unavailable`, saying why.
+    @Test func readsOfADatabaseDeletedBeforeAnyReadGoOn() async throws {
         let dir = NSTemporaryDirectory() + "dallage-fresh-reader-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/db.sqlite"
         let store = try SQLiteCoverageStore(path: path)
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
-        let reads: [(String, @Sendable () async throws -> Void)] = [
-            ("territories", { @Sendable in _ = try await store.territories(references: ["commune:59350"]) }),
-            ("projects", { @Sendable in _ = try await store.projects() }),
-            ("revision", { @Sendable in _ = try await store.revision() }),
-            ("jobs", { @Sendable in _ = try await store.jobs(in: [.queued]) }),
-        ]
-        for (what, work) in reads {
-            do {
-                try await work()
-                Issue.record("\(what): a read of a deleted database answered")
-            } catch let e as CoverageError {
-                #expect(e.kind == .unavailable && e.message.contains("deleted"), "\(what): \(e.message)")
-            } catch {
-                Issue.record("\(what): \(error) is not a CoverageError")
-            }
+        try await store.insertJob(
+            ExtractJob(id: "j1", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:00Z"))
+        let revision = try await SQLiteCoverageStore(path: path).revision()
+        for suffix in ["", "-wal", "-shm"] { try FileManager.default.removeItem(atPath: path + suffix) }
+        #expect(try await store.jobs(in: [.queued]).map(\.id) == ["j1"])
+        #expect(try await store.revision() == revision)
+        #expect(try await store.projects().isEmpty)
+        #expect(try await store.territories(references: ["commune:59350"]).isEmpty)
+        do {
+            try await store.insertJob(ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
+            Issue.record("a write to a deleted database was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains("deleted"), "\(e.message)")
         }
     }
 
