@@ -181,7 +181,8 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         #expect(try await store.projects().isEmpty)
         #expect(try await store.territories(references: ["commune:59350"]).isEmpty)
         do {
-            try await store.insertJob(ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
+            try await store.insertJob(
+                ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
             Issue.record("a write to a deleted database was acknowledged")
         } catch let e as CoverageError {
             #expect(e.kind == .unavailable && e.message.contains("deleted"), "\(e.message)")
