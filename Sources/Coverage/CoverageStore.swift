@@ -50,13 +50,15 @@ public final class SQLiteCoverageStore: CoverageDatabase {
     /// Opens (creating it when absent) the database at `path` and migrates it. A database that
     /// cannot be written (read-only file or mount) is opened read-only when it needs no migration:
     /// reads work, writes are refused as `.unavailable`. `readonly` opens it so on purpose.
-    public init(path: String, readonly: Bool = false) throws {
+    /// `busyTimeout` is how long a write waits for another process's write (a territory import,
+    /// a second server) before it is refused as `.unavailable`.
+    public init(path: String, readonly: Bool = false, busyTimeout: TimeInterval = 10) throws {
         let dir = (path as NSString).deletingLastPathComponent
         if !readonly, !dir.isEmpty {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
         var config = Configuration()
-        config.busyMode = .timeout(10)
+        config.busyMode = .timeout(busyTimeout)
         if readonly {
             db = try Self.openReadOnly(path: path, config)
             isReadOnly = true
@@ -99,6 +101,11 @@ public final class SQLiteCoverageStore: CoverageDatabase {
             throw CoverageError(
                 .unavailable,
                 "the coverage database is read-only: changes are refused until it is writable again (SQLite: \(e.message ?? "read-only"))"
+            )
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED {
+            throw CoverageError(
+                .unavailable,
+                "the coverage database is busy with another process's write (a territory import, another server): nothing was changed; try again"
             )
         }
     }

@@ -189,6 +189,45 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         }
     }
 
+    /// Another process holding the write lock longer than the store waits (a territory import, a
+    /// second server): the write is refused as `.unavailable` (the API's 503 with `Retry-After`),
+    /// not a bare "database is locked", and nothing of it is stored.
+    @Test func aWriteThatWaitsTooLongForAnotherProcessIsUnavailable() async throws {
+        let dir = NSTemporaryDirectory() + "dallage-busy-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/db.sqlite"
+        let other = try SQLiteCoverageStore(path: path)
+        let store = try SQLiteCoverageStore(path: path, busyTimeout: 0.2)
+        let holding = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let holder = Task {
+            try await other.write { db in
+                try db.execute(sql: "UPDATE revision SET value = value WHERE id = 1")
+                holding.signal()
+                release.wait()
+            }
+        }
+        await withCheckedContinuation { done in
+            DispatchQueue.global().async {
+                holding.wait()
+                done.resume()
+            }
+        }
+        do {
+            try await store.insertJob(
+                ExtractJob(id: "j1", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:00Z"))
+            Issue.record("a write through another process's lock was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains("busy"), "\(e.message)")
+        }
+        release.signal()
+        try await holder.value
+        #expect(try await store.jobs(in: [.queued]).isEmpty)
+        try await store.insertJob(
+            ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
+        #expect(try await store.jobs(in: [.queued]).map(\.id) == ["j2"])
+    }
+
     @Test func writesToAReadOnlyDatabaseAreRefusedAsUnavailable() async throws {
         let (service, dir) = try await makeService()
         let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
