@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "Serving",
             dependencies: [
-                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render",
+                "Pyramid", "Raster", "GeoGrid", "Coverage", "Render", "S3",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -168,6 +168,7 @@ let package = Package(
             name: "CoverageTests",
             dependencies: [
                 "Coverage", "Raster", "GeoGrid", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
         .testTarget(

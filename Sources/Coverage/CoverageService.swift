@@ -216,8 +216,11 @@ public final class CoverageService: Sendable {
                 )
             }
             let reason = g.invalidityReason ?? "invalid"
-            g = try g.makeValid()
-            if g.isEmpty { throw CoverageError(.invalid, "geometrie is invalid and cannot be repaired: \(reason)") }
+            // GEOS gives up on some (a ring whose last position does not repeat its first).
+            guard let fixed = try? g.makeValid(), !fixed.isEmpty else {
+                throw CoverageError(.invalid, "geometrie is invalid and cannot be repaired: \(reason)")
+            }
+            g = fixed
         }
         return g.wkt
     }

@@ -102,6 +102,14 @@ public final class SQLiteCoverageStore: CoverageDatabase {
                 .unavailable,
                 "the coverage database is read-only: changes are refused until it is writable again (SQLite: \(e.message ?? "read-only"))"
             )
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_FULL {
+            throw CoverageError(
+                .insufficientStorage,
+                "the disk holding the coverage database is full: nothing was changed; free some space and try again")
+        } catch let e as DatabaseError where e.resultCode == .SQLITE_IOERR {
+            throw CoverageError(
+                .unavailable,
+                "the coverage database cannot be written (SQLite: \(e.message ?? "I/O error")): nothing was changed")
         } catch let e as DatabaseError where e.resultCode == .SQLITE_BUSY || e.resultCode == .SQLITE_LOCKED {
             throw CoverageError(
                 .unavailable,

@@ -14,6 +14,8 @@ public struct CoverageError: Error, CustomStringConvertible, Sendable, Equatable
         case forbidden
         /// The database cannot take writes now (deleted, replaced or read-only): 503 with the reason.
         case unavailable
+        /// The disk holding the database is full: nothing was changed (507).
+        case insufficientStorage
     }
 
     public var kind: Kind

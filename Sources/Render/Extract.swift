@@ -207,9 +207,9 @@ public enum Extractor {
                     parameter: "geometry")
             }
             let reason = g.invalidityReason ?? "invalid"
-            let fixed = try g.makeValid()
-            // Safe only when the repair keeps a real area (a bow-tie keeps both lobes).
-            guard !fixed.isEmpty, fixed.area > 0 else {
+            // Safe only when the repair keeps a real area (a bow-tie keeps both lobes); GEOS gives
+            // up on some (a ring whose last position does not repeat its first).
+            guard let fixed = try? g.makeValid(), !fixed.isEmpty, fixed.area > 0 else {
                 throw ExtractError(.badInput, "the geometry is invalid and cannot be repaired: \(reason)")
             }
             g = fixed

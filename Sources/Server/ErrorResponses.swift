@@ -110,8 +110,14 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw e
         } catch {
             let e = ServingError.from(error, what: "the request failed on the server")
-            if e.kind == .internal, !(error is ServingError) {
-                context.logger.error("\(request.method) \(request.uri.path): \(error)")
+            if !(error is ServingError) {
+                // The client reads the kind; the operator needs what failed (an object store's
+                // address and answer, a path).
+                if e.kind == .internal {
+                    context.logger.error("\(request.method) \(request.uri.path): \(error)")
+                } else if e.kind == .unavailable {
+                    context.logger.warning("\(request.method) \(request.uri.path) answered unavailable: \(error)")
+                }
             }
             return e.response(style: ErrorStyle(path: request.uri.path))
         }

@@ -1,6 +1,8 @@
 import Coverage
+import NIOCore
 import Pyramid
 import Render
+import S3
 
 /// Every error the serving core answers with, said as a kind — what went wrong for the client —
 /// never as a status number: the server turns kinds into statuses and bodies in one place per
@@ -119,6 +121,7 @@ extension ServingError {
             case .unauthorized: .unauthorized
             case .forbidden: .forbidden
             case .unavailable: .unavailable
+            case .insufficientStorage: .insufficientStorage
             }
         self.init(kind, e.message)
     }
@@ -153,7 +156,24 @@ extension ServingError {
         case let e as CoverageError: ServingError(e)
         case let e as ExtractError: ServingError(e)
         case let e as ShardError: ServingError(e)
+        case let e as S3Error: ServingError(e, what: what)
+        case let e as NIOTooManyBytesError:
+            ServingError(
+                .tooLarge, "the request body exceeds \(e.maxBytes.map { "\($0 >> 20) MB" } ?? "what this route takes")")
         default: ServingError(.internal, what)
+        }
+    }
+
+    /// The object store failing to answer (down, overloaded, too slow, answering garbage) is
+    /// `.unavailable`: trying again may work. What it refuses for good (credentials, bucket) is a
+    /// fault of the server's settings: internal. Never the bucket or key: they go to the log.
+    init(_ e: S3Error, what: String) {
+        switch e.kind {
+        case .unavailable, .unreachable, .timeout, .invalidResponse:
+            self.init(.unavailable, "the object store holding the data does not answer now; try again")
+        case .notFound: self.init(.notFound, "no such object in the store")
+        case .noSuchBucket, .accessDenied, .invalidCredentials, .preconditionFailed, .other:
+            self.init(.internal, what)
         }
     }
 }

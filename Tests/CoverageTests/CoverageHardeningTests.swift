@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Raster
 import TestSupport
 import Testing
@@ -226,6 +227,29 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         try await store.insertJob(
             ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
         #expect(try await store.jobs(in: [.queued]).map(\.id) == ["j2"])
+    }
+
+    /// The disk holding the database full: the write is refused as `.insufficientStorage` (the
+    /// API's 507), saying so, and nothing of it is stored. SQLite's own ceiling on the file's
+    /// pages stands in for the full disk: SQLite answers both with SQLITE_FULL.
+    @Test func aWriteOnAFullDiskIsRefusedAsInsufficientStorage() async throws {
+        let dir = NSTemporaryDirectory() + "dallage-full-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SQLiteCoverageStore(path: dir + "/db.sqlite")
+        try await store.db.writeWithoutTransaction { db in
+            let pages = try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0
+            try db.execute(sql: "PRAGMA max_page_count = \(pages)")
+        }
+        do {
+            try await store.insertJob(
+                ExtractJob(
+                    id: "big", client: "c", request: String(repeating: "x", count: 1 << 20), estimatedBytes: 1,
+                    at: "2026-12-07T00:00:00Z"))
+            Issue.record("a write beyond a full disk was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .insufficientStorage && e.message.contains("full"), "\(e.message)")
+        }
+        #expect(try await store.jobs(in: [.queued]).isEmpty)
     }
 
     @Test func writesToAReadOnlyDatabaseAreRefusedAsUnavailable() async throws {

@@ -178,7 +178,20 @@ struct CoverageController: Sendable {
             let who = try await coverage.authenticate(authorization: request.headers[.authorization])
             let project = try await body(who)
             await changed()
-            return try json(coverage.document(project), request)
+            // The change is stored: when the tiled footprints cannot be read now (an object store
+            // down), the answer says so without the progress rather than as a failed write.
+            do {
+                return try json(coverage.document(project), request)
+            } catch {
+                let e = ServingError.from(error, what: "")
+                guard e.kind == .unavailable else { throw error }
+                logger.warning("project \(project.id) written; its progress cannot be read now: \(error)")
+                guard case .object(var o) = try coverage.document(project, withProgress: false) else {
+                    throw error
+                }
+                o["avancement_indisponible"] = .string(e.message)
+                return try json(.object(o), request)
+            }
         }
     }
 

@@ -303,7 +303,11 @@ struct ExtractsController: Sendable {
 
     /// A file streamed from disk in chunks (results may weigh gigabytes).
     func stream(_ path: String, name: String, context: DallageRequestContext) async throws -> Response {
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        // Gone when the folder was cleared, or not shared with the replica that wrote it.
+        guard let size = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int else {
+            extracts.logger.error("the result \(path) of a finished extract is missing")
+            throw ServingError(.notFound, "the result of extract \(name) is gone")
+        }
         var h = Self.attachment(path, name: name)
         h[.contentLength] = "\(size)"
         return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))

@@ -202,6 +202,12 @@ struct WMSController: Sendable {
             }
             return true
         } catch {
+            // A shard or object store that cannot answer now is unavailable (503), as for tiles.
+            let e = ServingError.from(error, what: "cannot render '\(layer)'")
+            guard e.kind == .internal else {
+                service.logger.warning("GetMap of '\(layer)' answered \(e.kind): \(error)")
+                throw e
+            }
             throw ServingError(.noApplicableCode, "cannot render '\(layer)': \(error)")
         }
     }
