@@ -102,6 +102,27 @@ import Testing
         }
     }
 
+    /// A tileset's source index that cannot be read now: the list of dalles answers 503, not
+    /// "no source index" (404), and answers again once the store does.
+    @Test func aSourceIndexThatCannotBeReadNowIs503() async throws {
+        let outage = Outage()
+        let triangle =
+            #"{"type":"Polygon","crs":{"type":"name","properties":{"name":"EPSG:2154"}},"coordinates":[[[704005,7059955],[704045,7059955],[704025,7059995],[704005,7059955]]]}"#
+        let uri =
+            "/api/extracts/dalles?tileset=pcrs&geometry="
+            + (triangle.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")
+        try await Self.app(outage).test(.router) { client in
+            try await client.execute(uri: uri, method: .get) { #expect($0.status == .ok) }
+            outage.filesDown.withLock { $0 = true }
+            try await client.execute(uri: uri, method: .get) { r in
+                #expect(r.status == .serviceUnavailable, "\(String(buffer: r.body))")
+                #expect(!String(buffer: r.body).contains("bucket"))
+            }
+            outage.filesDown.withLock { $0 = false }
+            try await client.execute(uri: uri, method: .get) { #expect($0.status == .ok) }
+        }
+    }
+
     /// Each way an object store fails, as a client reads it: what may pass is 503, what is a
     /// fault of the server's settings 500, an absent object 404; the store's address never shows.
     @Test(arguments: [
@@ -177,9 +198,11 @@ import Testing
     }
 }
 
-/// Whether the store answers, switched by the test.
+/// Whether the store answers, switched by the test: all of it, or only its files beside the
+/// pyramids (a tileset's source index).
 final class Outage: Sendable {
     let down = Mutex(false)
+    let filesDown = Mutex(false)
     var isDown: Bool { down.withLock { $0 } }
 }
 
@@ -190,6 +213,13 @@ struct OutageStore: PyramidStore {
     let outage: Outage
     var location: String { folder.location }
     func list() throws -> [PyramidListing] { try folder.list() }
+    func read(_ relativePath: String) throws -> Data? {
+        if outage.isDown || outage.filesDown.withLock({ $0 }) {
+            throw S3Error(
+                kind: .timeout, operation: "GET", resource: "s3://bucket/\(relativePath)", message: "no answer in 20 s")
+        }
+        return try folder.read(relativePath)
+    }
     func open(_ pyramid: PyramidListing, openShards: Int) throws -> any PyramidSource {
         OutageSource(inner: try folder.open(pyramid, openShards: openShards), outage: outage)
     }

@@ -144,8 +144,9 @@ struct ExtractsController: Sendable {
             let admin = service.viewer(authorization: request.headers[.authorization]) == .administrator
             let (plan, _) = try await extracts.plan(r, admin: admin)
             let polygon = try Geometry.fromWKT(plan.polygonWKT)
-            // Read off the cooperative threads: an object store answers over the network.
-            let data = try await offload { [store] in try? store.read("\(tileset)/sources.json") }
+            // Read off the cooperative threads: an object store answers over the network. Absent
+            // is nil; a store that does not answer now throws (503), not "no source index".
+            let data = try await offload { [store] in try store.read("\(tileset)/sources.json") }
             guard let data, let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
                 let entries = object["entries"] as? [[String: Any]]
             else { throw ServingError(.notFound, "no source index for '\(tileset)'") }
