@@ -98,6 +98,23 @@ public struct TileMatrixSet: Sendable, Hashable, Codable {
     /// The deepest level index.
     public var maxZoom: Int { tileMatrices.count - 1 }
 
+    /// The ground every level of the grid covers (a Lambert-93 grid's levels have tiles of their
+    /// own sizes over matrices of their own: the common part is the deepest level's, mostly).
+    public var extent: BoundingBox {
+        let boxes = tileMatrices.map { m in
+            BoundingBox(
+                minX: m.originX, minY: m.originY - Double(m.matrixHeight) * m.tileSpanY,
+                maxX: m.originX + Double(m.matrixWidth) * m.tileSpanX, maxY: m.originY)
+        }
+        guard var common = boxes.first else { return BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0) }
+        for b in boxes.dropFirst() {
+            common = BoundingBox(
+                minX: max(common.minX, b.minX), minY: max(common.minY, b.minY), maxX: min(common.maxX, b.maxX),
+                maxY: min(common.maxY, b.maxY))
+        }
+        return common
+    }
+
     /// The level at `z`, or nil when the grid stops before it.
     public func matrix(_ z: Int) -> TileMatrix? {
         tileMatrices.indices.contains(z) ? tileMatrices[z] : nil
@@ -162,10 +179,14 @@ public struct TileMatrixSet: Sendable, Hashable, Codable {
 /// A grid that cannot be used.
 public enum GridError: Error, CustomStringConvertible {
     case invalid(String, String)
+    /// No folder of grids where one was expected (its path).
+    case noFolder(String)
 
     public var description: String {
         switch self {
         case .invalid(let id, let why): "tile matrix set \(id): \(why)"
+        case .noFolder(let path):
+            "no folder of grids at \(path): give --tms-dir or DALLAGE_TMS_DIR (the project's config/tms)"
         }
     }
 }

@@ -106,10 +106,21 @@ public struct PyramidManifest: Sendable, Codable {
         self.tool = tool
     }
 
-    /// Reads `pyramid.json` from a pyramid directory.
+    /// Reads `pyramid.json` from a pyramid directory; a folder without one is said to be no
+    /// pyramid, with what a pyramid's path looks like.
     public static func load(directory: String) throws -> PyramidManifest {
-        let data = try Data(contentsOf: URL(fileURLWithPath: directory).appendingPathComponent(fileName))
-        return try JSONDecoder().decode(PyramidManifest.self, from: data)
+        let path = (directory as NSString).appendingPathComponent(fileName)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ManifestError(
+                "\(directory) is not a pyramid: it has no \(fileName) (a pyramid is STORE/TILESET/GRID, e.g. demo/store/demo/2154_5cm)"
+            )
+        }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        do {
+            return try JSONDecoder().decode(PyramidManifest.self, from: data)
+        } catch {
+            throw ManifestError("\(path) is not a pyramid manifest: \(error)")
+        }
     }
 
     /// Writes `pyramid.json` atomically (temporary file, then rename), with no check of what it
@@ -125,6 +136,13 @@ public struct PyramidManifest: Sendable, Codable {
     public func limits(z: Int) -> LevelLimits? { levels.first { $0.z == z } }
 }
 
+/// A pyramid folder without a readable manifest.
+public struct ManifestError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+
+    public init(_ description: String) { self.description = description }
+}
+
 /// The tile matrix sets a deployment knows: every `*.json` of a folder (`config/tms`).
 public struct TileMatrixSetCatalog: Sendable {
     public var sets: [String: TileMatrixSet]
@@ -135,6 +153,10 @@ public struct TileMatrixSetCatalog: Sendable {
 
     /// Loads every grid in `directory`; a broken file is an error naming the file.
     public static func load(directory: String) throws -> TileMatrixSetCatalog {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isFolder), isFolder.boolValue else {
+            throw GridError.noFolder(directory)
+        }
         let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".json") }
             .sorted()
         var sets: [TileMatrixSet] = []

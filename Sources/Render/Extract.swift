@@ -310,9 +310,18 @@ public enum Extractor {
     ) throws {
         let folder = (path as NSString).deletingLastPathComponent
         let tmp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).tmp"
+        // Whatever stops the write (an error, a cancel, `path` a folder) leaves no partial file.
+        var committed = false
+        defer { if !committed { unlink(tmp) } }
+        func commit() throws {
+            guard rename(tmp, path) == 0 else {
+                throw RasterError("cannot write \(path): \(String(cString: strerror(errno)).lowercased())")
+            }
+            committed = true
+        }
         if let aligned = TileAlignedExtract(plan: plan, pyramid: pyramid) {
             try aligned.write(to: tmp, polygonWKT: plan.polygonWKT, metadata: plan.metadata, progress: progress)
-            guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
+            try commit()
             _ = progress(1)
             return
         }
@@ -423,7 +432,7 @@ public enum Extractor {
             }
             try ZipArchive.write(tmp, files: files)
         }
-        guard rename(tmp, path) == 0 else { throw RasterError("cannot write \(path)") }
+        try commit()
         _ = progress(1)
     }
 }

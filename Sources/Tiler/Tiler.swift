@@ -193,9 +193,20 @@ public final class Tiler {
             try ObjectSources.configureGDAL(environment: options.environment)
         }
         let index = try options.cluster?.plan.verifiedSources() ?? indexSources()
-        for e in index.skipped { logger.error("skipping dalle \(e.name): \(e.error ?? "")") }
-        let usable = index.usable
-        logger.info("\(usable.count) source dalle(s) usable, \(index.skipped.count) skipped")
+        // A readable dalle that does not lie inside every grid is skipped as an unreadable one
+        // is: named, with the reason, in the log and the summary.
+        var transforms: [String: CoordinateTransform?] = [:]
+        var usable: [SourceEntry] = []
+        var skipped = index.skipped.map { (entry: $0, reason: $0.error ?? "") }
+        for e in index.usable {
+            if let reason = Planner.misplacement(of: e, in: grids.map(\.g.tms), transforms: &transforms) {
+                skipped.append((e, reason))
+            } else {
+                usable.append(e)
+            }
+        }
+        for (e, reason) in skipped { logger.error("skipping dalle \(e.name): \(reason)") }
+        logger.info("\(usable.count) source dalle(s) usable, \(skipped.count) skipped")
 
         // 2. Plans, and what each changes in the store.
         var plans: [GridPlan] = []
@@ -221,7 +232,7 @@ public final class Tiler {
         }
         let summary = TilingSummary(
             sources: usable.count, sourcePixels: usable.reduce(0) { $0 + $1.width * $1.height },
-            skipped: index.skipped.map { ($0.path, $0.error ?? "") }, grids: [], plans: plans, updates: updates,
+            skipped: skipped.map { ($0.entry.path, $0.reason) }, grids: [], plans: plans, updates: updates,
             seconds: 0)
         return Prepared(
             grids: grids.map { ($0.id, $0.g.minZoom, $0.g.maxZoom) }, index: index, usable: usable, plans: plans,

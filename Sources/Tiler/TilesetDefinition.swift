@@ -97,6 +97,9 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
         try validate()
     }
 
+    /// The deepest level a tileset may name: beyond any grid's (a 1 mm cell in Lambert-93).
+    public static let deepestZoom = 30
+
     /// Rejects values the tiler cannot honour, with a message naming the field.
     public func validate() throws {
         guard id.range(of: "^[A-Za-z0-9][A-Za-z0-9._-]*$", options: .regularExpression) != nil else {
@@ -115,6 +118,15 @@ public struct TilesetDefinition: Sendable, Codable, Hashable {
             }
         }
         guard (1...100).contains(quality) else { throw TilerError.invalidTileset("quality must be 1…100") }
+        // A grid's levels are 0…its deepest (22 for 2154_5cm, 24 in PM): deeper asks are capped there.
+        for (name, z) in [("min_zoom", minZoom), ("max_zoom", maxZoom)] {
+            if let z, !(0...Self.deepestZoom).contains(z) {
+                throw TilerError.invalidTileset("\(name) must be 0…\(Self.deepestZoom) (got \(z))")
+            }
+        }
+        if let minZoom, let maxZoom, minZoom > maxZoom {
+            throw TilerError.invalidTileset("min_zoom (\(minZoom)) is deeper than max_zoom (\(maxZoom))")
+        }
         guard fill.count == 3 else { throw TilerError.invalidTileset("fill must be three numbers (R, G, B)") }
         guard !sources.isEmpty else { throw TilerError.invalidTileset("no sources") }
         guard !grids.isEmpty else { throw TilerError.invalidTileset("no grids") }

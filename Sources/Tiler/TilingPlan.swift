@@ -20,6 +20,52 @@ public struct GridPlan: Sendable {
     public var shardCount: Int { shards.reduce(0) { $0 + $1.count } }
 }
 
+extension Planner {
+    /// Why `source` cannot be tiled in `grids`, or nil when it lies inside each of them: a
+    /// footprint that does not transform into a grid's CRS, or reaches beyond the grid's extent,
+    /// comes from a CRS mislabelled (Lambert-93 metres tagged as degrees) or a georeferencing off
+    /// by powers of ten, and would stretch the pyramid's limits over the whole grid.
+    public static func misplacement(
+        of source: SourceEntry, in grids: [TileMatrixSet], transforms: inout [String: CoordinateTransform?]
+    ) -> String? {
+        let b = source.bounds
+        guard b.minX.isFinite, b.minY.isFinite, b.maxX.isFinite, b.maxY.isFinite, b.width > 0, b.height > 0 else {
+            return "its georeferencing gives no area (\(b))"
+        }
+        for tms in grids {
+            let key = source.crsWKT + "\u{0}" + tms.crs
+            let footprint: BoundingBox
+            do {
+                if transforms[key] == nil {
+                    let srs = try SpatialReference(source.crsWKT)
+                    let grid = try SpatialReference(tms.crs)
+                    transforms[key] = .some(srs.isSame(as: grid) ? nil : try CoordinateTransform(from: srs, to: grid))
+                }
+                footprint = try (transforms[key] ?? nil)?.transform(b) ?? b
+            } catch {
+                return
+                    "its footprint \(Self.rounded(b)) cannot be placed in grid \(tms.id) (\(Self.crsName(tms))): wrong CRS? (\(error))"
+            }
+            let extent = tms.extent
+            let slack = extent.width * 1e-9
+            guard footprint.minX >= extent.minX - slack, footprint.maxX <= extent.maxX + slack,
+                footprint.minY >= extent.minY - slack, footprint.maxY <= extent.maxY + slack
+            else {
+                return
+                    "its footprint \(Self.rounded(footprint)) in \(Self.crsName(tms)) is not inside grid \(tms.id)'s extent \(Self.rounded(extent)): wrong CRS or georeferencing?"
+            }
+        }
+        return nil
+    }
+
+    static func crsName(_ tms: TileMatrixSet) -> String { tms.epsg.map { "EPSG:\($0)" } ?? tms.crs }
+
+    static func rounded(_ b: BoundingBox) -> String {
+        let n = [b.minX, b.minY, b.maxX, b.maxY].map { $0.magnitude < 1e9 ? String(format: "%.0f", $0) : "\($0)" }
+        return "[\(n.joined(separator: ", "))]"
+    }
+}
+
 /// Pure planning from the source index: which shards intersect the real footprint of the
 /// sources (dalle by dalle, not the bounding box of everything) and how deep to go.
 public enum Planner {
@@ -49,7 +95,7 @@ public enum Planner {
             }
         }
         let finest = resolutions.min() ?? 1
-        let deepest = min(tms.maxZoom, maxZoom ?? tms.zoom(forResolution: finest))
+        let deepest = max(0, min(tms.maxZoom, maxZoom ?? tms.zoom(forResolution: finest)))
         let top = max(0, min(deepest, minZoom ?? 0))
         let scheme = ShardScheme(minZoom: top, maxZoom: deepest, levelsPerBand: levelsPerBand)
         var shards: [[TileCoordinate]] = []
@@ -77,11 +123,13 @@ public enum Planner {
         let cell = tms.tileMatrices[deepest]
         let area = footprints.reduce(0.0) { $0 + $1.width * $1.height }
         let deepestTiles = area / (cell.tileSpanX * cell.tileSpanY)
-        let tiles = Int((deepestTiles * 4 / 3).rounded(.up))
+        // Bounded: dalles are checked to lie inside the grid (`misplacement`), but a plan's sum
+        // must not trap whatever it is given.
+        let tiles = Int(bounded: deepestTiles * 4 / 3, .up)
         return GridPlan(
             tms: tms, scheme: scheme, shards: shards, footprints: footprints, bounds: bounds, wgs84Bounds: wgs84,
             levels: levels, estimatedTiles: tiles,
             // Aerial imagery in JPEG q85 4:2:0 averages about 1.2 bits per pixel.
-            estimatedBytes: Int(Double(tiles) * 65536 * 0.15))
+            estimatedBytes: Int(bounded: Double(tiles) * 65536 * 0.15))
     }
 }

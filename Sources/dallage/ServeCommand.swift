@@ -28,11 +28,17 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ValidationError("cannot read \(path): \(error)")
             }
         }
+        if let v = ProcessInfo.processInfo.environment["DALLAGE_PORT"], Int(v) == nil {
+            throw ValidationError("DALLAGE_PORT must be a port number, got '\(v)'")
+        }
         let configuration = file.merged(
             environment: ProcessInfo.processInfo.environment,
             flags: .init(
                 host: host, port: port, store: store,
                 tmsDirectory: tmsDirectory ?? (config == nil ? defaultTMSDirectory() : nil)))
+        guard (0...65535).contains(configuration.port) else {
+            throw ValidationError("the port must be 0…65535 (0: any free port), got \(configuration.port)")
+        }
         let opened: OpenedStore
         do {
             opened = try await OpenedStore.open(

@@ -186,6 +186,39 @@ struct TilerTests {
         #expect(kept == 0)
     }
 
+    /// Dalles readable but georeferenced wrongly — Lambert-93 metres tagged as degrees, placed a
+    /// hundred times too far, a pixel size off by ten powers — are skipped with the reason, as
+    /// unreadable ones are; the pyramid's limits are those of the good dalles alone.
+    @Test func misgeoreferencedDallesAreSkippedWithoutStretchingThePyramid() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let good = try Fixture.sample(in: dir + "/src", columns: 2, rows: 1)
+        let alone = try Fixture.tile(good, store: dir + "/alone", grids: ["2154_5cm", "PM"])
+        #expect(alone.skipped.isEmpty)
+        let bad: [(String, [String])] = [
+            ("degrees.tif", ["-a_srs", "EPSG:4326"]),
+            ("far.tif", ["-a_ullr", "70000000", "700000000", "70000025.6", "699999974.4"]),
+            ("huge.tif", ["-a_ullr", "0", "1e12", "1e12", "0"]),
+        ]
+        for (name, options) in bad {
+            try Fixture.run("/usr/bin/gdal_translate", ["-q"] + options + [good[0], dir + "/src/" + name])
+        }
+        let summary = try Fixture.tile(
+            good + bad.map { dir + "/src/" + $0.0 }, store: dir + "/store", grids: ["2154_5cm", "PM"])
+        let skipped = Dictionary(
+            uniqueKeysWithValues: summary.skipped.map { (($0.path as NSString).lastPathComponent, $0.reason) })
+        #expect(Set(skipped.keys) == Set(bad.map(\.0)))
+        #expect(skipped["degrees.tif"]?.contains("cannot be placed in grid") == true, "\(skipped)")
+        #expect(skipped["far.tif"]?.contains("is not inside grid 2154_5cm's extent") == true, "\(skipped)")
+        #expect(skipped["huge.tif"]?.contains("is not inside grid") == true, "\(skipped)")
+        #expect(summary.sources == 2)
+        for grid in ["2154_5cm", "PM"] {
+            let m = try PyramidManifest.load(directory: dir + "/store/t/\(grid)")
+            let reference = try PyramidManifest.load(directory: dir + "/alone/t/\(grid)")
+            #expect(m.bounds == reference.bounds && m.levels == reference.levels, "\(grid)")
+        }
+    }
+
     @Test func nearestOverviewsNeverBlendPixelsAtAnyLevel() throws {
         let dir = Fixture.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
