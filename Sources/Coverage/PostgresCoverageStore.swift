@@ -25,7 +25,12 @@ public final class PostgresCoverageStore: CoverageDatabase {
 
     /// Connects once (a bad password or an unreachable server fails here, quickly and clearly),
     /// migrates the schema, then starts the pool of at most `maximumConnections`.
-    public init(_ location: PostgresLocation, logger: Logger, maximumConnections: Int = 10) async throws {
+    /// `lockTimeout` is how long a write waits for a row another writer holds (a replica, a
+    /// stuck session) before it is refused as `.unavailable`, with nothing changed.
+    public init(
+        _ location: PostgresLocation, logger: Logger, maximumConnections: Int = 10,
+        lockTimeout: Duration = .seconds(10)
+    ) async throws {
         self.location = location
         self.logger = logger
         let first = try await Self.connect(location, logger: logger)
@@ -38,6 +43,9 @@ public final class PostgresCoverageStore: CoverageDatabase {
         try? await first.close()
         var configuration = try Self.clientConfiguration(location)
         configuration.options.maximumConnections = max(1, maximumConnections)
+        let (seconds, attoseconds) = lockTimeout.components
+        let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        configuration.options.additionalStartupParameters = [("lock_timeout", "\(milliseconds)ms")]
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.client = client
         // Returns once the pool's task is entering run(): a query before that would only wait,
@@ -160,6 +168,12 @@ public final class PostgresCoverageStore: CoverageDatabase {
             return try await body()
         } catch let e as CoverageError {
             throw e
+        } catch let e as PSQLError where e.serverInfo?[.sqlState] == "55P03" {
+            // lock_not_available: another writer held the row past `lock_timeout`.
+            logger.warning("coverage write waited out another writer's lock: \(Self.failure(e, location).message)")
+            throw CoverageError(
+                .unavailable,
+                "the coverage database is busy with another writer: nothing was changed; try again")
         } catch {
             logger.error("coverage database failure: \(Self.failure(error, location).message)")
             throw CoverageError(.unavailable, "the coverage database cannot answer now; try again later")

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Logging
 import Raster
 import TestSupport
 import Testing
@@ -250,6 +251,49 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
             #expect(e.kind == .insufficientStorage && e.message.contains("full"), "\(e.message)")
         }
         #expect(try await store.jobs(in: [.queued]).isEmpty)
+    }
+
+    /// PostgreSQL: another session holding a project's row (a replica mid-write, a stuck client)
+    /// longer than the store waits: the write is refused as `.unavailable` with nothing changed,
+    /// and goes through once the row is free.
+    @Test func aWriteWaitingOnAnotherSessionsRowIsUnavailable() async throws {
+        let (service, database) = try await makeServiceAndDatabase(.postgres)
+        guard case .postgres(let location) = database.location else { return }
+        let (p, _) = try await service.create(ProjectFields(nom: "P", perimetres: ["commune:59350"]), by: admin)
+        let impatient = try await PostgresCoverageStore(
+            location, logger: Logger(label: "test"), lockTimeout: .milliseconds(300))
+        let other = CoverageService(store: impatient, adminTokens: ["admin-secret"], footprints: FixedFootprints())
+        let holder = try await PostgresCoverageStore(location, logger: Logger(label: "test"))
+        let (locked, holding) = AsyncStream.makeStream(of: Void.self)
+        let (release, releasing) = AsyncStream.makeStream(of: Void.self)
+        let held = Task {
+            try await holder.client.withTransaction(logger: Logger(label: "test")) { connection in
+                _ = try await connection.query(
+                    "SELECT id FROM project WHERE id = \(p.id) FOR UPDATE", logger: Logger(label: "test"))
+                holding.yield()
+                // Held until released, or 30 s: a store that waits forever fails the test, not CI.
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { for await _ in release { break } }
+                    group.addTask { try? await Task.sleep(for: .seconds(30)) }
+                    await group.next()
+                    group.cancelAll()
+                }
+            }
+        }
+        for await _ in locked { break }
+        do {
+            _ = try await other.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
+            Issue.record("a write through another session's row lock was acknowledged")
+        } catch let e as CoverageError {
+            #expect(e.kind == .unavailable && e.message.contains("busy"), "\(e.message)")
+        }
+        releasing.yield()
+        try await held.value
+        #expect(try await service.project(p.id).fields.etapes.isEmpty)
+        _ = try await other.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
+        #expect(try await service.project(p.id).fields.etapes.count == 1)
+        await holder.close()
+        await impatient.close()
     }
 
     @Test func writesToAReadOnlyDatabaseAreRefusedAsUnavailable() async throws {
