@@ -311,7 +311,12 @@ struct ExtractsController: Sendable {
         }
         var h = Self.attachment(path, name: name)
         h[.contentLength] = "\(size)"
-        return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))
+        do {
+            return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))
+        } catch let e as HTTPError where e.status == .notFound {
+            // Deleted since it was looked at (expired meanwhile).
+            throw ServingError(.notFound, "the result of extract \(name) is gone")
+        }
     }
 
     /// A finished job's result in a bucket, streamed a range at a time (memory holds one range
