@@ -13,18 +13,31 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "Output folder.") var out: String
     @Option(name: .customLong("min-zoom")) var minZoom: Int?
     @Option(name: .customLong("max-zoom")) var maxZoom: Int?
+    @Flag(
+        name: .customLong("keep-going"),
+        help: "Exit 0 even when damaged shards were skipped (they are still named).")
+    var keepGoing = false
 
     func run() throws {
         var written = 0
         var bytes = 0
+        // A shard that cannot be read (truncated, corrupt, gone) is skipped by name: the others'
+        // tiles are written all the same, as `tile` skips an unreadable dalle.
+        var skipped: [(String, String)] = []
         switch try PyramidArgument(self.pyramid) {
         case .folder(let pyramid):
             let m = try PyramidManifest.load(directory: pyramid)
             for shard in m.shards {
-                let (n, b) = try export(
-                    try ShardReader(path: (pyramid as NSString).appendingPathComponent(shard.path)), shard, m)
-                written += n
-                bytes += b
+                var counted = (0, 0)
+                defer { (written, bytes) = (written + counted.0, bytes + counted.1) }
+                do {
+                    try export(
+                        try ShardReader(path: (pyramid as NSString).appendingPathComponent(shard.path)), shard, m,
+                        counted: &counted)
+                } catch let e as ShardError {
+                    FileHandle.standardError.write(Data("skipping shard \(shard.path): \(e.reason)\n".utf8))
+                    skipped.append((shard.path, e.reason))
+                }
             }
         case .bucket(let name, let prefix):
             // One shard at a time, fetched into the output folder's scratch file and removed.
@@ -36,7 +49,9 @@ struct ExportCommand: ParsableCommand {
                 var totals = (0, 0)
                 for shard in m.shards {
                     let (n, b) = try await p.withShard(shard.path, scratch: command.out) {
-                        try command.export(try ShardReader(path: $0), shard, m)
+                        var counted = (0, 0)
+                        try command.export(try ShardReader(path: $0), shard, m, counted: &counted)
+                        return counted
                     }
                     totals = (totals.0 + n, totals.1 + b)
                 }
@@ -44,13 +59,19 @@ struct ExportCommand: ParsableCommand {
             }
         }
         print("wrote \(written) tiles, \(bytes) bytes, to \(out)")
+        if !skipped.isEmpty {
+            print("skipped \(skipped.count) damaged shard(s); the tiles read from them before the damage are written:")
+            for (path, reason) in skipped { print("  \(path): \(reason)") }
+            if !keepGoing { throw ExitCode(1) }
+        }
     }
 
-    /// Writes the tiles of one shard in the zoom range; the tiles and bytes written.
-    func export(_ reader: ShardReader, _ shard: PyramidManifest.Shard, _ m: PyramidManifest) throws -> (Int, Int) {
-        guard let band = m.shardScheme.band(containing: shard.z) else { return (0, 0) }
-        var written = 0
-        var bytes = 0
+    /// Writes the tiles of one shard in the zoom range, counting the tiles and bytes written
+    /// (those before a damage that stops it too).
+    func export(
+        _ reader: ShardReader, _ shard: PyramidManifest.Shard, _ m: PyramidManifest, counted: inout (Int, Int)
+    ) throws {
+        guard let band = m.shardScheme.band(containing: shard.z) else { return }
         for z in band.top...band.deepest where z >= (minZoom ?? m.minZoom) && z <= (maxZoom ?? m.maxZoom) {
             let up = z - band.top
             for t in shard.coordinate.descendants(levels: up).tiles {
@@ -61,10 +82,9 @@ struct ExportCommand: ParsableCommand {
                 let dir = "\(out)/\(t.z)/\(t.col)"
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
                 try Data(data).write(to: URL(fileURLWithPath: "\(dir)/\(t.row).\(m.format.fileExtension)"))
-                written += 1
-                bytes += data.count
+                counted.0 += 1
+                counted.1 += data.count
             }
         }
-        return (written, bytes)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Pyramid
 import Testing
 
 /// The command line given what users mistype: one line saying what is wrong and what to give,
@@ -55,6 +56,33 @@ import Testing
         #expect(error.contains(says), "\(arguments): \(error)")
         #expect(!error.contains("NSCocoaErrorDomain") && !error.contains("Fatal error"), "\(error)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/x"), "\(arguments) wrote something")
+    }
+
+    /// `export` of a pyramid with a truncated shard: the other shards' tiles are written, the
+    /// damaged one is named with the reason, and the status is 1 unless `--keep-going`.
+    @Test func exportSkipsADamagedShardByName() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sources = try Fixture.sample(in: dir + "/src", columns: 2, rows: 1)
+        _ = try Fixture.tile(sources, store: dir + "/store", grids: ["2154_5cm"])
+        let pyramid = dir + "/store/t/2154_5cm"
+        let m = try PyramidManifest.load(directory: pyramid)
+        let deepest = try #require(m.shards.max { $0.z < $1.z })
+        let shard = pyramid + "/" + deepest.path
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: shard)[.size] as? Int)
+        #expect(truncate(shard, off_t(size / 2)) == 0)
+        let (status, error) = try Self.dallage(["export", pyramid, "--out", dir + "/out"], in: dir)
+        #expect(status == 1)
+        #expect(error.contains("skipping shard \(deepest.path): "), "\(error)")
+        // The levels above the damaged shard's band are all there.
+        let band = try #require(m.shardScheme.band(containing: deepest.z))
+        let above = try #require(m.levels.last { $0.z < band.top })
+        let files = try FileManager.default.subpathsOfDirectory(atPath: dir + "/out/\(above.z)").filter {
+            $0.hasSuffix(".jpg")
+        }
+        #expect(files.count == (above.maxCol - above.minCol + 1) * (above.maxRow - above.minRow + 1))
+        let kept = try Self.dallage(["export", pyramid, "--out", dir + "/out2", "--keep-going"], in: dir)
+        #expect(kept.status == 0)
     }
 
     /// Without a folder of grids (a binary copied elsewhere): where it looked and what to give.
