@@ -39,6 +39,17 @@ struct DatabaseOptions: ParsableArguments {
         let explicit = db ?? ProcessInfo.processInfo.environment["DALLAGE_DB"]
         switch location {
         case .folder(let path):
+            // The default database is created in the store, not in a folder made up for it: a
+            // command run where there is no store says so.
+            var isFolder: ObjCBool = false
+            guard
+                explicit != nil
+                    || (FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) && isFolder.boolValue)
+            else {
+                throw ValidationError(
+                    "no store folder at '\(path)': give --store DIR (the folder of pyramids), or --db for the database alone"
+                )
+            }
             let service = CoverageService(
                 store: try await open(explicit ?? (path as NSString).appendingPathComponent("dallage.sqlite")),
                 adminTokens: [], footprints: StoreFootprints(store: path, grid: grid))

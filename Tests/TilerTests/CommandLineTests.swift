@@ -85,6 +85,20 @@ import Testing
         #expect(kept.status == 0)
     }
 
+    /// The coverage commands where there is no store: they say so and create nothing.
+    @Test func coverageCommandsWithoutAStoreCreateNothing() throws {
+        let dir = Fixture.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for arguments in [
+            ["projects", "list"], ["territories", "list"], ["projects", "list", "--store", "elsewhere"],
+        ] {
+            let (status, error) = try Self.dallage(arguments, in: dir)
+            #expect(status != 0 && status < 128, "\(arguments)")
+            #expect(error.contains("no store folder at"), "\(arguments): \(error)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).isEmpty)
+    }
+
     /// Without a folder of grids (a binary copied elsewhere): where it looked and what to give.
     @Test func noFolderOfGridsSaysWhatToGive() throws {
         let dir = Fixture.temporaryDirectory()
