@@ -249,6 +249,15 @@ public final class FileLock: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// Whether the file locked is still the one at `path`: a holder that removes the folder when
+    /// it ends (a worker's staging folder) leaves a waiter locking a file no longer there.
+    public var isStillAtItsPath: Bool {
+        var held = stat()
+        var current = stat()
+        guard fstat(fd, &held) == 0, stat(path, &current) == 0 else { return false }
+        return held.st_dev == current.st_dev && held.st_ino == current.st_ino
+    }
+
     /// Runs `body` holding the lock on `path`.
     public static func holding<R>(_ path: String, wait: Bool, _ body: () throws -> R) throws -> R {
         let lock = try FileLock(path, wait: wait)

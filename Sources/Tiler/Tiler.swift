@@ -295,11 +295,21 @@ public final class Tiler {
         let sharedFolder = worker != nil && target == nil
         /// The folder's build lock, waited for (saying why) when another process holds it.
         func waitedLock(_ holder: String) throws -> FileLock {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             let path = folder.path(".build.lock")
-            if let free = try? FileLock(path, wait: false) { return free }
-            logger.info("\(holder) (\(directory)): waiting for it to end")
-            return try FileLock(path, wait: true)
+            var said = false
+            while true {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                let lock: FileLock
+                if let free = try? FileLock(path, wait: false) {
+                    lock = free
+                } else {
+                    if !said { logger.info("\(holder) (\(directory)): waiting for it to end") }
+                    said = true
+                    lock = try FileLock(path, wait: true)
+                }
+                // The holder may have removed the folder as it ended: lock the one there now.
+                if lock.isStillAtItsPath { return lock }
+            }
         }
         let lock: FileLock?
         if sharedFolder {
