@@ -126,7 +126,7 @@ public final class SQLiteCoverageStore: CoverageDatabase {
         do {
             return try await db.read(value)
         } catch let e as DatabaseError where e.resultCode == .SQLITE_CANTOPEN {
-            guard fileGuard.problem(consequence: "") != nil else {
+            guard !fileGuard.isCurrent else {
                 throw CoverageError(
                     .unavailable, "the coverage database cannot be opened (SQLite: \(e.message ?? "cannot open"))")
             }
@@ -410,6 +410,9 @@ final class DatabaseFileGuard: TransactionObserver, Sendable {
         guard stat(path, &st) == 0 else { return nil }
         return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
+
+    /// Whether the file at `path` is still the one opened.
+    var isCurrent: Bool { Self.identity(path).map { $0 == (device, inode) } ?? false }
 
     /// Why the file at `path` is no longer the database opened, with what that means, or nil.
     func problem(consequence: String) -> CoverageError? {

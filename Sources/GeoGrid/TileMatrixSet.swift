@@ -106,13 +106,9 @@ public struct TileMatrixSet: Sendable, Hashable, Codable {
                 minX: m.originX, minY: m.originY - Double(m.matrixHeight) * m.tileSpanY,
                 maxX: m.originX + Double(m.matrixWidth) * m.tileSpanX, maxY: m.originY)
         }
-        guard var common = boxes.first else { return BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0) }
-        for b in boxes.dropFirst() {
-            common = BoundingBox(
-                minX: max(common.minX, b.minX), minY: max(common.minY, b.minY), maxX: min(common.maxX, b.maxX),
-                maxY: min(common.maxY, b.maxY))
-        }
-        return common
+        let none = BoundingBox(minX: 0, minY: 0, maxX: 0, maxY: 0)
+        guard let first = boxes.first else { return none }
+        return boxes.dropFirst().reduce(first as BoundingBox?) { $0?.intersection($1) } ?? none
     }
 
     /// The level at `z`, or nil when the grid stops before it.

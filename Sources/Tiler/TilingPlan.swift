@@ -33,29 +33,35 @@ extension Planner {
             return "its georeferencing gives no area (\(b))"
         }
         for tms in grids {
-            let key = source.crsWKT + "\u{0}" + tms.crs
             let footprint: BoundingBox
             do {
-                if transforms[key] == nil {
-                    let srs = try SpatialReference(source.crsWKT)
-                    let grid = try SpatialReference(tms.crs)
-                    transforms[key] = .some(srs.isSame(as: grid) ? nil : try CoordinateTransform(from: srs, to: grid))
-                }
-                footprint = try (transforms[key] ?? nil)?.transform(b) ?? b
+                footprint = try Self.footprint(of: source, in: tms, transforms: &transforms).box
             } catch {
                 return
                     "its footprint \(Self.rounded(b)) cannot be placed in grid \(tms.id) (\(Self.crsName(tms))): wrong CRS? (\(error))"
             }
             let extent = tms.extent
-            let slack = extent.width * 1e-9
-            guard footprint.minX >= extent.minX - slack, footprint.maxX <= extent.maxX + slack,
-                footprint.minY >= extent.minY - slack, footprint.maxY <= extent.maxY + slack
-            else {
+            guard extent.expanded(by: extent.width * 1e-9).contains(footprint) else {
                 return
                     "its footprint \(Self.rounded(footprint)) in \(Self.crsName(tms)) is not inside grid \(tms.id)'s extent \(Self.rounded(extent)): wrong CRS or georeferencing?"
             }
         }
         return nil
+    }
+
+    /// `source`'s footprint in `tms`'s CRS, and whether it had to be transformed there (not in
+    /// the same CRS). `transforms` keeps the transforms made, by source CRS and grid CRS.
+    static func footprint(
+        of source: SourceEntry, in tms: TileMatrixSet, transforms: inout [String: CoordinateTransform?]
+    ) throws -> (box: BoundingBox, transformed: Bool) {
+        let key = source.crsWKT + "\u{0}" + tms.crs
+        if transforms[key] == nil {
+            let srs = try SpatialReference(source.crsWKT)
+            let grid = try SpatialReference(tms.crs)
+            transforms[key] = .some(srs.isSame(as: grid) ? nil : try CoordinateTransform(from: srs, to: grid))
+        }
+        guard let t = transforms[key] ?? nil else { return (source.bounds, false) }
+        return (try t.transform(source.bounds), true)
     }
 
     static func crsName(_ tms: TileMatrixSet) -> String { tms.epsg.map { "EPSG:\($0)" } ?? tms.crs }
@@ -80,19 +86,9 @@ public enum Planner {
         var footprints: [BoundingBox] = []
         var resolutions: [Double] = []
         for e in sources {
-            if transforms[e.crsWKT] == nil {
-                let srs = try SpatialReference(e.crsWKT)
-                transforms[e.crsWKT] =
-                    srs.isSame(as: gridSRS) ? .some(nil) : .some(try CoordinateTransform(from: srs, to: gridSRS))
-            }
-            if let t = transforms[e.crsWKT] ?? nil {
-                let b = try t.transform(e.bounds)
-                footprints.append(b)
-                resolutions.append(min(b.width / Double(e.width), b.height / Double(e.height)))
-            } else {
-                footprints.append(e.bounds)
-                resolutions.append(e.resolution)
-            }
+            let (b, transformed) = try footprint(of: e, in: tms, transforms: &transforms)
+            footprints.append(b)
+            resolutions.append(transformed ? min(b.width / Double(e.width), b.height / Double(e.height)) : e.resolution)
         }
         let finest = resolutions.min() ?? 1
         let deepest = max(0, min(tms.maxZoom, maxZoom ?? tms.zoom(forResolution: finest)))

@@ -302,12 +302,17 @@ struct ExtractsController: Sendable {
             Array(v.text.utf8), contentType: "application/json", request: request, cacheControl: "no-store")
     }
 
+    /// A finished extract whose result is no longer where it was written.
+    static func gone(_ name: String) -> ServingError {
+        ServingError(.notFound, "the result of extract \(name) is gone")
+    }
+
     /// A file streamed from disk in chunks (results may weigh gigabytes).
     func stream(_ path: String, name: String, context: DallageRequestContext) async throws -> Response {
         // Gone when the folder was cleared, or not shared with the replica that wrote it.
         guard let size = try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int else {
             extracts.logger.error("the result \(path) of a finished extract is missing")
-            throw ServingError(.notFound, "the result of extract \(name) is gone")
+            throw Self.gone(name)
         }
         var h = Self.attachment(path, name: name)
         h[.contentLength] = "\(size)"
@@ -315,7 +320,7 @@ struct ExtractsController: Sendable {
             return Response(status: .ok, headers: h, body: try await FileIO().loadFile(path: path, context: context))
         } catch let e as HTTPError where e.status == .notFound {
             // Deleted since it was looked at (expired meanwhile).
-            throw ServingError(.notFound, "the result of extract \(name) is gone")
+            throw Self.gone(name)
         }
     }
 
@@ -324,7 +329,7 @@ struct ExtractsController: Sendable {
     func stream(_ results: BucketExtractResults, _ object: String, name: String) async throws -> Response {
         guard let reader = try await results.reader(object) else {
             extracts.logger.error("the result \(results.key(object)) of a finished extract is missing")
-            throw ServingError(.notFound, "the result of extract \(name) is gone")
+            throw Self.gone(name)
         }
         var h = Self.attachment(object, name: name)
         h[.contentLength] = "\(reader.size)"
