@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import Logging
 import Raster
+import Synchronization
 import TestSupport
 import Testing
 
@@ -11,6 +12,41 @@ import Testing
 private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
     let ring = (corners + [corners[0]]).map { JSONValue.array([.number($0.0), .number($0.1)]) }
     return .object(["type": .string("Polygon"), "coordinates": .array([.array(ring)])])
+}
+
+/// Runs `write`, which must be refused as `kind`, saying `saying`: acknowledged, or another
+/// error, fails the test.
+private func expectRefused(
+    _ what: String, as kind: CoverageError.Kind = .unavailable, saying: String,
+    _ write: () async throws -> Void
+) async {
+    do {
+        try await write()
+        Issue.record("\(what) was acknowledged")
+    } catch let e as CoverageError {
+        #expect(e.kind == kind && e.message.contains(saying), "\(what): \(e.message)")
+    } catch {
+        Issue.record("\(what): \(error) is not a CoverageError")
+    }
+}
+
+/// A queued extract job of `request` (a JSON text).
+private func job(_ id: String, request: String = "{}") -> ExtractJob {
+    ExtractJob(id: id, client: "c", request: request, estimatedBytes: 1, at: "2026-12-07T00:00:00Z")
+}
+
+/// Set once, by another task.
+private final class Ended: Sendable {
+    private let flag = Mutex(false)
+    func mark() { flag.withLock { $0 = true } }
+    var isSet: Bool { flag.withLock { $0 } }
+}
+
+extension Result where Failure == any Error {
+    /// The value or the error of `body`.
+    fileprivate init(_ body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
 }
 
 /// Issue 11: lost updates, a database that cannot take writes, hashes as secrets, actor names,
@@ -154,11 +190,8 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
             try fm.copyItem(atPath: path, toPath: path + ".new")
             _ = rename(path + ".new", path)
         }
-        do {
+        await expectRefused("a write to a \(how)d database", saying: how == "delete" ? "deleted" : "replaced") {
             _ = try await service.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
-            Issue.record("a write to a \(how)d database was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .unavailable && e.message.contains(how == "delete" ? "deleted" : "replaced"))
         }
         await #expect(throws: CoverageError.self) {
             _ = try await service.create(ProjectFields(nom: "Q", perimetres: ["commune:59350"]), by: admin)
@@ -174,20 +207,15 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/db.sqlite"
         let store = try SQLiteCoverageStore(path: path)
-        try await store.insertJob(
-            ExtractJob(id: "j1", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:00Z"))
+        try await store.insertJob(job("j1"))
         let revision = try await SQLiteCoverageStore(path: path).revision()
         for suffix in ["", "-wal", "-shm"] { try FileManager.default.removeItem(atPath: path + suffix) }
         #expect(try await store.jobs(in: [.queued]).map(\.id) == ["j1"])
         #expect(try await store.revision() == revision)
         #expect(try await store.projects().isEmpty)
         #expect(try await store.territories(references: ["commune:59350"]).isEmpty)
-        do {
-            try await store.insertJob(
-                ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
-            Issue.record("a write to a deleted database was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .unavailable && e.message.contains("deleted"), "\(e.message)")
+        await expectRefused("a write to a deleted database", saying: "deleted") {
+            try await store.insertJob(job("j2"))
         }
     }
 
@@ -215,18 +243,13 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
                 done.resume()
             }
         }
-        do {
-            try await store.insertJob(
-                ExtractJob(id: "j1", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:00Z"))
-            Issue.record("a write through another process's lock was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .unavailable && e.message.contains("busy"), "\(e.message)")
+        await expectRefused("a write through another process's lock", saying: "busy") {
+            try await store.insertJob(job("j1"))
         }
         release.signal()
         try await holder.value
         #expect(try await store.jobs(in: [.queued]).isEmpty)
-        try await store.insertJob(
-            ExtractJob(id: "j2", client: "c", request: "{}", estimatedBytes: 1, at: "2026-12-07T00:00:01Z"))
+        try await store.insertJob(job("j2"))
         #expect(try await store.jobs(in: [.queued]).map(\.id) == ["j2"])
     }
 
@@ -241,14 +264,8 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
             let pages = try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0
             try db.execute(sql: "PRAGMA max_page_count = \(pages)")
         }
-        do {
-            try await store.insertJob(
-                ExtractJob(
-                    id: "big", client: "c", request: String(repeating: "x", count: 1 << 20), estimatedBytes: 1,
-                    at: "2026-12-07T00:00:00Z"))
-            Issue.record("a write beyond a full disk was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .insufficientStorage && e.message.contains("full"), "\(e.message)")
+        await expectRefused("a write beyond a full disk", as: .insufficientStorage, saying: "full") {
+            try await store.insertJob(job("big", request: String(repeating: "x", count: 1 << 20)))
         }
         #expect(try await store.jobs(in: [.queued]).isEmpty)
     }
@@ -271,24 +288,24 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
                 _ = try await connection.query(
                     "SELECT id FROM project WHERE id = \(p.id) FOR UPDATE", logger: Logger(label: "test"))
                 holding.yield()
-                // Held until released, or 30 s: a store that waits forever fails the test, not CI.
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask { for await _ in release { break } }
-                    group.addTask { try? await Task.sleep(for: .seconds(30)) }
-                    await group.next()
-                    group.cancelAll()
-                }
+                for await _ in release { break }
             }
         }
         for await _ in locked { break }
-        do {
+        let ended = Ended()
+        let attempt = Task {
+            defer { ended.mark() }
             _ = try await other.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
-            Issue.record("a write through another session's row lock was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .unavailable && e.message.contains("busy"), "\(e.message)")
+        }
+        // Waited for with a deadline: a store that waits forever fails here, and the row is
+        // released either way (then such a store's write lands, and is reported below).
+        let gaveUp = await Result {
+            try await eventually("the write to give up", timeout: .seconds(30)) { ended.isSet }
         }
         releasing.yield()
         try await held.value
+        if case .failure(let e) = gaveUp { Issue.record(e) }
+        await expectRefused("a write through another session's row lock", saying: "busy") { try await attempt.value }
         #expect(try await service.project(p.id).fields.etapes.isEmpty)
         _ = try await other.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
         #expect(try await service.project(p.id).fields.etapes.count == 1)
@@ -302,11 +319,8 @@ private func polygon(_ corners: [(Double, Double)]) throws -> JSONValue {
         let store = try SQLiteCoverageStore(path: dir + "/db.sqlite", readonly: true)
         #expect(store.isReadOnly)
         let readOnly = CoverageService(store: store, adminTokens: ["admin-secret"], footprints: FixedFootprints())
-        do {
+        await expectRefused("a write to a read-only database", saying: "read-only") {
             _ = try await readOnly.addStep(p.id, Etape(statut: .realise, dateDebut: "2025-01-01"), by: admin)
-            Issue.record("a write to a read-only database was acknowledged")
-        } catch let e as CoverageError {
-            #expect(e.kind == .unavailable && e.message.contains("read-only"), "\(e.message)")
         }
         #expect(try await readOnly.project(p.id).fields.etapes.isEmpty)
     }
